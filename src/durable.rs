@@ -1,0 +1,80 @@
+//! Durable file replacement: write to a temporary sibling, fsync, rename over the target, fsync
+//! the directory. Every piece of state robusto keeps on disk (staging files, manifests, server
+//! upload info, client journals) goes through here, so a crash leaves either the old or the new
+//! version, never a torn one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The temporary sibling used while `path` is being replaced: `NAME.partial` beside it.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Flushes a directory entry table to stable storage, so that a rename or a create inside it
+/// survives a power cut.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// The directory that holds `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Atomically replaces `path` with `bytes`: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = partial_path(path);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fsync_dir(parent_dir(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes a finished temporary file permanent: fsync it, rename it to `path`, fsync the directory.
+pub fn commit_file(file: File, tmp: &Path, path: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    fs::rename(tmp, path)?;
+    fsync_dir(parent_dir(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("info.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert!(!partial_path(&p).exists());
+    }
+
+    #[test]
+    fn partial_path_is_a_sibling() {
+        assert_eq!(partial_path(Path::new("/a/b.zip")), PathBuf::from("/a/b.zip.partial"));
+        assert_eq!(parent_dir(Path::new("b.zip")), Path::new("."));
+    }
+}

@@ -1,0 +1,23 @@
+//! robusto gets whole folders safely onto a server over bad links.
+//!
+//! The data flow, one module per stage:
+//!
+//! 1. [`pack`] walks the chosen paths ([`pack::walk`]), writes them into a zip or tar archive
+//!    ([`pack::archive`]), optionally compressed ([`pack::compress`]), into a staging file
+//!    ([`pack::staging`]: temp → fsync → rename).
+//! 2. On the way to disk the bytes pass a hashing writer ([`fingerprint`]) that computes the MD5
+//!    of the whole archive and of every chunk in the same pass; the result is the [`manifest`],
+//!    written atomically beside the archive.
+//! 3. The sender uploads the archive chunk by chunk over tus 1.0.0 ([`protocol`]), each chunk
+//!    carrying its MD5 so the server can refuse a damaged one without losing the good ones.
+//! 4. The server checks every chunk and the whole file, stores durably, and reports status.
+//!
+//! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
+//! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
+
+pub mod durable;
+pub mod fingerprint;
+pub mod manifest;
+pub mod progress;
+pub mod protocol;
+pub mod units;

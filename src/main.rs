@@ -1,0 +1,78 @@
+//! The `robusto` binary: parse the command line, set up logging, dispatch to the library, and
+//! turn the outcome into an exit code (0 done, 1 failed, 2 usage, 3 done with skipped files,
+//! 75 resumable, 130 interrupted).
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, UsageError};
+
+/// Exit codes (README "Exit codes").
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+fn init_logging(global: &cli::GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Verify(args) => {
+            let m = robusto::manifest::verify(&args.file)?;
+            tracing::info!(
+                "{}: {} bytes, {} chunks, md5 {} — all match",
+                args.file.display(),
+                m.archive.size,
+                m.chunks.len(),
+                m.archive.md5
+            );
+            println!("{}  {}", m.archive.md5, args.file.display());
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    init_logging(&cli.global);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.downcast_ref::<UsageError>().is_some() {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            };
+            tracing::error!("{e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

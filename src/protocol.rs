@@ -1,0 +1,379 @@
+//! The tus 1.0.0 vocabulary, in one place: header names, the extensions and checksum algorithms
+//! robusto speaks, and the codecs for `Upload-Checksum`, `Upload-Metadata` and the status JSON.
+//! Client and server both use this module, so they speak exactly the same dialect.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version robusto speaks.
+pub const TUS_VERSION: &str = "1.0.0";
+/// The extensions `robusto serve` announces in `Tus-Extension`.
+pub const EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation";
+/// The checksum algorithms `robusto serve` announces in `Tus-Checksum-Algorithm`.
+pub const CHECKSUM_ALGORITHMS: &str = "md5,sha1,sha256";
+/// Content type of a PATCH body.
+pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// Status code for a checksum mismatch (tus checksum extension).
+pub const STATUS_CHECKSUM_MISMATCH: u16 = 460;
+/// Chunk size assumed for status reports when an upload carries no `chunk-size` metadata.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// Header names, lowercase (as `http::HeaderName::from_static` wants them).
+pub mod header {
+    /// `Tus-Resumable`
+    pub const TUS_RESUMABLE: &str = "tus-resumable";
+    /// `Tus-Version`
+    pub const TUS_VERSION: &str = "tus-version";
+    /// `Tus-Extension`
+    pub const TUS_EXTENSION: &str = "tus-extension";
+    /// `Tus-Max-Size`
+    pub const TUS_MAX_SIZE: &str = "tus-max-size";
+    /// `Tus-Checksum-Algorithm`
+    pub const TUS_CHECKSUM_ALGORITHM: &str = "tus-checksum-algorithm";
+    /// `Upload-Offset`
+    pub const UPLOAD_OFFSET: &str = "upload-offset";
+    /// `Upload-Length`
+    pub const UPLOAD_LENGTH: &str = "upload-length";
+    /// `Upload-Defer-Length`
+    pub const UPLOAD_DEFER_LENGTH: &str = "upload-defer-length";
+    /// `Upload-Metadata`
+    pub const UPLOAD_METADATA: &str = "upload-metadata";
+    /// `Upload-Checksum`
+    pub const UPLOAD_CHECKSUM: &str = "upload-checksum";
+    /// `Upload-Expires`
+    pub const UPLOAD_EXPIRES: &str = "upload-expires";
+    /// `Upload-Concat`
+    pub const UPLOAD_CONCAT: &str = "upload-concat";
+    /// `X-HTTP-Method-Override`
+    pub const METHOD_OVERRIDE: &str = "x-http-method-override";
+}
+
+/// Keys of `Upload-Metadata` that robusto gives meaning to.
+pub mod meta {
+    /// The file's name, used to publish a completed upload.
+    pub const FILENAME: &str = "filename";
+    /// The whole file's checksum, `md5 <base64>` (same form as `Upload-Checksum`).
+    pub const CHECKSUM: &str = "checksum";
+    /// The sender's chunk size in bytes, used by status reports.
+    pub const CHUNK_SIZE: &str = "chunk-size";
+}
+
+/// A header value that does not follow the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// `Upload-Checksum` names an algorithm robusto does not support.
+    #[error("unsupported checksum algorithm '{0}' (supported: md5, sha1, sha256)")]
+    UnsupportedAlgorithm(String),
+    /// A header is malformed.
+    #[error("malformed {header}: {reason}")]
+    Malformed {
+        /// The header.
+        header: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn malformed(header: &'static str, reason: impl Into<String>) -> ProtocolError {
+    ProtocolError::Malformed {
+        header,
+        reason: reason.into(),
+    }
+}
+
+/// A checksum algorithm of the tus checksum extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumAlgorithm {
+    /// MD5, 16 bytes: what robusto uses for chunks and whole files.
+    Md5,
+    /// SHA-1, 20 bytes.
+    Sha1,
+    /// SHA-256, 32 bytes.
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    /// Parses an algorithm name as it appears on the wire.
+    pub fn parse(name: &str) -> Result<Self, ProtocolError> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "md5" => Ok(Self::Md5),
+            "sha1" => Ok(Self::Sha1),
+            "sha256" => Ok(Self::Sha256),
+            other => Err(ProtocolError::UnsupportedAlgorithm(other.to_string())),
+        }
+    }
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Md5 => "md5",
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+        }
+    }
+
+    /// Digest length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            Self::Md5 => 16,
+            Self::Sha1 => 20,
+            Self::Sha256 => 32,
+        }
+    }
+
+    /// A streaming hasher for this algorithm.
+    pub fn hasher(self) -> ChecksumHasher {
+        use sha2::Digest as _;
+        match self {
+            Self::Md5 => ChecksumHasher::Md5(md5::Md5::new()),
+            Self::Sha1 => ChecksumHasher::Sha1(sha1::Sha1::new()),
+            Self::Sha256 => ChecksumHasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+}
+
+impl fmt::Display for ChecksumAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A running digest of one of the [`ChecksumAlgorithm`]s.
+#[derive(Clone)]
+pub enum ChecksumHasher {
+    /// MD5.
+    Md5(md5::Md5),
+    /// SHA-1.
+    Sha1(sha1::Sha1),
+    /// SHA-256.
+    Sha256(sha2::Sha256),
+}
+
+impl ChecksumHasher {
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            Self::Md5(h) => h.update(bytes),
+            Self::Sha1(h) => h.update(bytes),
+            Self::Sha256(h) => h.update(bytes),
+        }
+    }
+
+    /// The digest of everything fed.
+    pub fn finish(self) -> Vec<u8> {
+        use sha2::Digest as _;
+        match self {
+            Self::Md5(h) => h.finalize().to_vec(),
+            Self::Sha1(h) => h.finalize().to_vec(),
+            Self::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// A checksum as carried by `Upload-Checksum` (and robusto's `checksum` metadata):
+/// `<algorithm> <base64 digest>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checksum {
+    /// The algorithm.
+    pub algorithm: ChecksumAlgorithm,
+    /// The raw digest bytes.
+    pub digest: Vec<u8>,
+}
+
+impl Checksum {
+    /// An MD5 checksum.
+    pub fn md5(digest: crate::fingerprint::Md5) -> Self {
+        Checksum {
+            algorithm: ChecksumAlgorithm::Md5,
+            digest: digest.0.to_vec(),
+        }
+    }
+
+    /// Parses `md5 XUFAKrxLKna5cZ2REBfFkg==`.
+    pub fn parse(value: &str) -> Result<Self, ProtocolError> {
+        const H: &str = "Upload-Checksum";
+        let value = value.trim();
+        let (alg, b64) = value
+            .split_once(' ')
+            .ok_or_else(|| malformed(H, "expected '<algorithm> <base64>'"))?;
+        let algorithm = ChecksumAlgorithm::parse(alg)?;
+        let digest = BASE64
+            .decode(b64.trim())
+            .map_err(|_| malformed(H, "the digest is not base64"))?;
+        if digest.len() != algorithm.digest_len() {
+            return Err(malformed(
+                H,
+                format!(
+                    "a {algorithm} digest has {} bytes, got {}",
+                    algorithm.digest_len(),
+                    digest.len()
+                ),
+            ));
+        }
+        Ok(Checksum { algorithm, digest })
+    }
+
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        format!("{} {}", self.algorithm.name(), BASE64.encode(&self.digest))
+    }
+}
+
+/// The decoded `Upload-Metadata` header: keys to (optional) byte values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata(pub BTreeMap<String, Option<Vec<u8>>>);
+
+impl Metadata {
+    /// Parses `key base64,key2 base64,key3`.
+    pub fn parse(value: &str) -> Result<Self, ProtocolError> {
+        const H: &str = "Upload-Metadata";
+        let mut map = BTreeMap::new();
+        for pair in value.split(',') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let mut parts = pair.split(' ').filter(|s| !s.is_empty());
+            let key = parts.next().ok_or_else(|| malformed(H, "empty key"))?;
+            if !key.is_ascii() {
+                return Err(malformed(H, format!("key '{key}' is not ASCII")));
+            }
+            let val = match parts.next() {
+                Some(b64) => Some(
+                    BASE64
+                        .decode(b64)
+                        .map_err(|_| malformed(H, format!("value of '{key}' is not base64")))?,
+                ),
+                None => None,
+            };
+            if parts.next().is_some() {
+                return Err(malformed(H, format!("'{key}' has more than one value")));
+            }
+            if map.insert(key.to_string(), val).is_some() {
+                return Err(malformed(H, format!("key '{key}' appears twice")));
+            }
+        }
+        Ok(Metadata(map))
+    }
+
+    /// The header value (keys in sorted order).
+    pub fn to_header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k} {}", BASE64.encode(v)),
+                None => k.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Sets a text value.
+    pub fn insert(&mut self, key: &str, value: &str) {
+        self.0.insert(key.to_string(), Some(value.as_bytes().to_vec()));
+    }
+
+    /// A value as text, if present and UTF-8.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// The state of an upload as the status endpoint reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, no byte received.
+    New,
+    /// Some bytes received.
+    Partial,
+    /// All bytes received and verified; published.
+    Complete,
+    /// Failed verification (or another fatal error); not published.
+    Error,
+}
+
+/// `GET {upload-url}/status` body: `{"status": "partial", "value": "0,1,2"}` (DESIGN §5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The state.
+    pub status: Status,
+    /// `""` (new), the comma-separated chunk numbers received (partial), the file's URL
+    /// (complete), or the error message (error).
+    pub value: String,
+}
+
+/// The comma-separated numbers of the whole chunks received in `offset` bytes (a final short
+/// chunk counts once the upload is complete, which the caller reports as `complete`).
+pub fn chunks_received(offset: u64, chunk_size: u64) -> String {
+    let n = offset / chunk_size.max(1);
+    (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Md5;
+
+    #[test]
+    fn checksum_round_trip_and_errors() {
+        let c = Checksum::md5(Md5::of(b"hello"));
+        assert_eq!(c.to_header(), "md5 XUFAKrxLKna5cZ2REBfFkg==");
+        assert_eq!(Checksum::parse("md5 XUFAKrxLKna5cZ2REBfFkg==").unwrap(), c);
+        assert_eq!(
+            Checksum::parse("crc32 AAAA"),
+            Err(ProtocolError::UnsupportedAlgorithm("crc32".into()))
+        );
+        assert!(Checksum::parse("md5").is_err());
+        assert!(Checksum::parse("md5 !!!").is_err());
+        assert!(
+            Checksum::parse("sha1 XUFAKrxLKna5cZ2REBfFkg==").is_err(),
+            "wrong length for sha1"
+        );
+    }
+
+    #[test]
+    fn metadata_round_trip_and_errors() {
+        let m = Metadata::parse("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential").unwrap();
+        assert_eq!(m.get_str("filename"), Some("world_domination_plan.pdf"));
+        assert_eq!(m.0.get("is_confidential"), Some(&None));
+        assert_eq!(Metadata::parse(&m.to_header()).unwrap(), m);
+        assert!(Metadata::parse("a !!!").is_err());
+        assert!(Metadata::parse("a YQ==,a YQ==").is_err());
+        assert!(Metadata::parse("a YQ== YQ==").is_err());
+        assert_eq!(Metadata::parse("").unwrap(), Metadata::default());
+    }
+
+    #[test]
+    fn status_json_shape() {
+        let s = StatusReport {
+            status: Status::Partial,
+            value: chunks_received(5 * 8 + 3, 8),
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"status":"partial","value":"0,1,2,3,4"}"#
+        );
+        assert_eq!(chunks_received(3, 8), "");
+    }
+
+    #[test]
+    fn hashers_match_known_digests() {
+        let mut h = ChecksumAlgorithm::Sha256.hasher();
+        h.update(b"abc");
+        assert_eq!(
+            hex::encode(h.finish()),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let mut h = ChecksumAlgorithm::Sha1.hasher();
+        h.update(b"abc");
+        assert_eq!(hex::encode(h.finish()), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+}
