@@ -6,6 +6,9 @@ mod cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use robusto::progress::{Human, JsonLines, Progress, Silent};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -17,6 +20,20 @@ mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const SKIPPED: u8 = 3;
+}
+
+/// The progress reporter the flags and the terminal call for.
+fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json {
+        Box::new(JsonLines)
+    } else if global.quiet {
+        Box::new(Silent)
+    } else {
+        let tty = std::io::stderr().is_terminal();
+        let interval = (global.verbose > 0).then(|| Duration::from_secs(10));
+        Box::new(Human::new(tty, interval))
+    }
 }
 
 fn init_logging(global: &cli::GlobalArgs) {
@@ -38,7 +55,24 @@ fn init_logging(global: &cli::GlobalArgs) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let progress = reporter(&cli.global);
     match cli.command {
+        Command::Pack(args) => {
+            let opts = args.to_options()?;
+            let report = robusto::pack::pack(&opts, progress.as_ref())?;
+            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let skipped = report.skipped();
+            if skipped.is_empty() {
+                Ok(exit::OK)
+            } else {
+                tracing::warn!(
+                    "{} file(s) skipped; listed in {}",
+                    skipped.len(),
+                    report.manifest_path.display()
+                );
+                Ok(exit::SKIPPED)
+            }
+        }
         Command::Verify(args) => {
             let m = robusto::manifest::verify(&args.file)?;
             tracing::info!(
