@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use zip::write::{StreamWriter, ZipFileBuilder};
-use zip::{ZipWriter, write::PreparedZipFile};
+use zip::write::{PreparedZipFile, ZipFileBuilder};
+use zip::{ZipArchive, ZipWriter};
 
 pub use archive::Format;
 pub use compress::{Codec, Compression};
 pub use walk::WalkOptions;
 
-use crate::fingerprint::HashingWriter;
+use crate::fingerprint::{HashingWriter, PatchingHashingWriter};
 use crate::manifest::{self, Manifest, ManifestError, Skipped, SourceInfo};
 use crate::progress::{Event, Progress};
 use staging::Staging;
@@ -31,8 +31,9 @@ use walk::{Entry, Kind};
 /// Default chunk size: 8 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 
-/// Files up to this size are compressed on worker threads; larger ones by the writer itself,
-/// so memory stays bounded.
+/// Files up to this size are compressed in memory on worker threads; larger ones are compressed
+/// by the writer into a spill file first (so every zip header carries its sizes and CRC up
+/// front — no data descriptors — and memory stays bounded).
 const PARALLEL_MAX_FILE: u64 = 8 << 20;
 /// Bytes of file content that may be in flight on the workers at once.
 const WINDOW_BYTES: u64 = 48 << 20;
@@ -96,12 +97,20 @@ pub enum PackError {
     Manifest(#[from] ManifestError),
 }
 
+/// Where large zip entries are compressed before being copied into the archive.
+fn spill_path(output: &Path) -> PathBuf {
+    let mut p = crate::durable::partial_path(output).into_os_string();
+    p.push(".spill");
+    PathBuf::from(p)
+}
+
 /// The number of cores, the default for `--threads`.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 type Sink = HashingWriter<BufWriter<File>>;
+type ZipSink = PatchingHashingWriter<BufWriter<File>>;
 
 /// Per-run tallies.
 #[derive(Default)]
@@ -155,12 +164,23 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
         source,
     };
     let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
-    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), opts.chunk_size);
-    let sink = match opts.format {
-        Format::Zip => write_zip(sink, &listing.entries, opts, &mut tally, progress)?,
-        Format::Tar => write_tar(sink, &listing.entries, opts, &mut tally, progress).map_err(out_err)?,
-    };
-    let (buf, fp) = sink.finish().map_err(out_err)?;
+    let buf = BufWriter::with_capacity(1 << 20, file);
+    let (buf, fp) = match opts.format {
+        Format::Zip => {
+            let sink = PatchingHashingWriter::new(buf, opts.chunk_size);
+            let spill = spill_path(&opts.output);
+            let sink = write_zip(sink, &listing.entries, opts, &spill, &mut tally, progress);
+            let _ = std::fs::remove_file(&spill);
+            sink?.finish()
+        }
+        Format::Tar => {
+            let sink = HashingWriter::new(buf, opts.chunk_size);
+            write_tar(sink, &listing.entries, opts, &mut tally, progress)
+                .map_err(out_err)?
+                .finish()
+        }
+    }
+    .map_err(out_err)?;
     let file = buf.into_inner().map_err(|e| out_err(e.into_error()))?;
     staging.commit(file).map_err(out_err)?;
 
@@ -236,7 +256,7 @@ fn write_tar(
 // ---------------------------------------------------------------------------------------------
 // zip
 
-type Zip = ZipWriter<StreamWriter<Sink>>;
+type Zip = ZipWriter<ZipSink>;
 
 /// A file handed to a worker thread for compression.
 struct Job {
@@ -253,7 +273,7 @@ enum JobResult {
 }
 
 enum Pending<'a> {
-    /// Written by the writer thread itself (directories, links, large or stored files).
+    /// Written by the writer thread itself (directories, links, large files).
     Inline(&'a Entry),
     /// Being compressed by a worker.
     Worker(&'a Entry, u64, Receiver<JobResult>),
@@ -298,34 +318,43 @@ fn spawn_workers(n: usize) -> (Sender<Job>, Vec<std::thread::JoinHandle<()>>) {
     (tx, handles)
 }
 
+/// The zip writer's loop state.
+struct ZipRun<'a> {
+    zip: Zip,
+    c: Compression,
+    spill: &'a Path,
+    window: VecDeque<Pending<'a>>,
+    in_flight: u64,
+}
+
 fn write_zip(
-    sink: Sink,
+    sink: ZipSink,
     entries: &[Entry],
     opts: &PackOptions,
+    spill: &Path,
     tally: &mut Tally,
     progress: &dyn Progress,
-) -> Result<Sink, PackError> {
-    let mut zip: Zip = ZipWriter::new_stream(sink);
-    let c = opts.compression;
-    let parallel = c.codec != Codec::None && !(c.codec == Codec::Deflate && c.level == Some(0));
-    let (jobs, workers) = if parallel {
-        spawn_workers(opts.threads.max(1))
-    } else {
-        spawn_workers(0)
-    };
+) -> Result<ZipSink, PackError> {
+    let (jobs, workers) = spawn_workers(opts.threads.max(1));
     let max_entries = 64 * opts.threads.max(1);
-    let mut window: VecDeque<Pending> = VecDeque::new();
-    let mut in_flight = 0u64;
+    let mut run = ZipRun {
+        zip: ZipWriter::new(sink),
+        c: opts.compression,
+        spill,
+        window: VecDeque::new(),
+        in_flight: 0,
+    };
     let result = (|| -> Result<(), PackError> {
         for e in entries {
             let pending = match e.kind {
-                Kind::File { size } if parallel && size <= PARALLEL_MAX_FILE => {
+                Kind::File { size } if size <= PARALLEL_MAX_FILE => {
                     let (reply, rx) = sync_channel(1);
+                    let options = archive::zip_options(e, run.c)?;
                     let job = Job {
                         src: e.src.clone(),
                         name: e.name.clone(),
                         mtime: e.mtime,
-                        options: archive::zip_options(e, c)?,
+                        options,
                         reply,
                     };
                     if jobs.send(job).is_err() {
@@ -334,18 +363,18 @@ fn write_zip(
                             source: io::Error::other("compression workers stopped"),
                         });
                     }
-                    in_flight += size;
+                    run.in_flight += size;
                     Pending::Worker(e, size, rx)
                 }
                 _ => Pending::Inline(e),
             };
-            window.push_back(pending);
-            while window.len() > max_entries || in_flight > WINDOW_BYTES {
-                drain_one(&mut zip, &mut window, &mut in_flight, c, tally, progress)?;
+            run.window.push_back(pending);
+            while run.window.len() > max_entries || run.in_flight > WINDOW_BYTES {
+                run.drain_one(tally, progress)?;
             }
         }
-        while !window.is_empty() {
-            drain_one(&mut zip, &mut window, &mut in_flight, c, tally, progress)?;
+        while !run.window.is_empty() {
+            run.drain_one(tally, progress)?;
         }
         Ok(())
     })();
@@ -354,71 +383,84 @@ fn write_zip(
         let _ = w.join();
     }
     result?;
-    Ok(zip.finish()?.into_inner())
+    Ok(run.zip.finish()?)
 }
 
-fn drain_one(
-    zip: &mut Zip,
-    window: &mut VecDeque<Pending>,
-    in_flight: &mut u64,
-    c: Compression,
-    tally: &mut Tally,
-    progress: &dyn Progress,
-) -> Result<(), PackError> {
-    let Some(front) = window.pop_front() else { return Ok(()) };
-    match front {
-        Pending::Worker(e, size, rx) => {
-            *in_flight -= size;
-            match rx.recv() {
-                Ok(JobResult::Ready(prepared, size)) => {
-                    zip.add_prepared_file(prepared)?;
-                    tally.stored(size, progress);
+impl ZipRun<'_> {
+    fn drain_one(&mut self, tally: &mut Tally, progress: &dyn Progress) -> Result<(), PackError> {
+        let Some(front) = self.window.pop_front() else {
+            return Ok(());
+        };
+        match front {
+            Pending::Worker(e, size, rx) => {
+                self.in_flight -= size;
+                match rx.recv() {
+                    Ok(JobResult::Ready(prepared, size)) => {
+                        self.zip.add_prepared_file(prepared)?;
+                        tally.stored(size, progress);
+                    }
+                    Ok(JobResult::Skip(reason)) => tally.skip(&e.src, reason, progress),
+                    Err(_) => tally.skip(&e.src, "compression worker failed".into(), progress),
                 }
-                Ok(JobResult::Skip(reason)) => tally.skip(&e.src, reason, progress),
-                Err(_) => tally.skip(&e.src, "compression worker failed".into(), progress),
             }
+            Pending::Inline(e) => self.write_inline(e, tally, progress)?,
         }
-        Pending::Inline(e) => write_inline(zip, e, c, tally, progress)?,
+        Ok(())
     }
-    Ok(())
-}
 
-fn write_inline(
-    zip: &mut Zip,
-    e: &Entry,
-    c: Compression,
-    tally: &mut Tally,
-    progress: &dyn Progress,
-) -> Result<(), PackError> {
-    let options = archive::zip_options(e, c)?;
-    match &e.kind {
-        Kind::Dir => zip.add_directory(e.name.as_str(), options)?,
-        Kind::Symlink { target } => match target.to_str() {
-            Some(t) => zip.add_symlink(e.name.as_str(), t, options)?,
-            None => tally.skip(&e.src, "symlink target is not valid UTF-8".into(), progress),
-        },
-        Kind::File { .. } => {
-            let file = match archive::open_source(&e.src) {
-                Ok(f) => f,
-                Err(reason) => {
-                    tally.skip(&e.src, reason, progress);
-                    return Ok(());
+    fn write_inline(&mut self, e: &Entry, tally: &mut Tally, progress: &dyn Progress) -> Result<(), PackError> {
+        let options = archive::zip_options(e, self.c)?;
+        match &e.kind {
+            Kind::Dir => self.zip.add_directory(e.name.as_str(), options)?,
+            Kind::Symlink { target } => match target.to_str() {
+                Some(t) => self.zip.add_symlink(e.name.as_str(), t, options)?,
+                None => tally.skip(&e.src, "symlink target is not valid UTF-8".into(), progress),
+            },
+            Kind::File { .. } => {
+                let file = match archive::open_source(&e.src) {
+                    Ok(f) => f,
+                    Err(reason) => {
+                        tally.skip(&e.src, reason, progress);
+                        return Ok(());
+                    }
+                };
+                let size = file.metadata().map_err(zip::result::ZipError::Io)?.len();
+                let mut fresh = e.clone();
+                fresh.kind = Kind::File { size };
+                let outcome = self.spill_copy(&fresh, file, size)?;
+                if let Some(problem) = outcome.problem {
+                    tally.skip(
+                        &e.src,
+                        format!("{problem}; stored content may be inconsistent"),
+                        progress,
+                    );
                 }
-            };
-            let size = file.metadata().map_err(zip::result::ZipError::Io)?.len();
-            let mut fresh = e.clone();
-            fresh.kind = Kind::File { size };
-            zip.start_file(e.name.as_str(), archive::zip_options(&fresh, c)?)?;
-            let outcome = archive::copy_exact(file, size, e.mtime, zip).map_err(zip::result::ZipError::Io)?;
-            if let Some(problem) = outcome.problem {
-                tally.skip(
-                    &e.src,
-                    format!("{problem}; stored content may be inconsistent"),
-                    progress,
-                );
+                tally.stored(size, progress);
             }
-            tally.stored(size, progress);
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Compresses a large file into a one-entry zip beside the output, then copies the
+    /// compressed entry into the archive with its CRC and sizes known up front.
+    fn spill_copy(&mut self, e: &Entry, file: File, size: u64) -> Result<archive::ReadOutcome, PackError> {
+        let spill = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.spill)
+            .map_err(zip::result::ZipError::Io)?;
+        let mut side = ZipWriter::new(BufWriter::with_capacity(1 << 20, spill));
+        side.start_file(e.name.as_str(), archive::zip_options(e, self.c)?)?;
+        let outcome = archive::copy_exact(file, size, e.mtime, &mut side).map_err(zip::result::ZipError::Io)?;
+        let spill = side
+            .finish()?
+            .into_inner()
+            .map_err(|err| zip::result::ZipError::Io(err.into_error()))?;
+        let mut side = ZipArchive::new(spill)?;
+        let entry = side.by_index_raw(0)?;
+        self.zip.raw_copy_file(entry)?;
+        Ok(outcome)
+    }
 }
