@@ -89,7 +89,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Builds the awkward tree under `dir/tree`: the committed `fixtures/tree` (unicode and
-/// >100-byte names, deep nesting, an empty file, symlinks) plus an empty folder, modes other than
+/// names over 100 bytes, deep nesting, an empty file, symlinks) plus an empty folder, modes other than
 /// 0644, a 2 MiB incompressible file and a 9 MiB compressible one; every mtime set to [`MTIME`].
 pub fn awkward_tree(dir: &Path) -> PathBuf {
     let root = dir.join("tree");
