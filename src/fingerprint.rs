@@ -515,7 +515,7 @@ mod tests {
                 break;
             }
         }
-        let err = err.map_or_else(|| w.finish().err().unwrap(), |e| e);
+        let err = err.unwrap_or_else(|| w.finish().err().unwrap());
         assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
     }
 
