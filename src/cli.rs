@@ -47,6 +47,8 @@ pub enum Command {
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
     Verify(VerifyArgs),
+    /// Verify an archive against its manifest, then extract it into a folder.
+    Restore(RestoreArgs),
 }
 
 /// `robusto verify FILE`
@@ -177,5 +179,33 @@ impl PackArgs {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
         self.flags
             .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+    }
+}
+
+/// `robusto restore FILE --into DIR`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive (zip, tar, tar.gz or tar.zst); its manifest FILE.manifest.json is checked first.
+    pub file: PathBuf,
+    /// The folder to extract into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// List what would be extracted, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Extract even without a manifest to check the archive against.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl RestoreArgs {
+    /// The validated options.
+    pub fn to_options(&self) -> robusto::restore::RestoreOptions {
+        robusto::restore::RestoreOptions {
+            archive: self.file.clone(),
+            into: self.into.clone(),
+            dry_run: self.dry_run,
+            verify: !self.no_verify,
+        }
     }
 }

@@ -21,4 +21,5 @@ pub mod manifest;
 pub mod pack;
 pub mod progress;
 pub mod protocol;
+pub mod restore;
 pub mod units;

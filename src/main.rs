@@ -73,6 +73,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(exit::SKIPPED)
             }
         }
+        Command::Restore(args) => {
+            let report = robusto::restore::restore(&args.to_options())?;
+            for e in &report.listing {
+                println!("{}", listing_line(e));
+            }
+            if !args.dry_run {
+                tracing::info!(
+                    "restored {} entries ({}) into {}",
+                    report.entries,
+                    robusto::units::format_bytes(report.bytes),
+                    args.into.display()
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Verify(args) => {
             let m = robusto::manifest::verify(&args.file)?;
             tracing::info!(
@@ -86,6 +101,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// One line of `restore --dry-run`: kind, mode, size, mtime, name (like `tar -tv`).
+fn listing_line(e: &robusto::restore::Listed) -> String {
+    use robusto::restore::EntryKind;
+    let kind = match &e.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::File => '-',
+        EntryKind::Symlink(_) => 'l',
+        EntryKind::HardLink(_) => 'h',
+    };
+    let when = e
+        .mtime
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into());
+    let mode = e.mode.map(|m| format!("{m:04o}")).unwrap_or_else(|| "----".into());
+    let target = match &e.kind {
+        EntryKind::Symlink(t) => format!(" -> {t}"),
+        EntryKind::HardLink(t) => format!(" link to {t}"),
+        _ => String::new(),
+    };
+    format!("{kind} {mode} {:>12} {when} {}{target}", e.size, e.name)
 }
 
 fn main() -> ExitCode {
