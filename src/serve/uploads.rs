@@ -100,6 +100,13 @@ impl Uploads {
         Lease { _guard: guard, cancel }
     }
 
+    /// Whether a request holds the upload's lock right now.
+    pub fn is_busy(&self, id: &str) -> bool {
+        lock(&self.slots)
+            .get(id)
+            .is_some_and(|slot| slot.writer.try_lock().is_err())
+    }
+
     /// A copy of the running digest of `id` if it covers exactly `offset` bytes.
     fn running_at(&self, id: &str, offset: u64, algorithm: ChecksumAlgorithm) -> Option<ChecksumHasher> {
         if offset == 0 {

@@ -1,1 +1,6 @@
 //! The one integration-test binary: each module is a rung of the test ladder.
+
+mod interop_serve;
+mod serve_env;
+mod store;
+mod tus;
