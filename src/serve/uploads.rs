@@ -3,7 +3,6 @@
 //! the expiry sweeper.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,7 +49,7 @@ pub fn sanitize_filename(name: Option<&str>, fallback: &str) -> String {
     while base.len() > 200 {
         base.pop();
     }
-    if base.is_empty() || base == "." || base == ".." || Path::new(&base).is_absolute() {
+    if base.is_empty() || base == "." || base == ".." {
         fallback.to_string()
     } else {
         base
@@ -148,7 +147,7 @@ fn expiry(state: &AppState) -> Option<u64> {
 }
 
 /// Loads an upload for `owner`: another token's upload does not exist; an unfinished upload
-/// past its expiry is expired on the spot.
+/// past its expiry reads as expired (the sweeper frees its bytes, under the upload's lock).
 pub async fn load(state: &AppState, id: &str, owner: &Owner) -> Result<UploadInfo, ServeError> {
     if !is_valid_id(id) {
         return Err(ServeError::NotFound);
@@ -158,8 +157,6 @@ pub async fn load(state: &AppState, id: &str, owner: &Owner) -> Result<UploadInf
         return Err(ServeError::NotFound);
     }
     if info.state == UploadState::Receiving && info.expires.is_some_and(|e| now_secs() >= e) {
-        state.store.expire(id).await?;
-        state.uploads.forget(id);
         info.state = UploadState::Expired;
     }
     Ok(info)
@@ -240,7 +237,10 @@ pub async fn append(
         (None, Some(max)) => max.saturating_sub(info.offset),
         (None, None) => u64::MAX,
     };
-    let whole = expected_whole(info.metadata.as_deref()).map(|c| c.algorithm);
+    // Partial uploads are not checked whole (their final upload is).
+    let whole = expected_whole(info.metadata.as_deref())
+        .filter(|_| !info.is_partial())
+        .map(|c| c.algorithm);
     let running = whole.and_then(|alg| state.uploads.running_at(&info.id, info.offset, alg));
     let append = Append {
         offset: info.offset,
