@@ -29,6 +29,7 @@ run_one() {
   local which=$1 chunk=$2; shift 2
   local data=$out/data-$which
   rm -rf "$data"; mkdir -p "$data"
+  sync # start every run with no dirty pages left by the previous one
   if [ "$which" = robusto ]; then
     "$bin" -q serve --listen "127.0.0.1:$port" --data "$data" & pid=$!
   else
@@ -44,9 +45,12 @@ run_one() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$data"
   awk -v s="$size" -v t0="$t0" -v t1="$t1" -v k="$ticks" -v hz="$tck" -v p="$peak" \
-    'BEGIN { printf "%.1f %.2f %.1f\n", s / (t1 - t0) / 1e6, (k / hz) / (s / 1073741824), p / 1024 }'
+    'BEGIN { printf "%.1f %.2f %.1f\n", s / (t1 - t0) / 1e6, (k / hz) / (s / 1073741824), p / 1024 }' |
+    tee -a "$out/runs.log"
+  echo "  ($which, chunk $chunk $*, load $(cut -d' ' -f1 /proc/loadavg))" >> "$out/runs.log"
 }
 
+echo "== $(date -u +%FT%TZ) $(nproc) cores" >> "$out/runs.log"
 printf '%-28s %10s %14s %12s\n' "server, chunk" "MB/s" "CPU-s/GiB" "peak MiB"
 for chunk in 8388608 67108864; do
   r=""; t=""
