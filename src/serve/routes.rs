@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header as http};
+use axum::http::header::IntoHeaderName;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header as http};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
@@ -17,9 +18,9 @@ use crate::protocol::{self, Status, StatusReport, header};
 
 type Result<T> = std::result::Result<T, ServeError>;
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
+fn set(headers: &mut HeaderMap, name: impl IntoHeaderName, value: impl ToString) {
     if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 
@@ -147,7 +148,7 @@ pub async fn create(
 fn created(info: &UploadInfo, with_offset: bool) -> Response {
     let mut r = StatusCode::CREATED.into_response();
     let h = r.headers_mut();
-    set(h, "location", location(&info.id));
+    set(h, http::LOCATION, location(&info.id));
     if with_offset {
         set(h, header::UPLOAD_OFFSET, info.offset);
     }
@@ -375,12 +376,12 @@ pub async fn download(
     let stream = state.store.read(&id, span.clone()).await?;
     let mut r = (status, Body::from_stream(stream)).into_response();
     let h = r.headers_mut();
-    set(h, "content-length", span.end - span.start);
-    set(h, "content-type", "application/octet-stream");
-    set(h, "accept-ranges", "bytes");
-    set(h, "cache-control", "no-store");
+    set(h, http::CONTENT_LENGTH, span.end - span.start);
+    set(h, http::CONTENT_TYPE, "application/octet-stream");
+    set(h, http::ACCEPT_RANGES, "bytes");
+    set(h, http::CACHE_CONTROL, "no-store");
     let md5 = info.md5.as_deref().and_then(crate::fingerprint::Md5::from_hex);
-    set(h, "etag", format!("\"{}\"", md5.map(|m| m.hex()).unwrap_or(id)));
+    set(h, http::ETAG, format!("\"{}\"", md5.map(|m| m.hex()).unwrap_or(id)));
     if let Some(m) = md5
         && range.is_none()
     {

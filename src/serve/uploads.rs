@@ -117,6 +117,14 @@ impl Uploads {
         }
     }
 
+    /// Takes the running digest of `id` if it covers exactly `offset` bytes.
+    fn take_running(&self, id: &str, offset: u64) -> Option<ChecksumHasher> {
+        lock(&self.running)
+            .remove(id)
+            .filter(|(at, _)| *at == offset)
+            .map(|(_, h)| h)
+    }
+
     fn set_running(&self, id: &str, offset: u64, h: Option<ChecksumHasher>) {
         let mut running = lock(&self.running);
         match h {
@@ -270,11 +278,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     if !info.is_partial()
         && let Some(expected) = expected_whole(info.metadata.as_deref())
     {
-        let held = lock(&state.uploads.running)
-            .remove(&id)
-            .filter(|(at, _)| *at == length)
-            .map(|(_, h)| h);
-        let digest = match held {
+        let digest = match state.uploads.take_running(&id, length) {
             Some(h) => h.finish(),
             None => {
                 tracing::debug!(%id, "no running digest (server restarted?); re-reading the file");

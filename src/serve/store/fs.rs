@@ -24,6 +24,7 @@ use tokio::io::AsyncSeekExt as _;
 
 use super::{
     Append, Appended, BodyError, BodyStream, ByteStream, Store, StoreError, StoreResult, UploadInfo, UploadState,
+    suffixed,
 };
 use crate::durable;
 use crate::serve::uploads::is_valid_id;
@@ -41,17 +42,6 @@ const READ_CHUNK: usize = 256 << 10;
 pub struct FsStore {
     uploads: PathBuf,
     files: PathBuf,
-}
-
-/// `name`, or with `-n` before its extension for the n-th collision (`backup-1.zip`).
-pub fn suffixed(name: &str, n: u32) -> String {
-    if n == 0 {
-        return name.to_string();
-    }
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{n}.{ext}"),
-        _ => format!("{name}-{n}"),
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
@@ -187,11 +177,10 @@ impl Store for FsStore {
     }
 
     fn info<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        let path = self.info_path(id);
         async move {
-            let path = self.info_path(id)?;
-            let bytes = tokio::fs::read(&path).await?;
-            serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Io(io::Error::other(format!("{}: {e}", path.display()))))
+            let path = path?;
+            blocking(move || Self::read_info(&path)).await
         }
         .boxed()
     }
@@ -473,18 +462,5 @@ impl Store for FsStore {
             .await
         }
         .boxed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn collisions_get_a_suffix_before_the_extension() {
-        assert_eq!(suffixed("backup.zip", 0), "backup.zip");
-        assert_eq!(suffixed("backup.zip", 2), "backup-2.zip");
-        assert_eq!(suffixed("README", 1), "README-1");
-        assert_eq!(suffixed(".env", 1), ".env-1");
     }
 }

@@ -147,7 +147,7 @@ impl Store for MemoryStore {
             }
             let mut n = 0;
             let chosen = loop {
-                let candidate = super::fs::suffixed(name, n);
+                let candidate = super::suffixed(name, n);
                 if !inner.published.contains_key(&candidate) {
                     break candidate;
                 }

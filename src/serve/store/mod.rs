@@ -183,6 +183,18 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// `name`, or with `-n` before its extension for the n-th collision (`backup-1.zip`): how every
+/// store names a published upload whose name is taken.
+pub fn suffixed(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_string();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{n}.{ext}"),
+        _ => format!("{name}-{n}"),
+    }
+}
+
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -223,4 +235,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ids of all uploads.
     fn list(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collisions_get_a_suffix_before_the_extension() {
+        assert_eq!(suffixed("backup.zip", 0), "backup.zip");
+        assert_eq!(suffixed("backup.zip", 2), "backup-2.zip");
+        assert_eq!(suffixed("README", 1), "README-1");
+        assert_eq!(suffixed(".env", 1), ".env-1");
+    }
 }
