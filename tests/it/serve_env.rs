@@ -76,8 +76,14 @@ impl BinServer {
     /// Starts `robusto serve --listen 127.0.0.1:PORT --data DATA` (PORT 0 picks one) and waits
     /// for the URL it logs.
     pub fn start(data: &Path, port: u16) -> BinServer {
+        Self::start_on(data, &format!("127.0.0.1:{port}")).0
+    }
+
+    /// Starts `robusto serve --listen ADDR --data DATA`; also returns what it logged up to and
+    /// including the line with its URL.
+    pub fn start_on(data: &Path, addr: &str) -> (BinServer, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_robusto"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .args(["serve", "--listen", addr, "--data"])
             .arg(data)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -85,17 +91,20 @@ impl BinServer {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
+        let mut log = String::new();
         let base = loop {
             let line = lines
                 .next()
                 .expect("robusto serve exited before logging its URL")
                 .unwrap();
+            log.push_str(&line);
+            log.push('\n');
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split("/files/").next().unwrap().to_string();
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        BinServer { base, child }
+        (BinServer { base, child }, log)
     }
 
     /// The port it listens on.

@@ -687,3 +687,60 @@ fn sigkill_mid_upload_then_restart_resumes_from_the_last_acknowledged_byte() {
     });
     assert_eq!(std::fs::read(dir.path().join("files/killed.bin")).unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_sending_is_given_up_after_the_read_timeout() {
+    let s = Server::start(|c| c.read_timeout = Duration::from_millis(200)).await;
+    let c = s.client();
+    let data = bytes(1000, 5);
+    let loc = c.create(1000, "").await;
+    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], None);
+    // Nothing else touches the upload: only the read timeout can end that PATCH.
+    let id = id_of(&loc);
+    let mut offset = 0;
+    for _ in 0..1000 {
+        offset = s.state.store.info(&id).await.unwrap().offset;
+        if offset == 300 && !s.state.uploads.is_busy(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(offset, 300, "the bytes before the stall are kept (no checksum)");
+    drop(stalled);
+    assert_eq!(c.patch(&loc, 300, &data[300..], None).await.status(), 204);
+}
+
+#[test]
+fn serve_flags_are_validated_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        &["--max-size", "lots"][..],
+        &["--expire-after", "soon"],
+        &["--read-timeout", "0s"],
+        &["--token-file", "/nonexistent/tokens"],
+        &["--listen", "not-an-address"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_robusto"))
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.path())
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn an_open_server_off_loopback_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, log) = BinServer::start_on(dir.path(), "0.0.0.0:0");
+    assert!(log.contains("no --token-file"), "{log}");
+    let (_server, log) = BinServer::start_on(dir.path(), "127.0.0.1:0");
+    assert!(!log.contains("no --token-file"), "{log}");
+}
