@@ -16,6 +16,7 @@
 //! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
 //! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
 
+pub mod config;
 pub mod durable;
 pub mod fingerprint;
 pub mod manifest;
