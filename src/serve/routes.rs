@@ -134,12 +134,13 @@ pub async fn create(
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
         match uploads::append(&state, info.clone(), checksum, stream).await {
             Ok(after) => info = after,
-            // The upload exists; the client learns the offset and continues with PATCH.
-            Err(e @ ServeError::Internal(_)) => return Err(e),
-            Err(e) => {
-                tracing::info!(id = %info.id, "data sent with the creation request was not kept: {e}");
+            // The body was cut off: the upload exists, the client learns the offset and
+            // continues with PATCH. Any other failure (checksum, disk) is answered as such.
+            Err(ServeError::BadRequest(reason)) => {
+                tracing::info!(id = %info.id, "data sent with the creation request was not kept: {reason}");
                 info = state.store.info(&info.id).await?;
             }
+            Err(e) => return Err(e),
         }
     }
     Ok(created(&info, with_data))
