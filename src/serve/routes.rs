@@ -240,11 +240,11 @@ pub async fn patch(
         _ => {}
     }
     if let (Some(len), Some(cl)) = (info.length, content_length)
-        && cl > len - info.offset
+        && cl > len.saturating_sub(info.offset)
     {
         return Err(ServeError::TooLarge(format!(
             "the body ({cl} bytes) is longer than the {} bytes the upload still needs",
-            len - info.offset
+            len.saturating_sub(info.offset)
         )));
     }
     if info.state == UploadState::Complete {

@@ -123,6 +123,8 @@ async fn create_head_patch_publish_read_status() {
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
     assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty());
     assert_eq!(c.status(&loc).await["value"], "0");
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(r.status(), 409, "an unfinished upload cannot be read");
     let r = c.patch(&loc, 5, b" world", Some(&md5_header(b" world"))).await;
     assert_eq!(r.status(), 204);
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
