@@ -13,7 +13,9 @@ use super::AppState;
 use super::error::ServeError;
 use super::store::{Append, BodyStream, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
-use crate::protocol::{ChecksumAlgorithm, ChecksumHasher, Metadata, meta};
+use crate::protocol::{
+    ChecksumAlgorithm, ChecksumHasher, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta,
+};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -322,6 +324,27 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     info.state = UploadState::Complete;
     state.store.update(info.clone()).await?;
     Ok(info)
+}
+
+/// The status report of an upload (DESIGN §5); `url` is where a complete upload is read.
+pub fn report(info: UploadInfo, url: String) -> StatusReport {
+    let (status, value) = match info.state {
+        UploadState::Receiving if info.offset == 0 => (Status::New, String::new()),
+        UploadState::Receiving => {
+            let meta = info.metadata.as_deref().and_then(|m| Metadata::parse(m).ok());
+            let chunk = meta
+                .as_ref()
+                .and_then(|m| m.get_str(meta::CHUNK_SIZE))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|&c| c > 0)
+                .unwrap_or(DEFAULT_CHUNK_SIZE);
+            (Status::Partial, chunks_received(info.offset, chunk))
+        }
+        UploadState::Complete => (Status::Complete, url),
+        UploadState::Error => (Status::Error, info.error.unwrap_or_else(|| "error".into())),
+        UploadState::Expired => (Status::Error, "the upload expired before it was complete".into()),
+    };
+    StatusReport { status, value }
 }
 
 /// Expires every unfinished upload past its expiry; returns how many.
