@@ -174,6 +174,12 @@ impl ChunkVerifier {
         Ok(())
     }
 
+    /// Takes the running whole-file digest out, for a caller that feeds it on another thread
+    /// (and puts the result into the [`Verdict`]).
+    pub fn take_running(&mut self) -> Option<ChecksumHasher> {
+        self.running.take()
+    }
+
     /// Bytes accepted so far.
     pub fn received(&self) -> u64 {
         self.received
