@@ -358,20 +358,28 @@ pub async fn sweep(state: &AppState) -> usize {
     };
     let now = now_secs();
     let mut n = 0;
+    let expired = |info: &UploadInfo| info.state == UploadState::Receiving && info.expires.is_some_and(|e| now >= e);
     for id in ids {
+        // An upload being written to is not expired under its writer's feet.
         let Ok(info) = state.store.info(&id).await else {
             continue;
         };
-        if info.state == UploadState::Receiving && info.expires.is_some_and(|e| now >= e) {
-            let _lease = state.uploads.acquire(&id).await;
-            match state.store.expire(&id).await {
-                Ok(()) => {
-                    state.uploads.forget(&id);
-                    tracing::info!(%id, "unfinished upload expired; its bytes were freed");
-                    n += 1;
-                }
-                Err(e) => tracing::warn!(%id, "could not expire: {e}"),
+        if !expired(&info) || state.uploads.is_busy(&id) {
+            continue;
+        }
+        let _lease = state.uploads.acquire(&id).await;
+        // Look again under the lock: a chunk may have just renewed the expiry.
+        match state.store.info(&id).await {
+            Ok(info) if expired(&info) => {}
+            _ => continue,
+        }
+        match state.store.expire(&id).await {
+            Ok(()) => {
+                state.uploads.forget(&id);
+                tracing::info!(%id, "unfinished upload expired; its bytes were freed");
+                n += 1;
             }
+            Err(e) => tracing::warn!(%id, "could not expire: {e}"),
         }
     }
     n
