@@ -135,6 +135,14 @@ impl Uploads {
         };
     }
 
+    /// Tells every request holding an upload to give up (the server is shutting down): a chunk
+    /// with a checksum is discarded, one without keeps what arrived; clients resume later.
+    pub fn cancel_all(&self) {
+        for slot in lock(&self.slots).values() {
+            lock(&slot.current).cancel();
+        }
+    }
+
     /// Forgets everything held for `id`.
     pub fn forget(&self, id: &str) {
         lock(&self.running).remove(id);
