@@ -782,3 +782,10 @@ async fn shutdown_ends_a_stalled_patch_and_keeps_what_arrived() {
     let on_disk = std::fs::read(dir.path().join("uploads").join(id_of(&loc))).unwrap();
     assert_eq!(on_disk, data[..info.offset as usize]);
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), 0);
+    assert!(server.terminate().success());
+}
