@@ -19,7 +19,9 @@
 pub mod durable;
 pub mod fingerprint;
 pub mod manifest;
+pub mod pack;
 pub mod progress;
 pub mod protocol;
+pub mod restore;
 pub mod serve;
 pub mod units;

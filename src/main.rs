@@ -6,6 +6,9 @@ mod cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use robusto::progress::{Human, JsonLines, Progress, Silent};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -17,6 +20,20 @@ mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const SKIPPED: u8 = 3;
+}
+
+/// The progress reporter the flags and the terminal call for.
+fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json {
+        Box::new(JsonLines)
+    } else if global.quiet {
+        Box::new(Silent)
+    } else {
+        let tty = std::io::stderr().is_terminal();
+        let interval = (global.verbose > 0).then(|| Duration::from_secs(10));
+        Box::new(Human::new(tty, interval))
+    }
 }
 
 fn init_logging(global: &cli::GlobalArgs) {
@@ -38,7 +55,39 @@ fn init_logging(global: &cli::GlobalArgs) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let progress = reporter(&cli.global);
     match cli.command {
+        Command::Pack(args) => {
+            let opts = args.to_options()?;
+            let report = robusto::pack::pack(&opts, progress.as_ref())?;
+            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let skipped = report.skipped();
+            if skipped.is_empty() {
+                Ok(exit::OK)
+            } else {
+                tracing::warn!(
+                    "{} file(s) skipped; listed in {}",
+                    skipped.len(),
+                    report.manifest_path.display()
+                );
+                Ok(exit::SKIPPED)
+            }
+        }
+        Command::Restore(args) => {
+            let report = robusto::restore::restore(&args.to_options())?;
+            for e in &report.listing {
+                println!("{}", listing_line(e));
+            }
+            if !args.dry_run {
+                tracing::info!(
+                    "restored {} entries ({}) into {}",
+                    report.entries,
+                    robusto::units::format_bytes(report.bytes),
+                    args.into.display()
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Verify(args) => {
             let m = robusto::manifest::verify(&args.file)?;
             tracing::info!(
@@ -53,6 +102,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Serve(args) => serve(&args),
     }
+}
+
+/// One line of `restore --dry-run`: kind, mode, size, mtime, name (like `tar -tv`).
+fn listing_line(e: &robusto::restore::Listed) -> String {
+    use robusto::restore::EntryKind;
+    let kind = match &e.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::File => '-',
+        EntryKind::Symlink(_) => 'l',
+        EntryKind::HardLink(_) => 'h',
+    };
+    let when = e
+        .mtime
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into());
+    let mode = e.mode.map(|m| format!("{m:04o}")).unwrap_or_else(|| "----".into());
+    let target = match &e.kind {
+        EntryKind::Symlink(t) => format!(" -> {t}"),
+        EntryKind::HardLink(t) => format!(" link to {t}"),
+        _ => String::new(),
+    };
+    format!("{kind} {mode} {:>12} {when} {}{target}", e.size, e.name)
 }
 
 /// `robusto serve`: bind, log the URL, serve until Ctrl-C or SIGTERM.
