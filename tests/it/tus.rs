@@ -523,7 +523,7 @@ async fn concatenation_of_partial_uploads() {
     assert_eq!(hv(&r, header::UPLOAD_CONCAT), "partial");
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
 
-    let concat = format!("{}{a} {}{b}", s.base, "");
+    let concat = format!("{}{a} {b}", s.base); // an absolute and a relative URL
     let r = final_of(concat.clone(), meta).await.unwrap();
     assert_eq!(r.status(), 201);
     let f = hv(&r, "location");
