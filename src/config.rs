@@ -166,7 +166,7 @@ pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Prof
         Some(toml::Value::Table(t)) => t.clone(),
         _ => toml::Table::new(),
     };
-    for key in doc.keys().filter(|k| *k != "profile") {
+    if let Some(key) = doc.keys().find(|k| *k != "profile") {
         return Err(ConfigError::UnknownKey {
             path: path.to_path_buf(),
             profile: "(top level)".into(),
