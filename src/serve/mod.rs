@@ -94,8 +94,14 @@ impl AppState {
 /// The whole HTTP application: tus under `/files/`.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/files", post(routes::create).options(routes::options))
-        .route("/files/", post(routes::create).options(routes::options))
+        .route(
+            "/files",
+            post(routes::create).get(routes::list).options(routes::options),
+        )
+        .route(
+            "/files/",
+            post(routes::create).get(routes::list).options(routes::options),
+        )
         .route(
             "/files/{id}",
             head(routes::head)

@@ -14,6 +14,7 @@ use super::error::ServeError;
 use super::store::{UploadInfo, UploadState};
 use super::uploads::{self, Creation, Owner};
 use super::verify::{self, MAX_CONCAT_PARTS};
+use crate::protocol::Listed;
 use crate::protocol::{self, StatusReport, header};
 
 type Result<T> = std::result::Result<T, ServeError>;
@@ -289,6 +290,11 @@ pub async fn status(
         None => location(&id),
     };
     Ok(Json(uploads::report(info, url)))
+}
+
+/// `GET /files`: the completed uploads the caller's token may see, as JSON, oldest first.
+pub async fn list(State(state): State<AppState>, Extension(owner): Extension<Owner>) -> Result<Json<Vec<Listed>>> {
+    Ok(Json(uploads::list_complete(&state, &owner).await?))
 }
 
 /// A single `bytes=` range of a file of `len` bytes; `None` for the whole file.

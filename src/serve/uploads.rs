@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ServeError;
 use super::store::{Append, BodyStream, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
+use crate::protocol::Listed;
 use crate::protocol::{
     ChecksumAlgorithm, ChecksumHasher, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta,
 };
@@ -330,6 +331,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         tracing::info!(%id, length, name = info.published.as_deref().unwrap_or(""), "upload complete and published");
     }
     info.state = UploadState::Complete;
+    info.completed = Some(now_secs());
     state.store.update(info.clone()).await?;
     Ok(info)
 }
@@ -353,6 +355,56 @@ pub fn report(info: UploadInfo, url: String) -> StatusReport {
         UploadState::Expired => (Status::Error, "the upload expired before it was complete".into()),
     };
     StatusReport { status, value }
+}
+
+/// The completed (published) uploads `owner` may see, oldest first.
+pub async fn list_complete(state: &AppState, owner: &Owner) -> Result<Vec<Listed>, ServeError> {
+    let mut out = Vec::new();
+    for id in state.store.list().await? {
+        let Ok(info) = state.store.info(&id).await else {
+            continue;
+        }; // deleted meanwhile
+        if info.owner != owner.0 || info.state != UploadState::Complete || info.is_partial() {
+            continue;
+        }
+        let meta = info
+            .metadata
+            .as_deref()
+            .and_then(|m| Metadata::parse(m).ok())
+            .unwrap_or_default();
+        let metadata = meta
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_deref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let completed_at = info
+            .completed
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        out.push(Listed {
+            url: format!("/files/{}", info.id),
+            name: meta
+                .get_str(meta::FILENAME)
+                .map(str::to_string)
+                .or(info.published.clone())
+                .unwrap_or_else(|| info.id.clone()),
+            size: info.length.unwrap_or(info.offset),
+            md5: info.md5,
+            completed: info.completed,
+            completed_at,
+            metadata,
+            id: info.id,
+        });
+    }
+    out.sort_by(|a, b| (a.completed, &a.id).cmp(&(b.completed, &b.id)));
+    Ok(out)
 }
 
 /// Expires every unfinished upload past its expiry; returns how many.

@@ -789,3 +789,41 @@ fn sigterm_stops_the_server_cleanly() {
     let server = BinServer::start(dir.path(), 0);
     assert!(server.terminate().success());
 }
+
+#[tokio::test]
+async fn get_files_lists_the_callers_completed_uploads() {
+    let s = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("alice\nbob\n")).await;
+    let mut alice = s.client();
+    alice.token = Some("alice".into());
+    let body = b"nightly archive bytes";
+    let meta = metadata(&[("filename", "host-2026-11-21.zip"), ("checksum", &md5_header(body))]);
+    let done = alice.create(body.len() as u64, &meta).await;
+    assert_eq!(alice.patch(&done, 0, body, Some(&md5_header(body))).await.status(), 204);
+    let _unfinished = alice.create(100, &metadata(&[("filename", "partial.zip")])).await;
+    let mut bob = s.client();
+    bob.token = Some("bob".into());
+    let bobs = bob.create(1, &metadata(&[("filename", "bob.zip")])).await;
+    assert_eq!(bob.patch(&bobs, 0, b"x", None).await.status(), 204);
+
+    let r = alice.req(Method::GET, "/files/").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Vec<robusto::protocol::Listed> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(list.len(), 1, "only alice's completed upload: {list:?}");
+    let l = &list[0];
+    assert_eq!(l.name, "host-2026-11-21.zip");
+    assert_eq!(l.size, body.len() as u64);
+    assert_eq!(
+        l.md5.as_deref(),
+        Some(robusto::fingerprint::Md5::of(body).hex().as_str())
+    );
+    assert!(done.ends_with(&l.url), "{done} vs {}", l.url);
+    assert!(l.completed_at.as_deref().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(l.metadata["filename"], "host-2026-11-21.zip");
+    let anonymous = reqwest::Client::new()
+        .get(s.endpoint())
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
