@@ -25,5 +25,6 @@ pub mod pack;
 pub mod progress;
 pub mod protocol;
 pub mod restore;
+pub mod retention;
 pub mod serve;
 pub mod units;
