@@ -254,7 +254,12 @@ fn write_tar(
                 let mut h = archive::tar_header(&fresh);
                 let size = source.size;
                 let mut r = source.reader();
-                builder.append_data(&mut h, &e.name, &mut r)?;
+                if size > 64 << 10 {
+                    // io::copy reads 8 KiB at a time unless the reader brings its own buffer
+                    builder.append_data(&mut h, &e.name, io::BufReader::with_capacity(256 << 10, &mut r))?;
+                } else {
+                    builder.append_data(&mut h, &e.name, &mut r)?;
+                }
                 if let Some(problem) = r.finish().problem {
                     tally.skip(&e.src, archive::changed_reason(&problem), progress);
                 }

@@ -268,7 +268,9 @@ impl Walk {
         let (ex, nv, r) = (Arc::clone(&self.excludes), Arc::clone(&self.never), root.to_path_buf());
         wb.filter_entry(move |e| {
             let rel = e.path().strip_prefix(&r).unwrap_or(e.path());
-            !ex.excludes(rel) && !nv.contains(&normalize(e.path()))
+            // the full path is only worked out for a name that one of the `never` paths has
+            let never = || nv.iter().any(|n| n.file_name() == Some(e.file_name())) && nv.contains(&normalize(e.path()));
+            !ex.excludes(rel) && !never()
         });
         wb.build()
     }
