@@ -9,6 +9,7 @@
 #   small files, tar+zstd -3 : robusto pack --format tar --compress zstd -l 3  vs  tar -cf - DIR | zstd -3 -T0 | md5sum
 #   1 GiB random, tar+zstd -3: the same two commands on the 1 GiB file
 #   small files, zip deflate 6: robusto pack --format zip --compress deflate -l 6  vs  zip -qr -6
+#   *-kept: the tar pipeline also keeps its archive (tee FILE, then sync FILE), as robusto does
 # robusto also writes and fsyncs its archive, hashes it twice (whole + per chunk) and writes the
 # manifest; the tar pipeline only hashes its output once and writes nothing.
 set -euo pipefail
@@ -38,9 +39,14 @@ ROB[small-tarzst]="$R -q pack '$C/small' -o '$O/r.tar.zst' --format tar --compre
 PEER[small-tarzst]="tar -cf - -C '$C' small | zstd -q -3 -T0 | md5sum"
 ROB[big-tarzst]="$R -q pack '$C/big' -o '$O/rb.tar.zst' --format tar --compress zstd -l 3"
 PEER[big-tarzst]="tar -cf - -C '$C' big | zstd -q -3 -T0 | md5sum"
+# the same pipeline made to keep its archive as robusto does (written, then fsynced)
+ROB[small-tarzst-kept]="${ROB[small-tarzst]}"
+PEER[small-tarzst-kept]="tar -cf - -C '$C' small | zstd -q -3 -T0 | tee '$O/p.tar.zst' | md5sum && sync '$O/p.tar.zst'"
+ROB[big-tarzst-kept]="${ROB[big-tarzst]}"
+PEER[big-tarzst-kept]="tar -cf - -C '$C' big | zstd -q -3 -T0 | tee '$O/pb.tar.zst' | md5sum && sync '$O/pb.tar.zst'"
 ROB[small-zip6]="$R -q pack '$C/small' -o '$O/r.zip' --format zip --compress deflate -l 6"
 PEER[small-zip6]="rm -f '$O/p.zip'; cd '$C' && zip -qr -6 '$O/p.zip' small"
-CASES="small-tarzst big-tarzst small-zip6"
+CASES="small-tarzst big-tarzst small-tarzst-kept big-tarzst-kept small-zip6"
 
 for c in $CASES; do
   run "warmup" "${ROB[$c]}"; run "warmup" "${PEER[$c]}"
