@@ -10,6 +10,7 @@
 //!    written atomically beside the archive.
 //! 3. The sender uploads the archive chunk by chunk over tus 1.0.0 ([`protocol`]), each chunk
 //!    carrying its MD5 so the server can refuse a damaged one without losing the good ones.
+//!    [`send`] does this resumably: a journal, retries with backoff, HEAD to resync, throttling.
 //! 4. The server checks every chunk and the whole file, stores durably, and reports status.
 //!
 //! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
@@ -20,4 +21,5 @@ pub mod fingerprint;
 pub mod manifest;
 pub mod progress;
 pub mod protocol;
+pub mod send;
 pub mod units;

@@ -6,17 +6,22 @@ mod cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, UsageError};
+use robusto::progress::{Event, Human, JsonLines, Progress};
+use robusto::send::{SendOptions, SendOutcome};
 
 /// Exit codes (README "Exit codes").
 mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const RESUMABLE: u8 = 75;
+    pub const INTERRUPTED: u8 = 130;
 }
 
 fn init_logging(global: &cli::GlobalArgs) {
@@ -50,6 +55,108 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             println!("{}  {}", m.archive.md5, args.file.display());
             Ok(exit::OK)
+        }
+        Command::Send(args) => {
+            let opts = match cli::destination(&args.send.to)? {
+                cli::Destination::Url(url) => args.send.options(args.file, url, args.name)?,
+                cli::Destination::Dir(dir) => {
+                    return Err(UsageError(format!(
+                        "--to {}: sending to a local folder needs the embedded server, which this build lacks",
+                        dir.display()
+                    ))
+                    .into());
+                }
+            };
+            let progress = reporter(&cli.global);
+            runtime()?.block_on(send(&opts, progress.as_ref()))
+        }
+        Command::Status(args) => {
+            let opts = args.options()?;
+            let v = runtime()?.block_on(robusto::send::get::status(&opts))?;
+            println!("{v}");
+            Ok(exit::OK)
+        }
+        Command::Get(args) => {
+            let opts = args.options()?;
+            match runtime()?.block_on(robusto::send::get::get(&opts, &args.output)) {
+                Ok(r) => {
+                    tracing::info!(
+                        "{}: {} bytes, md5 {}{}",
+                        args.output.display(),
+                        r.bytes,
+                        r.md5,
+                        if r.verified { " (verified)" } else { " (not verified)" }
+                    );
+                    println!("{}  {}", r.md5, args.output.display());
+                    Ok(exit::OK)
+                }
+                Err(e) if e.is_resumable() => {
+                    tracing::error!("{e}");
+                    Ok(exit::RESUMABLE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The progress reporter the flags ask for.
+fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json {
+        Box::new(JsonLines)
+    } else {
+        Box::new(Human::new(
+            std::io::stderr().is_terminal() && !global.quiet,
+            Duration::from_secs(10),
+        ))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Runs a send job, stopping cleanly (resumable) on Ctrl-C; prints the URL on success.
+async fn send(opts: &SendOptions, progress: &dyn Progress) -> anyhow::Result<u8> {
+    let result = tokio::select! {
+        r = robusto::send::send(opts, progress) => r,
+        _ = tokio::signal::ctrl_c() => {
+            progress.event(&Event::Error { message: "interrupted".into(), resumable: true });
+            tracing::warn!("interrupted: run the same command again to continue");
+            return Ok(exit::INTERRUPTED);
+        }
+    };
+    match result {
+        Ok(SendOutcome::Complete { url }) => {
+            println!("{url}");
+            Ok(exit::OK)
+        }
+        Ok(SendOutcome::Paused { url }) => {
+            let message = format!(
+                "--max-duration reached: stopped at a chunk boundary{}; run the same command again to continue",
+                url.map(|u| format!(" (upload {u})")).unwrap_or_default()
+            );
+            progress.event(&Event::Error {
+                message: message.clone(),
+                resumable: true,
+            });
+            tracing::warn!("{message}");
+            Ok(exit::RESUMABLE)
+        }
+        Err(e) => {
+            progress.event(&Event::Error {
+                message: e.to_string(),
+                resumable: e.is_resumable(),
+            });
+            if e.is_resumable() {
+                tracing::error!("{e}");
+                Ok(exit::RESUMABLE)
+            } else {
+                Err(e.into())
+            }
         }
     }
 }
