@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use robusto::pack::{self, Codec, Compression, Format, PackOptions, WalkOptions};
+use robusto::units;
 
 /// A flag or argument that makes no sense; exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,8 @@ pub struct GlobalArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pack PATH… into FILE (zip or tar, compressed) and write FILE.manifest.json beside it.
+    Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
     Verify(VerifyArgs),
     /// Upload FILE to a tus server (or a local folder), resumably; prints the upload URL.
@@ -222,6 +227,121 @@ impl SendFlags {
     }
 }
 
+/// Archive container (`--format`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    /// zip: entries compressed one by one, in parallel.
+    Zip,
+    /// tar: the whole stream compressed (.tar.gz, .tar.zst).
+    Tar,
+}
+
+/// Compression codec (`--compress`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressArg {
+    /// No compression.
+    None,
+    /// DEFLATE, levels 0–9 (default 6).
+    #[value(alias = "gzip")]
+    Deflate,
+    /// Zstandard, levels 1–22 (default 3).
+    Zstd,
+}
+
+/// The flags that decide how an archive is made (shared by `pack` and `push`).
+#[derive(Debug, Args)]
+pub struct PackFlags {
+    /// Archive format.
+    #[arg(long, value_enum, default_value = "zip")]
+    pub format: FormatArg,
+    /// Compression: none, deflate (alias gzip) or zstd.
+    #[arg(long = "compress", value_enum, default_value = "deflate")]
+    pub compress: CompressArg,
+    /// Compression level: deflate 0–9 (default 6), zstd 1–22 (default 3).
+    #[arg(short = 'l', long)]
+    pub level: Option<i32>,
+    /// Leave out paths matching GLOB (repeatable). Without '/' it matches a name at any depth;
+    /// with '/' the path relative to the packed folder.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Read exclude globs from FILE, one per line ('#' starts a comment).
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// Do not descend into other file systems.
+    #[arg(long)]
+    pub one_file_system: bool,
+    /// Store the files symlinks point to instead of the links (loops are detected).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Compression threads [default: all cores]; the output is the same for any count.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// `robusto pack PATH… -o FILE`
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Files and folders to pack.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The archive to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Chunk size of the manifest (the upload's unit of retry), e.g. 8MiB, 512K.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB")]
+    pub chunk_size: String,
+    /// How the archive is made.
+    #[command(flatten)]
+    pub flags: PackFlags,
+}
+
+/// Parses a chunk size: at least 1 KiB, at most 4 GiB.
+pub fn parse_chunk_size(text: &str) -> Result<u64, UsageError> {
+    let n = units::parse_size(text).map_err(|e| UsageError(format!("--chunk-size: {e}")))?;
+    if !(1024..=(4u64 << 30)).contains(&n) {
+        return Err(UsageError(format!(
+            "--chunk-size must be between 1KiB and 4GiB, got {text}"
+        )));
+    }
+    Ok(n)
+}
+
+impl PackFlags {
+    /// The validated pack options for `paths` into `output`.
+    pub fn to_options(&self, paths: Vec<PathBuf>, output: PathBuf, chunk_size: u64) -> Result<PackOptions, UsageError> {
+        let format = match self.format {
+            FormatArg::Zip => Format::Zip,
+            FormatArg::Tar => Format::Tar,
+        };
+        let codec = match self.compress {
+            CompressArg::None => Codec::None,
+            CompressArg::Deflate => Codec::Deflate,
+            CompressArg::Zstd => Codec::Zstd,
+        };
+        let compression = Compression::new(codec, self.level).map_err(|e| UsageError(e.to_string()))?;
+        let threads = match self.threads {
+            Some(0) => return Err(UsageError("--threads must be at least 1".into())),
+            Some(n) => n,
+            None => pack::default_threads(),
+        };
+        Ok(PackOptions {
+            paths,
+            output,
+            format,
+            compression,
+            chunk_size,
+            threads,
+            walk: WalkOptions {
+                exclude: self.exclude.clone(),
+                exclude_from: self.exclude_from.clone(),
+                one_file_system: self.one_file_system,
+                follow_symlinks: self.follow_symlinks,
+                never: Vec::new(),
+            },
+        })
+    }
+}
+
 impl GetArgs {
     /// Typed options.
     pub fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
@@ -252,4 +372,13 @@ fn get_options(
         stall_timeout: duration("--stall-timeout", stall)?,
         token: token(token_file)?,
     })
+}
+
+impl PackArgs {
+    /// The validated options.
+    pub fn to_options(&self) -> Result<PackOptions, UsageError> {
+        let chunk_size = parse_chunk_size(&self.chunk_size)?;
+        self.flags
+            .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+    }
 }

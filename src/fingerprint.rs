@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -261,6 +261,100 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Bytes a [`PatchingHashingWriter`] holds back from hashing, so that a writer may go back and
+/// rewrite them (a zip local header patched after its entry's data).
+const PATCH_WINDOW: usize = 256 << 10;
+
+/// A hashing writer for formats that patch recently written bytes in place (zip writes each
+/// local header, then the data, then seeks back to fill in sizes and CRC). The last
+/// [`PATCH_WINDOW`] bytes stay unhashed until the stream moves past them, so a patch within that
+/// window is hashed as finally written; a seek further back is refused with an error rather than
+/// producing a wrong digest.
+pub struct PatchingHashingWriter<W: Write + Seek> {
+    inner: W,
+    fp: Fingerprinter,
+    /// Unhashed bytes, from `held_start` to `end`.
+    held: Vec<u8>,
+    held_start: u64,
+    pos: u64,
+    end: u64,
+}
+
+impl<W: Write + Seek> PatchingHashingWriter<W> {
+    /// Wraps `inner` (positioned at its start), cutting chunks every `chunk_size` bytes.
+    pub fn new(inner: W, chunk_size: u64) -> Self {
+        PatchingHashingWriter {
+            inner,
+            fp: Fingerprinter::new(chunk_size),
+            held: Vec::new(),
+            held_start: 0,
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    fn release(&mut self, keep: usize) {
+        if self.held.len() > keep {
+            let n = self.held.len() - keep;
+            self.fp.update(&self.held[..n]);
+            self.held.drain(..n);
+            self.held_start += n as u64;
+        }
+    }
+
+    /// Flushes `inner` and returns it with the fingerprint of the final bytes.
+    pub fn finish(mut self) -> io::Result<(W, Fingerprint)> {
+        self.inner.flush()?;
+        self.release(0);
+        let fp = self.fp.finish()?;
+        Ok((self.inner, fp))
+    }
+}
+
+impl<W: Write + Seek> Write for PatchingHashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pos < self.held_start {
+            return Err(io::Error::other(
+                "rewrite of bytes already hashed (outside the patch window)",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        let at = (self.pos - self.held_start) as usize;
+        let overlap = self.held.len().saturating_sub(at).min(n);
+        self.held[at..at + overlap].copy_from_slice(&buf[..overlap]);
+        self.held.extend_from_slice(&buf[overlap..n]);
+        self.pos += n as u64;
+        self.end = self.end.max(self.pos);
+        if self.pos == self.end && self.held.len() >= 4 * PATCH_WINDOW {
+            self.release(PATCH_WINDOW);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write + Seek> Seek for PatchingHashingWriter<W> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.end.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        if target > self.end {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek past the end"));
+        }
+        if target != self.pos {
+            self.inner.seek(SeekFrom::Start(target))?;
+            self.pos = target;
+        }
+        Ok(target)
+    }
+}
+
 /// Fingerprints everything `reader` yields.
 pub fn fingerprint_reader<R: Read>(mut reader: R, chunk_size: u64) -> io::Result<Fingerprint> {
     let mut fp = Fingerprinter::new(chunk_size);
@@ -324,6 +418,34 @@ mod tests {
                 assert_eq!(expect_off, data.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn patched_bytes_are_hashed_as_finally_written() {
+        let mut w = PatchingHashingWriter::new(io::Cursor::new(Vec::new()), 1000);
+        let data: Vec<u8> = (0..(3 * PATCH_WINDOW as u32 + 77)).map(|i| (i % 251) as u8).collect();
+        w.write_all(&data).unwrap();
+        let end = data.len() as u64;
+        w.seek(SeekFrom::Start(end - 100)).unwrap();
+        w.write_all(b"PATCH").unwrap();
+        w.seek(SeekFrom::Start(end)).unwrap();
+        w.write_all(&data).unwrap(); // moves the window on
+        let (cur, fp) = w.finish().unwrap();
+        let bytes = cur.into_inner();
+        assert_eq!(&bytes[(end - 100) as usize..(end - 95) as usize], b"PATCH");
+        assert_eq!(fp.md5, Md5::of(&bytes));
+        assert_eq!(
+            fp.chunks.iter().map(|c| c.md5).collect::<Vec<_>>(),
+            bytes.chunks(1000).map(Md5::of).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn rewrites_outside_the_window_are_refused() {
+        let mut w = PatchingHashingWriter::new(io::Cursor::new(Vec::new()), 1000);
+        w.write_all(&vec![1u8; 8 * PATCH_WINDOW]).unwrap();
+        w.seek(SeekFrom::Start(0)).unwrap();
+        assert!(w.write_all(b"x").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod durable;
 pub mod fingerprint;
 pub mod manifest;
+pub mod pack;
 pub mod progress;
 pub mod protocol;
 pub mod send;

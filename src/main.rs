@@ -12,7 +12,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, UsageError};
-use robusto::progress::{Event, Human, JsonLines, Progress};
+use robusto::progress::{Event, Human, JsonLines, Progress, Silent};
 use robusto::send::{SendOptions, SendOutcome};
 
 /// Exit codes (README "Exit codes").
@@ -20,8 +20,22 @@ mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    pub const SKIPPED: u8 = 3;
     pub const RESUMABLE: u8 = 75;
     pub const INTERRUPTED: u8 = 130;
+}
+
+/// The progress reporter the flags and the terminal call for.
+fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json {
+        Box::new(JsonLines)
+    } else if global.quiet {
+        Box::new(Silent)
+    } else {
+        let tty = std::io::stderr().is_terminal();
+        let interval = (global.verbose > 0).then(|| Duration::from_secs(10));
+        Box::new(Human::new(tty, interval))
+    }
 }
 
 fn init_logging(global: &cli::GlobalArgs) {
@@ -43,7 +57,24 @@ fn init_logging(global: &cli::GlobalArgs) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let progress = reporter(&cli.global);
     match cli.command {
+        Command::Pack(args) => {
+            let opts = args.to_options()?;
+            let report = robusto::pack::pack(&opts, progress.as_ref())?;
+            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let skipped = report.skipped();
+            if skipped.is_empty() {
+                Ok(exit::OK)
+            } else {
+                tracing::warn!(
+                    "{} file(s) skipped; listed in {}",
+                    skipped.len(),
+                    report.manifest_path.display()
+                );
+                Ok(exit::SKIPPED)
+            }
+        }
         Command::Verify(args) => {
             let m = robusto::manifest::verify(&args.file)?;
             tracing::info!(
@@ -67,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     .into());
                 }
             };
-            let progress = reporter(&cli.global);
+            let progress = send_reporter(&cli.global);
             runtime()?.block_on(send(&opts, progress.as_ref()))
         }
         Command::Status(args) => {
@@ -100,14 +131,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// The progress reporter the flags ask for.
-fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
-    if global.json {
-        Box::new(JsonLines)
+/// The reporter for sending: like [`reporter`], but without a TTY a log line every 10 s even
+/// without `-v` (a long upload under cron or systemd should show signs of life).
+fn send_reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json || global.quiet {
+        reporter(global)
     } else {
         Box::new(Human::new(
-            std::io::stderr().is_terminal() && !global.quiet,
-            Duration::from_secs(10),
+            std::io::stderr().is_terminal(),
+            Some(Duration::from_secs(10)),
         ))
     }
 }

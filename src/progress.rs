@@ -136,13 +136,13 @@ struct Counters {
 /// A bar on a TTY, or (without a TTY) a plain `tracing` log line every `interval`.
 pub struct Human {
     bar: Option<indicatif::ProgressBar>,
-    interval: Duration,
+    interval: Option<Duration>,
     state: Mutex<(Counters, Instant, Instant)>,
 }
 
 impl Human {
-    /// A reporter; `tty` chooses the bar, otherwise log lines every `interval` (if `log_lines`).
-    pub fn new(tty: bool, interval: Duration) -> Self {
+    /// A reporter: a bar if `tty`, otherwise a log line every `interval` (none if `None`).
+    pub fn new(tty: bool, interval: Option<Duration>) -> Self {
         let bar = tty.then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             let style = indicatif::ProgressStyle::with_template(
@@ -186,7 +186,7 @@ impl Progress for Human {
                 if let Some(bar) = &self.bar {
                     bar.set_position(c.bytes);
                     bar.set_message(format!("packing {}/{} files", c.files, c.total_files));
-                } else if last.elapsed() >= self.interval {
+                } else if self.interval.is_some_and(|i| last.elapsed() >= i) {
                     *last = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     tracing::info!(
@@ -261,7 +261,7 @@ impl Progress for Human {
                 c.total_bytes = *total_bytes;
                 if let Some(bar) = &self.bar {
                     bar.set_position(*sent_bytes);
-                } else if last.elapsed() >= self.interval {
+                } else if self.interval.is_some_and(|i| last.elapsed() >= i) {
                     *last = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     let rate = c.bytes as f64 / secs;

@@ -1,0 +1,466 @@
+//! The packing pipeline, synchronous from end to end: walk → archive (zip | tar) → compress →
+//! hashing writer → staging file → manifest. zip entries are compressed on worker threads and
+//! appended in walk order by one writer; tar streams through one encoder (zstd with its own
+//! workers). Memory is bounded by the window of entries in flight, never by the archive size.
+
+pub mod archive;
+pub mod compress;
+pub mod staging;
+pub mod walk;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use zip::write::{PreparedZipFile, ZipFileBuilder};
+use zip::{ZipArchive, ZipWriter};
+
+pub use archive::Format;
+pub use compress::{Codec, Compression};
+pub use walk::WalkOptions;
+
+use crate::fingerprint::{HashingWriter, PatchingHashingWriter};
+use crate::manifest::{self, Manifest, ManifestError, Skipped, SourceInfo};
+use crate::progress::{Event, Progress};
+use staging::Staging;
+use walk::{Entry, Kind};
+
+/// Default chunk size: 8 MiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// Files up to this size are compressed in memory on worker threads; larger ones are compressed
+/// by the writer into a spill file first (so every zip header carries its sizes and CRC up
+/// front — no data descriptors — and memory stays bounded).
+const PARALLEL_MAX_FILE: u64 = 8 << 20;
+/// Bytes of file content that may be in flight on the workers at once.
+const WINDOW_BYTES: u64 = 48 << 20;
+
+/// Everything `pack` needs, validated.
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    /// Files and folders to pack.
+    pub paths: Vec<PathBuf>,
+    /// The archive to write; the manifest goes beside it.
+    pub output: PathBuf,
+    /// zip or tar.
+    pub format: Format,
+    /// Codec and level.
+    pub compression: Compression,
+    /// Manifest chunk size.
+    pub chunk_size: u64,
+    /// Compression threads (≥ 1).
+    pub threads: usize,
+    /// What to include.
+    pub walk: WalkOptions,
+}
+
+/// What `pack` made.
+#[derive(Debug)]
+pub struct PackReport {
+    /// The archive.
+    pub archive: PathBuf,
+    /// Its manifest file.
+    pub manifest_path: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+}
+
+impl PackReport {
+    /// Files that were left out (exit code 3 when not empty).
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.manifest.source.skipped
+    }
+}
+
+/// Why packing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The walk could not start.
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
+    /// The archive could not be written.
+    #[error("writing {path}: {source}")]
+    Output {
+        /// The archive path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The zip writer refused something.
+    #[error("zip: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    /// The manifest could not be written.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// Where large zip entries are compressed before being copied into the archive.
+fn spill_path(output: &Path) -> PathBuf {
+    let mut p = crate::durable::partial_path(output).into_os_string();
+    p.push(".spill");
+    PathBuf::from(p)
+}
+
+/// The number of cores, the default for `--threads`.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+type Sink = HashingWriter<BufWriter<File>>;
+type ZipSink = PatchingHashingWriter<BufWriter<File>>;
+
+/// Per-run tallies.
+#[derive(Default)]
+struct Tally {
+    files: u64,
+    bytes: u64,
+    skipped: Vec<Skipped>,
+}
+
+impl Tally {
+    fn stored(&mut self, bytes: u64, progress: &dyn Progress) {
+        self.files += 1;
+        self.bytes += bytes;
+        progress.event(&Event::PackFile { bytes });
+    }
+
+    fn skip(&mut self, path: &Path, reason: String, progress: &dyn Progress) {
+        let path = path.display().to_string();
+        progress.event(&Event::Skipped {
+            path: path.clone(),
+            reason: reason.clone(),
+        });
+        self.skipped.push(Skipped { path, reason });
+    }
+}
+
+/// Packs `opts.paths` into `opts.output` and writes its manifest. Files that cannot be read are
+/// skipped and listed in the manifest; the archive is valid either way.
+pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
+    let manifest_path = manifest::path_for(&opts.output);
+    let mut walk_opts = opts.walk.clone();
+    walk_opts.never.extend([
+        opts.output.clone(),
+        crate::durable::partial_path(&opts.output),
+        manifest_path.clone(),
+    ]);
+    let listing = walk::walk(&opts.paths, &walk_opts)?;
+    let (files, total_bytes) = listing.totals();
+    progress.event(&Event::PackStarted { files, total_bytes });
+    let mut tally = Tally::default();
+    for s in &listing.skipped {
+        progress.event(&Event::Skipped {
+            path: s.path.clone(),
+            reason: s.reason.clone(),
+        });
+    }
+    tally.skipped.extend(listing.skipped.iter().cloned());
+
+    let out_err = |source: io::Error| PackError::Output {
+        path: opts.output.clone(),
+        source,
+    };
+    let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
+    let buf = BufWriter::with_capacity(1 << 20, file);
+    let (buf, fp) = match opts.format {
+        Format::Zip => {
+            let sink = PatchingHashingWriter::new(buf, opts.chunk_size);
+            let spill = spill_path(&opts.output);
+            let sink = write_zip(sink, &listing.entries, opts, &spill, &mut tally, progress);
+            let _ = std::fs::remove_file(&spill);
+            sink?.finish()
+        }
+        Format::Tar => {
+            let sink = HashingWriter::new(buf, opts.chunk_size);
+            write_tar(sink, &listing.entries, opts, &mut tally, progress)
+                .map_err(out_err)?
+                .finish()
+        }
+    }
+    .map_err(out_err)?;
+    let file = buf.into_inner().map_err(|e| out_err(e.into_error()))?;
+    staging.commit(file).map_err(out_err)?;
+
+    let source = SourceInfo {
+        paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
+        files: tally.files,
+        bytes: tally.bytes,
+        skipped: tally.skipped,
+    };
+    let c = opts.compression;
+    let manifest = Manifest::new(&opts.output, opts.format.name(), c.codec.name(), c.level, fp, source);
+    manifest.write(&manifest_path)?;
+    progress.event(&Event::PackFinished {
+        files: manifest.source.files,
+        bytes_in: manifest.source.bytes,
+        archive_size: manifest.archive.size,
+        md5: manifest.archive.md5.hex(),
+    });
+    Ok(PackReport {
+        archive: opts.output.clone(),
+        manifest_path,
+        manifest,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// tar
+
+fn write_tar(
+    sink: Sink,
+    entries: &[Entry],
+    opts: &PackOptions,
+    tally: &mut Tally,
+    progress: &dyn Progress,
+) -> io::Result<Sink> {
+    let enc = compress::StreamEncoder::new(sink, opts.compression, opts.threads)?;
+    let mut builder = tar::Builder::new(enc);
+    builder.follow_symlinks(false);
+    for e in entries {
+        let mut h = archive::tar_header(e);
+        match &e.kind {
+            Kind::Dir => builder.append_data(&mut h, format!("{}/", e.name), io::empty())?,
+            Kind::Symlink { target } => builder.append_link(&mut h, &e.name, target)?,
+            Kind::File { .. } => {
+                let file = match archive::open_source(&e.src) {
+                    Ok(f) => f,
+                    Err(reason) => {
+                        tally.skip(&e.src, reason, progress);
+                        continue;
+                    }
+                };
+                // The size in the header is the size now, so a file that changed since the walk
+                // is stored as it is at this moment.
+                let size = file.metadata().map(|m| m.len())?;
+                h.set_size(size);
+                let mut r = archive::ExactReader::new(file, size);
+                builder.append_data(&mut h, &e.name, &mut r)?;
+                if let Some(problem) = r.finish(e.mtime).problem {
+                    tally.skip(
+                        &e.src,
+                        format!("{problem}; stored content may be inconsistent"),
+                        progress,
+                    );
+                }
+                tally.stored(size, progress);
+            }
+        }
+    }
+    let enc = builder.into_inner()?;
+    enc.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// zip
+
+type Zip = ZipWriter<ZipSink>;
+
+/// A file handed to a worker thread for compression.
+struct Job {
+    src: PathBuf,
+    name: String,
+    mtime: i64,
+    options: zip::write::FullFileOptions<'static, 'static>,
+    reply: std::sync::mpsc::SyncSender<JobResult>,
+}
+
+enum JobResult {
+    Ready(PreparedZipFile, u64),
+    Skip(String),
+}
+
+enum Pending<'a> {
+    /// Written by the writer thread itself (directories, links, large files).
+    Inline(&'a Entry),
+    /// Being compressed by a worker.
+    Worker(&'a Entry, u64, Receiver<JobResult>),
+}
+
+fn compress_job(job: &Job) -> Result<(PreparedZipFile, u64), String> {
+    let file = archive::open_source(&job.src)?;
+    let size = file.metadata().map_err(|e| format!("unreadable: {e}"))?.len();
+    let mut builder = ZipFileBuilder::new(&job.name, job.options.clone()).map_err(|e| format!("zip: {e}"))?;
+    let outcome = archive::copy_exact(file, size, job.mtime, &mut builder).map_err(|e| format!("zip: {e}"))?;
+    if let Some(problem) = outcome.problem {
+        return Err(problem);
+    }
+    let prepared = builder.finish().map_err(|e| format!("zip: {e}"))?;
+    Ok((prepared, size))
+}
+
+fn spawn_workers(n: usize) -> (Sender<Job>, Vec<std::thread::JoinHandle<()>>) {
+    let (tx, rx) = channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let handles = (0..n)
+        .map(|_| {
+            let rx = Arc::clone(&rx);
+            std::thread::spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => match guard.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        },
+                        Err(_) => return,
+                    };
+                    let result = match compress_job(&job) {
+                        Ok((p, size)) => JobResult::Ready(p, size),
+                        Err(reason) => JobResult::Skip(reason),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            })
+        })
+        .collect();
+    (tx, handles)
+}
+
+/// The zip writer's loop state.
+struct ZipRun<'a> {
+    zip: Zip,
+    c: Compression,
+    spill: &'a Path,
+    window: VecDeque<Pending<'a>>,
+    in_flight: u64,
+}
+
+fn write_zip(
+    sink: ZipSink,
+    entries: &[Entry],
+    opts: &PackOptions,
+    spill: &Path,
+    tally: &mut Tally,
+    progress: &dyn Progress,
+) -> Result<ZipSink, PackError> {
+    let (jobs, workers) = spawn_workers(opts.threads.max(1));
+    let max_entries = 64 * opts.threads.max(1);
+    let mut run = ZipRun {
+        zip: ZipWriter::new(sink),
+        c: opts.compression,
+        spill,
+        window: VecDeque::new(),
+        in_flight: 0,
+    };
+    let result = (|| -> Result<(), PackError> {
+        for e in entries {
+            let pending = match e.kind {
+                Kind::File { size } if size <= PARALLEL_MAX_FILE => {
+                    let (reply, rx) = sync_channel(1);
+                    let options = archive::zip_options(e, run.c)?;
+                    let job = Job {
+                        src: e.src.clone(),
+                        name: e.name.clone(),
+                        mtime: e.mtime,
+                        options,
+                        reply,
+                    };
+                    if jobs.send(job).is_err() {
+                        return Err(PackError::Output {
+                            path: opts.output.clone(),
+                            source: io::Error::other("compression workers stopped"),
+                        });
+                    }
+                    run.in_flight += size;
+                    Pending::Worker(e, size, rx)
+                }
+                _ => Pending::Inline(e),
+            };
+            run.window.push_back(pending);
+            while run.window.len() > max_entries || run.in_flight > WINDOW_BYTES {
+                run.drain_one(tally, progress)?;
+            }
+        }
+        while !run.window.is_empty() {
+            run.drain_one(tally, progress)?;
+        }
+        Ok(())
+    })();
+    drop(jobs);
+    for w in workers {
+        let _ = w.join();
+    }
+    result?;
+    Ok(run.zip.finish()?)
+}
+
+impl ZipRun<'_> {
+    fn drain_one(&mut self, tally: &mut Tally, progress: &dyn Progress) -> Result<(), PackError> {
+        let Some(front) = self.window.pop_front() else {
+            return Ok(());
+        };
+        match front {
+            Pending::Worker(e, size, rx) => {
+                self.in_flight -= size;
+                match rx.recv() {
+                    Ok(JobResult::Ready(prepared, size)) => {
+                        self.zip.add_prepared_file(prepared)?;
+                        tally.stored(size, progress);
+                    }
+                    Ok(JobResult::Skip(reason)) => tally.skip(&e.src, reason, progress),
+                    Err(_) => tally.skip(&e.src, "compression worker failed".into(), progress),
+                }
+            }
+            Pending::Inline(e) => self.write_inline(e, tally, progress)?,
+        }
+        Ok(())
+    }
+
+    fn write_inline(&mut self, e: &Entry, tally: &mut Tally, progress: &dyn Progress) -> Result<(), PackError> {
+        let options = archive::zip_options(e, self.c)?;
+        match &e.kind {
+            Kind::Dir => self.zip.add_directory(e.name.as_str(), options)?,
+            Kind::Symlink { target } => match target.to_str() {
+                Some(t) => self.zip.add_symlink(e.name.as_str(), t, options)?,
+                None => tally.skip(&e.src, "symlink target is not valid UTF-8".into(), progress),
+            },
+            Kind::File { .. } => {
+                let file = match archive::open_source(&e.src) {
+                    Ok(f) => f,
+                    Err(reason) => {
+                        tally.skip(&e.src, reason, progress);
+                        return Ok(());
+                    }
+                };
+                let size = file.metadata().map_err(zip::result::ZipError::Io)?.len();
+                let mut fresh = e.clone();
+                fresh.kind = Kind::File { size };
+                let outcome = self.spill_copy(&fresh, file, size)?;
+                if let Some(problem) = outcome.problem {
+                    tally.skip(
+                        &e.src,
+                        format!("{problem}; stored content may be inconsistent"),
+                        progress,
+                    );
+                }
+                tally.stored(size, progress);
+            }
+        }
+        Ok(())
+    }
+
+    /// Compresses a large file into a one-entry zip beside the output, then copies the
+    /// compressed entry into the archive with its CRC and sizes known up front.
+    fn spill_copy(&mut self, e: &Entry, file: File, size: u64) -> Result<archive::ReadOutcome, PackError> {
+        let spill = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.spill)
+            .map_err(zip::result::ZipError::Io)?;
+        let mut side = ZipWriter::new(BufWriter::with_capacity(1 << 20, spill));
+        side.start_file(e.name.as_str(), archive::zip_options(e, self.c)?)?;
+        let outcome = archive::copy_exact(file, size, e.mtime, &mut side).map_err(zip::result::ZipError::Io)?;
+        let spill = side
+            .finish()?
+            .into_inner()
+            .map_err(|err| zip::result::ZipError::Io(err.into_error()))?;
+        let mut side = ZipArchive::new(spill)?;
+        let entry = side.by_index_raw(0)?;
+        self.zip.raw_copy_file(entry)?;
+        Ok(outcome)
+    }
+}

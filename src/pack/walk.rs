@@ -1,0 +1,448 @@
+//! The walk: which files go into the archive, in a fixed order. Paths are walked with ripgrep's
+//! walker (`ignore`): sorted by name, `.robustoignore` files honoured (gitignore syntax),
+//! `--exclude` globs and `--exclude-from` files applied, symlinks kept as links unless followed
+//! (with loop detection), optionally confined to one file system. What cannot be walked is
+//! reported, not fatal.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::manifest::Skipped;
+
+/// The ignore file read inside packed trees (gitignore syntax).
+pub const IGNORE_FILE: &str = ".robustoignore";
+
+/// Why the walk could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// A path named on the command line does not exist or cannot be examined.
+    #[error("{path}: {source}")]
+    Root {
+        /// The path.
+        path: PathBuf,
+        /// What stat said.
+        source: std::io::Error,
+    },
+    /// An exclude pattern is not a valid glob.
+    #[error("bad exclude pattern '{pattern}': {reason}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// What the glob parser said.
+        reason: String,
+    },
+    /// An `--exclude-from` file cannot be read.
+    #[error("cannot read exclude file {path}: {source}")]
+    ExcludeFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Two paths would be stored under the same name.
+    #[error("two paths would be stored as '{0}': pack them from a common parent instead")]
+    Duplicate(String),
+}
+
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory (stored even when empty).
+    Dir,
+    /// A regular file of the given size at walk time.
+    File {
+        /// Size in bytes when walked.
+        size: u64,
+    },
+    /// A symbolic link, stored as a link.
+    Symlink {
+        /// Where it points.
+        target: PathBuf,
+    },
+}
+
+/// One thing to store.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Where it is on disk.
+    pub src: PathBuf,
+    /// Its name inside the archive: relative, `/`-separated, no trailing slash.
+    pub name: String,
+    /// Directory, file or link.
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// Walk options.
+#[derive(Clone, Debug, Default)]
+pub struct WalkOptions {
+    /// Glob patterns to leave out. A pattern without `/` matches a name at any depth; one with
+    /// `/` matches the path relative to the walked root.
+    pub exclude: Vec<String>,
+    /// Files with one pattern per line (`#` comments).
+    pub exclude_from: Vec<PathBuf>,
+    /// Do not cross into other file systems.
+    pub one_file_system: bool,
+    /// Store what symlinks point to instead of the links.
+    pub follow_symlinks: bool,
+    /// Paths never to store (the archive being written, its manifest).
+    pub never: Vec<PathBuf>,
+}
+
+/// The result of a walk.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Entries in archive order.
+    pub entries: Vec<Entry>,
+    /// Things that could not be walked.
+    pub skipped: Vec<Skipped>,
+    /// Special files (sockets, fifos, devices) left out; not an error.
+    pub special: Vec<String>,
+}
+
+impl Listing {
+    /// Regular files and their total size.
+    pub fn totals(&self) -> (u64, u64) {
+        self.entries.iter().fold((0, 0), |(n, b), e| match e.kind {
+            Kind::File { size } => (n + 1, b + size),
+            _ => (n, b),
+        })
+    }
+}
+
+struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    fn build(opts: &WalkOptions) -> Result<Self, WalkError> {
+        let mut patterns: Vec<String> = opts.exclude.clone();
+        for file in &opts.exclude_from {
+            let text = fs::read_to_string(file).map_err(|source| WalkError::ExcludeFile {
+                path: file.clone(),
+                source,
+            })?;
+            patterns.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in &patterns {
+            let trimmed = p.trim_end_matches('/');
+            let bad = |e: globset::Error| WalkError::Pattern {
+                pattern: p.clone(),
+                reason: e.kind().to_string(),
+            };
+            if trimmed.contains('/') {
+                paths.add(Glob::new(trimmed.trim_start_matches('/')).map_err(bad)?);
+            } else {
+                names.add(Glob::new(trimmed).map_err(bad)?);
+            }
+        }
+        let finish = |b: GlobSetBuilder| {
+            b.build().map_err(|e| WalkError::Pattern {
+                pattern: patterns.join(" "),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Excludes {
+            names: finish(names)?,
+            paths: finish(paths)?,
+        })
+    }
+
+    fn excludes(&self, rel: &Path) -> bool {
+        if rel.as_os_str().is_empty() {
+            return false;
+        }
+        rel.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(rel)
+    }
+}
+
+/// `path` made absolute and lexically normalised (no `.`, no `..`), without resolving links.
+fn normalize(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn archive_name(prefix: &str, rel: &Path) -> Option<String> {
+    let rel = rel.to_str()?;
+    Some(match (prefix.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}/{rel}"),
+    })
+}
+
+/// Walks `roots` and lists what to store, in archive order (each root in the order given, its
+/// contents sorted by name). A root that does not exist is an error before anything is written;
+/// anything unreadable below a root is reported in [`Listing::skipped`].
+pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Listing, WalkError> {
+    for root in roots {
+        fs::symlink_metadata(root).map_err(|source| WalkError::Root {
+            path: root.clone(),
+            source,
+        })?;
+    }
+    let excludes = Arc::new(Excludes::build(opts)?);
+    let never: Arc<BTreeSet<PathBuf>> = Arc::new(opts.never.iter().map(|p| normalize(p)).collect());
+    let mut listing = Listing::default();
+    let mut seen = BTreeSet::new();
+    for root in roots {
+        let root_abs = normalize(root);
+        let prefix = root_abs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut wb = ignore::WalkBuilder::new(root);
+        wb.standard_filters(false)
+            .hidden(false)
+            .parents(false)
+            .ignore(false)
+            .git_ignore(false)
+            .git_global(false)
+            .git_exclude(false)
+            .require_git(false)
+            .follow_links(opts.follow_symlinks)
+            .same_file_system(opts.one_file_system)
+            .sort_by_file_name(|a, b| a.cmp(b));
+        wb.add_custom_ignore_filename(IGNORE_FILE);
+        let (ex, nv, r) = (Arc::clone(&excludes), Arc::clone(&never), root.clone());
+        wb.filter_entry(move |e| {
+            let rel = e.path().strip_prefix(&r).unwrap_or(e.path());
+            !ex.excludes(rel) && !nv.contains(&normalize(e.path()))
+        });
+        for item in wb.build() {
+            let e = match item {
+                Ok(e) => e,
+                Err(err) => {
+                    let path = error_path(&err)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| root.display().to_string());
+                    listing.skipped.push(Skipped {
+                        path,
+                        reason: describe_walk_error(&err),
+                    });
+                    continue;
+                }
+            };
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf();
+            let shown = e.path().display().to_string();
+            let Some(name) = archive_name(&prefix, &rel) else {
+                listing.skipped.push(Skipped {
+                    path: shown,
+                    reason: "name is not valid UTF-8".into(),
+                });
+                continue;
+            };
+            if name.is_empty() {
+                continue; // the file-system root itself: its contents are stored at the top
+            }
+            let meta = if opts.follow_symlinks {
+                fs::metadata(e.path())
+            } else {
+                fs::symlink_metadata(e.path())
+            };
+            let meta = match meta {
+                Ok(m) => m,
+                Err(err) => {
+                    let reason = if err.kind() == std::io::ErrorKind::NotFound {
+                        if opts.follow_symlinks {
+                            "dangling symlink or vanished"
+                        } else {
+                            "vanished"
+                        }
+                        .to_string()
+                    } else {
+                        format!("unreadable: {err}")
+                    };
+                    listing.skipped.push(Skipped { path: shown, reason });
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File { size: meta.len() }
+            } else if ft.is_symlink() {
+                match fs::read_link(e.path()) {
+                    Ok(target) => Kind::Symlink { target },
+                    Err(err) => {
+                        listing.skipped.push(Skipped {
+                            path: shown,
+                            reason: format!("unreadable link: {err}"),
+                        });
+                        continue;
+                    }
+                }
+            } else {
+                let what = if ft.is_socket() {
+                    "socket"
+                } else if ft.is_fifo() {
+                    "fifo"
+                } else {
+                    "device"
+                };
+                tracing::info!("left out {shown}: a {what} holds no data to archive");
+                listing.special.push(shown);
+                continue;
+            };
+            if !seen.insert(name.clone()) {
+                return Err(WalkError::Duplicate(name));
+            }
+            listing.entries.push(Entry {
+                src: e.into_path(),
+                name,
+                kind,
+                mode: meta.mode() & 0o7777,
+                mtime: meta.mtime(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        }
+    }
+    Ok(listing)
+}
+
+fn error_path(err: &ignore::Error) -> Option<&Path> {
+    match err {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error_path(err),
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
+fn describe_walk_error(err: &ignore::Error) -> String {
+    match err {
+        ignore::Error::WithPath { err, .. }
+        | ignore::Error::WithDepth { err, .. }
+        | ignore::Error::WithLineNumber { err, .. } => describe_walk_error(err),
+        ignore::Error::Loop { ancestor, .. } => format!("symlink loop back to {}", ancestor.display()),
+        ignore::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            "unreadable: permission denied".into()
+        }
+        ignore::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => "vanished".into(),
+        other => format!("unreadable: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn names(l: &Listing) -> Vec<&str> {
+        l.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn sorted_with_excludes_and_ignore_files() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("t");
+        fs::create_dir_all(root.join("b/deep")).unwrap();
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::create_dir_all(root.join("cache")).unwrap();
+        fs::write(root.join("b/deep/x.txt"), b"x").unwrap();
+        fs::write(root.join("b/skip.log"), b"l").unwrap();
+        fs::write(root.join("a/keep.tmp"), b"t").unwrap();
+        fs::write(root.join("cache/big"), b"c").unwrap();
+        fs::write(root.join(IGNORE_FILE), b"*.tmp\n").unwrap();
+        symlink("b/deep/x.txt", root.join("link")).unwrap();
+        let opts = WalkOptions {
+            exclude: vec!["*.log".into(), "cache".into()],
+            ..Default::default()
+        };
+        let l = walk(std::slice::from_ref(&root), &opts).unwrap();
+        assert_eq!(
+            names(&l),
+            [
+                "t",
+                "t/.robustoignore",
+                "t/a",
+                "t/b",
+                "t/b/deep",
+                "t/b/deep/x.txt",
+                "t/link"
+            ]
+        );
+        let link = l.entries.iter().find(|e| e.name == "t/link").unwrap();
+        assert_eq!(
+            link.kind,
+            Kind::Symlink {
+                target: PathBuf::from("b/deep/x.txt")
+            }
+        );
+        assert_eq!(l.totals(), (2, 7));
+    }
+
+    #[test]
+    fn path_patterns_are_relative_to_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("r");
+        fs::create_dir_all(root.join("x/y")).unwrap();
+        fs::create_dir_all(root.join("y")).unwrap();
+        let opts = WalkOptions {
+            exclude: vec!["x/y".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(&walk(&[root], &opts).unwrap()), ["r", "r/x", "r/y"]);
+    }
+
+    #[test]
+    fn missing_root_is_an_error_and_duplicates_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let e = walk(&[d.path().join("nope")], &WalkOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        fs::create_dir_all(d.path().join("a/same")).unwrap();
+        fs::create_dir_all(d.path().join("b/same")).unwrap();
+        let e = walk(
+            &[d.path().join("a/same"), d.path().join("b/same")],
+            &WalkOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, WalkError::Duplicate(ref n) if n == "same"), "{e}");
+    }
+
+    #[test]
+    fn follow_detects_loops() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("l");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        symlink("..", root.join("sub/up")).unwrap();
+        let opts = WalkOptions {
+            follow_symlinks: true,
+            ..Default::default()
+        };
+        let l = walk(&[root], &opts).unwrap();
+        assert!(l.skipped.iter().any(|s| s.reason.contains("loop")), "{:?}", l.skipped);
+    }
+}
