@@ -53,6 +53,40 @@ pub enum Command {
     Status(StatusArgs),
     /// Download a completed upload, resumably, verifying its MD5.
     Get(GetArgs),
+    /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
+    Push(PushArgs),
+}
+
+/// `robusto push PATH… --to URL|DIR`
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Files and folders to pack.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// How to pack.
+    #[command(flatten)]
+    pub pack: PackFlags,
+    /// Where and how to send.
+    #[command(flatten)]
+    pub send: SendFlags,
+    /// The upload's name: {host}, {date}, {time}, {label} (the first PATH's name) are replaced;
+    /// the format's extension is added.
+    #[arg(long, value_name = "TEMPLATE", default_value = robusto::send::push::DEFAULT_NAME)]
+    pub name: String,
+    /// Keep the staging archive and its manifest after the upload completes.
+    #[arg(long)]
+    pub keep_staging: bool,
+}
+
+impl PushArgs {
+    /// The pack options (the output is chosen by the push job) and the send options (the file is
+    /// the staging archive, known once packed).
+    pub fn options(&self, target: robusto::send::Url) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
+        let chunk_size = parse_chunk_size(&self.send.chunk_size)?;
+        let pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
+        let send = self.send.options(PathBuf::new(), target, None)?;
+        Ok((pack, send))
+    }
 }
 
 /// `robusto verify FILE`

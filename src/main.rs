@@ -101,6 +101,45 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let progress = send_reporter(&cli.global);
             runtime()?.block_on(send(&opts, progress.as_ref()))
         }
+        Command::Push(args) => {
+            let target = match cli::destination(&args.send.to)? {
+                cli::Destination::Url(url) => url,
+                cli::Destination::Dir(dir) => {
+                    return Err(UsageError(format!(
+                        "--to {}: sending to a local folder needs the embedded server, which this build lacks",
+                        dir.display()
+                    ))
+                    .into());
+                }
+            };
+            let (pack_opts, mut opts) = args.options(target)?;
+            let staged = robusto::send::push::stage(
+                &opts.state_dir,
+                &pack_opts,
+                opts.target.as_str(),
+                &args.name,
+                progress.as_ref(),
+            )?;
+            opts.file = staged.archive.clone();
+            opts.name = Some(staged.name.clone());
+            let progress = send_reporter(&cli.global);
+            let code = runtime()?.block_on(send(&opts, progress.as_ref()))?;
+            if code != exit::OK {
+                return Ok(code);
+            }
+            let skipped = staged.skipped().len();
+            if args.keep_staging {
+                tracing::info!("kept the staging archive {}", staged.archive.display());
+            } else {
+                staged.remove()?;
+            }
+            if skipped > 0 {
+                tracing::warn!("{skipped} file(s) were skipped while packing (named above)");
+                Ok(exit::SKIPPED)
+            } else {
+                Ok(exit::OK)
+            }
+        }
         Command::Status(args) => {
             let opts = args.options()?;
             let v = runtime()?.block_on(robusto::send::get::status(&opts))?;

@@ -9,6 +9,7 @@
 
 pub mod get;
 pub mod journal;
+pub mod push;
 pub mod retry;
 pub mod session;
 pub mod throttle;

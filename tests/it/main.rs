@@ -5,5 +5,6 @@ mod faults;
 mod pack;
 mod peers;
 mod proxy;
+mod push;
 mod send;
 mod support;
