@@ -257,6 +257,7 @@ impl SendFlags {
                 .clone()
                 .unwrap_or_else(robusto::send::journal::default_state_dir),
             name,
+            job_key: None,
         })
     }
 }

@@ -60,6 +60,28 @@ pub struct SendOptions {
     pub state_dir: PathBuf,
     /// The upload's `filename` metadata (default: the file's name).
     pub name: Option<String>,
+    /// A stable name for a target whose URL changes between runs (a local folder served on a
+    /// fresh port): the journal is keyed by it, and recorded upload URLs are moved onto the
+    /// current target's host and port.
+    pub job_key: Option<String>,
+}
+
+impl SendOptions {
+    /// The target as the journal knows it.
+    fn journal_target(&self) -> String {
+        self.job_key.clone().unwrap_or_else(|| self.target.to_string())
+    }
+
+    /// A URL from the journal, moved onto the current target's origin when the job has a
+    /// stable key.
+    fn recorded_url(&self, text: &str) -> Option<Url> {
+        let mut url = Url::parse(text).ok()?;
+        if self.job_key.is_some() {
+            url.set_host(self.target.host_str()).ok()?;
+            url.set_port(self.target.port()).ok()?;
+        }
+        Some(url)
+    }
 }
 
 /// How a send job ended, short of an error.
@@ -272,7 +294,7 @@ impl Job<'_> {
     async fn part_url(&self, part: usize) -> Option<Url> {
         let j = self.journal.lock().await;
         let url = j.state.as_ref()?.parts.get(part)?.url.clone()?;
-        Url::parse(&url).ok()
+        self.opts.recorded_url(&url)
     }
 
     /// Updates the journal under its lock and writes it atomically.
@@ -566,7 +588,7 @@ impl Job<'_> {
         };
         let paths: Vec<String> = parts
             .iter()
-            .filter_map(|u| Url::parse(u).ok())
+            .filter_map(|u| self.opts.recorded_url(u))
             .map(|u| u.path().to_string())
             .collect();
         loop {
@@ -633,7 +655,7 @@ async fn discover(opts: &SendOptions, session: &Session, progress: &dyn Progress
 pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOutcome, SendError> {
     let started = Instant::now();
     let manifest = manifest_for(&opts.file, opts.chunk_size, &opts.state_dir).await?;
-    let mut journal = Journal::open(&opts.state_dir, &manifest.archive.md5, opts.target.as_str())?;
+    let mut journal = Journal::open(&opts.state_dir, &manifest.archive.md5, &opts.journal_target())?;
     let throttle = opts.bwlimit.clone().map(|t| Arc::new(Throttle::new(t)));
     let session = Session::new(
         SessionConfig {
@@ -673,7 +695,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             .final_url
             .clone()
             .or_else(|| state.parts.first().and_then(|p| p.url.clone()));
-        if let Some(url) = url.and_then(|u| Url::parse(&u).ok()) {
+        if let Some(url) = url.and_then(|u| opts.recorded_url(&u)) {
             match session.head(&url).await {
                 Ok(h) if h.offset == Some(size) => {
                     progress.event(&Event::Complete {
@@ -705,7 +727,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         journal.state = Some(JournalState {
             version: journal::VERSION,
             file: opts.file.display().to_string(),
-            target: opts.target.to_string(),
+            target: opts.journal_target(),
             size,
             md5: manifest.archive.md5,
             chunk_size: manifest.chunk_size,
@@ -751,7 +773,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         return Ok(SendOutcome::Paused { url });
     }
     let url = if multi {
-        match final_url.and_then(|u| Url::parse(&u).ok()) {
+        match final_url.and_then(|u| opts.recorded_url(&u)) {
             Some(u) => u,
             None => job.concatenate().await?,
         }
@@ -772,4 +794,57 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
 /// The manifest path of `file` (re-exported for the push job's clean-up).
 pub fn manifest_path(file: &Path) -> PathBuf {
     manifest::path_for(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::fingerprint_reader;
+
+    fn manifest(size: usize, chunk: u64) -> Manifest {
+        let data = vec![7u8; size];
+        let fp = fingerprint_reader(&data[..], chunk).unwrap();
+        Manifest::new(Path::new("x"), "raw", "none", None, fp, SourceInfo::default())
+    }
+
+    #[test]
+    fn parts_are_contiguous_whole_chunk_ranges() {
+        let m = manifest(10 * 100 + 1, 100);
+        let parts = plan_parts(&m, 4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].start, 0);
+        assert_eq!(parts.last().unwrap().end, 1001);
+        for w in parts.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert_eq!(w[1].start % 100, 0, "parts start on chunk boundaries");
+        }
+        assert_eq!(plan_parts(&m, 40).len(), 11, "never more parts than chunks");
+        assert_eq!(plan_parts(&manifest(0, 100), 4).len(), 1, "an empty file is one upload");
+    }
+
+    #[test]
+    fn recorded_urls_follow_a_local_folder_to_its_new_port() {
+        let mut opts = SendOptions {
+            file: "x".into(),
+            target: Url::parse("http://127.0.0.1:4000/files/").unwrap(),
+            chunk_size: 1,
+            parallel: 1,
+            bwlimit: None,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(1),
+            max_duration: None,
+            token: None,
+            state_dir: "s".into(),
+            name: None,
+            job_key: None,
+        };
+        let old = "http://127.0.0.1:3000/files/abc";
+        assert_eq!(opts.recorded_url(old).unwrap().as_str(), old);
+        opts.job_key = Some("dir:/data".into());
+        assert_eq!(
+            opts.recorded_url(old).unwrap().as_str(),
+            "http://127.0.0.1:4000/files/abc"
+        );
+        assert_eq!(opts.journal_target(), "dir:/data");
+    }
 }

@@ -241,3 +241,31 @@ async fn bwlimit_2m_sends_40_mib_in_about_20_s() {
         "40 MiB at 2 MiB/s took {secs:.1} s, not 20 s ± 10%"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_exits_130_and_the_rerun_finishes() {
+    let server = TusNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("a.bin");
+    random_file(&file, 4 << 20, 81);
+    let child = send_cmd(
+        &file,
+        &server.endpoint(),
+        &state,
+        &["--chunk-size", "256K", "--bwlimit", "1M"],
+    )
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pid = child.id().expect("pid") as libc::pid_t;
+    // SAFETY: sends SIGINT to the child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out: Run = child.wait_with_output().await.unwrap().into();
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    let out = run(send_cmd(&file, &server.endpoint(), &state, &["--chunk-size", "256K"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("resuming"), "{}", out.stderr);
+    assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
+}

@@ -31,6 +31,7 @@ pub fn options(file: &Path, endpoint: &str, state: &Path) -> SendOptions {
         token: None,
         state_dir: state.to_path_buf(),
         name: None,
+        job_key: None,
     }
 }
 
