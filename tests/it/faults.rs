@@ -32,6 +32,10 @@ async fn survives(size: u64, faults: Faults, stall_timeout: Duration) -> u64 {
     let url = send_ok(&opts).await;
     assert_eq!(md5_file(&server.stored(&url)), md5_file(&file), "stored bytes differ");
     proxy.log.assert_no_acked_resend();
+    assert!(
+        proxy.log.patches().iter().all(|p| p.checksum.is_none()),
+        "@tus/server does not announce checksum: no Upload-Checksum header"
+    );
     let faults = proxy.log.faults.load(std::sync::atomic::Ordering::Relaxed);
     let wire = proxy.log.body_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(faults > 0, "no fault was injected");

@@ -49,6 +49,8 @@ pub struct PatchRecord {
     pub status: Option<u16>,
     /// `Upload-Offset` answered.
     pub new_offset: Option<u64>,
+    /// `Upload-Checksum` sent.
+    pub checksum: Option<String>,
 }
 
 /// What passed through.
@@ -227,6 +229,7 @@ async fn serve_connection(
                 len,
                 status: None,
                 new_offset: None,
+                checksum: req.get("upload-checksum").map(str::to_string),
             });
             p.len() - 1
         });
