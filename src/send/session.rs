@@ -14,8 +14,10 @@ use reqwest::{Method, StatusCode, Url};
 use super::throttle::Throttle;
 use crate::protocol::{self, Checksum, ChecksumAlgorithm, Metadata, StatusReport, header};
 
-/// Bytes handed to the connection at a time (and the throttle's grain).
+/// Bytes handed to the connection at a time when throttled (the throttle's grain).
 const SLICE: usize = 64 << 10;
+/// Bytes handed to the connection at a time when not throttled.
+const BIG_SLICE: usize = 512 << 10;
 
 /// What went wrong with one request, grouped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +255,7 @@ impl Session {
         let throttle = self.throttle.clone();
         let wire = self.wire_bytes.clone();
         let stamp = stamp.clone();
+        let slice = if throttle.is_some() { SLICE } else { BIG_SLICE };
         let stream = futures_util::stream::unfold(data, move |mut rest| {
             let throttle = throttle.clone();
             let wire = wire.clone();
@@ -261,7 +264,7 @@ impl Session {
                 if rest.is_empty() {
                     return None;
                 }
-                let piece = rest.split_to(rest.len().min(SLICE));
+                let piece = rest.split_to(rest.len().min(slice));
                 if let Some(t) = &throttle {
                     let wait = t.reserve(piece.len() as u64);
                     if !wait.is_zero() {
