@@ -12,12 +12,10 @@ use serde::Serialize;
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
-    /// Packing began; `total_bytes` is the content size found by the walk.
+    /// Packing began (the walk streams, so totals are not known up front).
     PackStarted {
-        /// Regular files to store.
-        files: u64,
-        /// Their total size.
-        total_bytes: u64,
+        /// The paths being packed.
+        paths: Vec<String>,
     },
     /// One file's content was stored in the archive.
     PackFile {
@@ -128,7 +126,6 @@ impl Progress for JsonLines {
 struct Counters {
     files: u64,
     bytes: u64,
-    total_files: u64,
     total_bytes: u64,
     retries: u64,
 }
@@ -145,10 +142,8 @@ impl Human {
     pub fn new(tty: bool, interval: Option<Duration>) -> Self {
         let bar = tty.then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-            let style = indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let style = indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
             bar
         });
@@ -172,12 +167,10 @@ impl Progress for Human {
         let Ok(mut guard) = self.state.lock() else { return };
         let (c, started, last) = &mut *guard;
         match event {
-            Event::PackStarted { files, total_bytes } => {
-                c.total_files = *files;
-                c.total_bytes = *total_bytes;
+            Event::PackStarted { paths } => {
                 if let Some(bar) = &self.bar {
-                    bar.set_length(*total_bytes);
-                    bar.set_message(format!("packing 0/{files} files"));
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    bar.set_message(format!("packing {}", paths.join(" ")));
                 }
             }
             Event::PackFile { bytes } => {
@@ -185,16 +178,14 @@ impl Progress for Human {
                 c.bytes += bytes;
                 if let Some(bar) = &self.bar {
                     bar.set_position(c.bytes);
-                    bar.set_message(format!("packing {}/{} files", c.files, c.total_files));
+                    bar.set_message(format!("packed {} files", c.files));
                 } else if self.interval.is_some_and(|i| last.elapsed() >= i) {
                     *last = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     tracing::info!(
-                        "packed {}/{} files, {} of {} ({}/s)",
+                        "packed {} files, {} ({}/s)",
                         c.files,
-                        c.total_files,
                         crate::units::format_bytes(c.bytes),
-                        crate::units::format_bytes(c.total_bytes),
                         crate::units::format_bytes((c.bytes as f64 / secs) as u64)
                     );
                 }

@@ -25,7 +25,7 @@ pub use walk::WalkOptions;
 use crate::fingerprint::{HashingWriter, PatchingHashingWriter};
 use crate::manifest::{self, Manifest, ManifestError, Skipped, SourceInfo};
 use crate::progress::{Event, Progress};
-use staging::Staging;
+use staging::{Staging, WritebackFile};
 use walk::{Entry, Kind};
 
 /// Default chunk size: 8 MiB.
@@ -34,9 +34,9 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 /// Files up to this size are compressed in memory on worker threads; larger ones are compressed
 /// by the writer into a spill file first (so every zip header carries its sizes and CRC up
 /// front — no data descriptors — and memory stays bounded).
-const PARALLEL_MAX_FILE: u64 = 8 << 20;
+const PARALLEL_MAX_FILE: u64 = 4 << 20;
 /// Bytes of file content that may be in flight on the workers at once.
-const WINDOW_BYTES: u64 = 48 << 20;
+const WINDOW_BYTES: u64 = 16 << 20;
 
 /// Everything `pack` needs, validated.
 #[derive(Clone, Debug)]
@@ -109,8 +109,8 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-type Sink = HashingWriter<BufWriter<File>>;
-type ZipSink = PatchingHashingWriter<BufWriter<File>>;
+type Sink = HashingWriter<BufWriter<WritebackFile>>;
+type ZipSink = PatchingHashingWriter<BufWriter<WritebackFile>>;
 
 /// Per-run tallies.
 #[derive(Default)]
@@ -125,6 +125,21 @@ impl Tally {
         self.files += 1;
         self.bytes += bytes;
         progress.event(&Event::PackFile { bytes });
+    }
+
+    /// Takes the next walk item: the entry, or `None` after recording what could not be walked.
+    fn take(&mut self, item: walk::Item, progress: &dyn Progress) -> Option<Entry> {
+        match item {
+            walk::Item::Entry(e) => Some(e),
+            walk::Item::Skipped(s) => {
+                progress.event(&Event::Skipped {
+                    path: s.path.clone(),
+                    reason: s.reason.clone(),
+                });
+                self.skipped.push(s);
+                None
+            }
+        }
     }
 
     fn skip(&mut self, path: &Path, reason: String, progress: &dyn Progress) {
@@ -145,43 +160,38 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
     walk_opts.never.extend([
         opts.output.clone(),
         crate::durable::partial_path(&opts.output),
+        spill_path(&opts.output),
         manifest_path.clone(),
     ]);
-    let listing = walk::walk(&opts.paths, &walk_opts)?;
-    let (files, total_bytes) = listing.totals();
-    progress.event(&Event::PackStarted { files, total_bytes });
+    let walk = walk::walk(&opts.paths, &walk_opts)?;
+    progress.event(&Event::PackStarted {
+        paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
+    });
     let mut tally = Tally::default();
-    for s in &listing.skipped {
-        progress.event(&Event::Skipped {
-            path: s.path.clone(),
-            reason: s.reason.clone(),
-        });
-    }
-    tally.skipped.extend(listing.skipped.iter().cloned());
 
     let out_err = |source: io::Error| PackError::Output {
         path: opts.output.clone(),
         source,
     };
     let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
-    let buf = BufWriter::with_capacity(1 << 20, file);
+    let buf = BufWriter::with_capacity(1 << 20, WritebackFile::new(file));
     let (buf, fp) = match opts.format {
         Format::Zip => {
             let sink = PatchingHashingWriter::new(buf, opts.chunk_size);
             let spill = spill_path(&opts.output);
-            let sink = write_zip(sink, &listing.entries, opts, &spill, &mut tally, progress);
+            let sink = write_zip(sink, walk, opts, &spill, &mut tally, progress);
             let _ = std::fs::remove_file(&spill);
             sink?.finish()
         }
         Format::Tar => {
             let sink = HashingWriter::new(buf, opts.chunk_size);
-            write_tar(sink, &listing.entries, opts, &mut tally, progress)
+            write_tar(sink, walk, opts, &mut tally, progress)
                 .map_err(out_err)?
                 .finish()
         }
     }
     .map_err(out_err)?;
-    let file = buf.into_inner().map_err(|e| out_err(e.into_error()))?;
+    let file = buf.into_inner().map_err(|e| out_err(e.into_error()))?.into_inner();
     staging.commit(file).map_err(out_err)?;
 
     let source = SourceInfo {
@@ -211,7 +221,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
 
 fn write_tar(
     sink: Sink,
-    entries: &[Entry],
+    walk: walk::Walk,
     opts: &PackOptions,
     tally: &mut Tally,
     progress: &dyn Progress,
@@ -219,8 +229,9 @@ fn write_tar(
     let enc = compress::StreamEncoder::new(sink, opts.compression, opts.threads)?;
     let mut builder = tar::Builder::new(enc);
     builder.follow_symlinks(false);
-    for e in entries {
-        let mut h = archive::tar_header(e);
+    for item in walk {
+        let Some(e) = tally.take(item, progress) else { continue };
+        let mut h = archive::tar_header(&e);
         match &e.kind {
             Kind::Dir => builder.append_data(&mut h, format!("{}/", e.name), io::empty())?,
             Kind::Symlink { target } => builder.append_link(&mut h, &e.name, target)?,
@@ -272,11 +283,11 @@ enum JobResult {
     Skip(String),
 }
 
-enum Pending<'a> {
+enum Pending {
     /// Written by the writer thread itself (directories, links, large files).
-    Inline(&'a Entry),
+    Inline(Entry),
     /// Being compressed by a worker.
-    Worker(&'a Entry, u64, Receiver<JobResult>),
+    Worker(Entry, u64, Receiver<JobResult>),
 }
 
 fn compress_job(job: &Job) -> Result<(PreparedZipFile, u64), String> {
@@ -323,13 +334,13 @@ struct ZipRun<'a> {
     zip: Zip,
     c: Compression,
     spill: &'a Path,
-    window: VecDeque<Pending<'a>>,
+    window: VecDeque<Pending>,
     in_flight: u64,
 }
 
 fn write_zip(
     sink: ZipSink,
-    entries: &[Entry],
+    walk: walk::Walk,
     opts: &PackOptions,
     spill: &Path,
     tally: &mut Tally,
@@ -345,11 +356,12 @@ fn write_zip(
         in_flight: 0,
     };
     let result = (|| -> Result<(), PackError> {
-        for e in entries {
+        for item in walk {
+            let Some(e) = tally.take(item, progress) else { continue };
             let pending = match e.kind {
                 Kind::File { size } if size <= PARALLEL_MAX_FILE => {
                     let (reply, rx) = sync_channel(1);
-                    let options = archive::zip_options(e, run.c)?;
+                    let options = archive::zip_options(&e, run.c)?;
                     let job = Job {
                         src: e.src.clone(),
                         name: e.name.clone(),
@@ -403,7 +415,7 @@ impl ZipRun<'_> {
                     Err(_) => tally.skip(&e.src, "compression worker failed".into(), progress),
                 }
             }
-            Pending::Inline(e) => self.write_inline(e, tally, progress)?,
+            Pending::Inline(e) => self.write_inline(&e, tally, progress)?,
         }
         Ok(())
     }

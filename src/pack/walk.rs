@@ -101,25 +101,13 @@ pub struct WalkOptions {
     pub never: Vec<PathBuf>,
 }
 
-/// The result of a walk.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// Entries in archive order.
-    pub entries: Vec<Entry>,
-    /// Things that could not be walked.
-    pub skipped: Vec<Skipped>,
-    /// Special files (sockets, fifos, devices) left out; not an error.
-    pub special: Vec<String>,
-}
-
-impl Listing {
-    /// Regular files and their total size.
-    pub fn totals(&self) -> (u64, u64) {
-        self.entries.iter().fold((0, 0), |(n, b), e| match e.kind {
-            Kind::File { size } => (n + 1, b + size),
-            _ => (n, b),
-        })
-    }
+/// One item of a walk: something to store, or something that could not be walked.
+#[derive(Debug)]
+pub enum Item {
+    /// Store this.
+    Entry(Entry),
+    /// This could not be walked (unreadable folder, vanished file, symlink loop …).
+    Skipped(Skipped),
 }
 
 struct Excludes {
@@ -201,26 +189,54 @@ fn archive_name(prefix: &str, rel: &Path) -> Option<String> {
     })
 }
 
-/// Walks `roots` and lists what to store, in archive order (each root in the order given, its
-/// contents sorted by name). A root that does not exist is an error before anything is written;
-/// anything unreadable below a root is reported in [`Listing::skipped`].
-pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Listing, WalkError> {
+/// A walk in progress: yields [`Item`]s in archive order (each root in the order given, its
+/// contents sorted by name), holding only the walker's stack in memory, never the whole list.
+pub struct Walk {
+    roots: std::collections::VecDeque<PathBuf>,
+    current: Option<(ignore::Walk, PathBuf, String)>,
+    opts: WalkOptions,
+    excludes: Arc<Excludes>,
+    never: Arc<BTreeSet<PathBuf>>,
+}
+
+/// Starts walking `roots`. A root that does not exist, a bad pattern, or two roots that would be
+/// stored under the same name are errors here, before anything is written; anything unreadable
+/// below a root is reported as [`Item::Skipped`] later.
+pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk, WalkError> {
+    let mut prefixes = BTreeSet::new();
     for root in roots {
         fs::symlink_metadata(root).map_err(|source| WalkError::Root {
             path: root.clone(),
             source,
         })?;
+        let prefix = root_prefix(root);
+        if (prefix.is_empty() && roots.len() > 1) || !prefixes.insert(prefix.clone()) {
+            return Err(WalkError::Duplicate(if prefix.is_empty() {
+                "/".into()
+            } else {
+                prefix
+            }));
+        }
     }
-    let excludes = Arc::new(Excludes::build(opts)?);
-    let never: Arc<BTreeSet<PathBuf>> = Arc::new(opts.never.iter().map(|p| normalize(p)).collect());
-    let mut listing = Listing::default();
-    let mut seen = BTreeSet::new();
-    for root in roots {
-        let root_abs = normalize(root);
-        let prefix = root_abs
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    Ok(Walk {
+        roots: roots.iter().cloned().collect(),
+        current: None,
+        excludes: Arc::new(Excludes::build(opts)?),
+        never: Arc::new(opts.never.iter().map(|p| normalize(p)).collect()),
+        opts: opts.clone(),
+    })
+}
+
+/// The name a root is stored under: its last component (empty for `/`).
+fn root_prefix(root: &Path) -> String {
+    normalize(root)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Walk {
+    fn start(&self, root: &Path) -> ignore::Walk {
         let mut wb = ignore::WalkBuilder::new(root);
         wb.standard_filters(false)
             .hidden(false)
@@ -230,106 +246,107 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Listing, WalkError>
             .git_global(false)
             .git_exclude(false)
             .require_git(false)
-            .follow_links(opts.follow_symlinks)
-            .same_file_system(opts.one_file_system)
+            .follow_links(self.opts.follow_symlinks)
+            .same_file_system(self.opts.one_file_system)
             .sort_by_file_name(|a, b| a.cmp(b));
         wb.add_custom_ignore_filename(IGNORE_FILE);
-        let (ex, nv, r) = (Arc::clone(&excludes), Arc::clone(&never), root.clone());
+        let (ex, nv, r) = (Arc::clone(&self.excludes), Arc::clone(&self.never), root.to_path_buf());
         wb.filter_entry(move |e| {
             let rel = e.path().strip_prefix(&r).unwrap_or(e.path());
             !ex.excludes(rel) && !nv.contains(&normalize(e.path()))
         });
-        for item in wb.build() {
-            let e = match item {
-                Ok(e) => e,
-                Err(err) => {
-                    let path = error_path(&err)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| root.display().to_string());
-                    listing.skipped.push(Skipped {
-                        path,
-                        reason: describe_walk_error(&err),
-                    });
-                    continue;
-                }
-            };
-            let rel = e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf();
-            let shown = e.path().display().to_string();
-            let Some(name) = archive_name(&prefix, &rel) else {
-                listing.skipped.push(Skipped {
-                    path: shown,
-                    reason: "name is not valid UTF-8".into(),
-                });
-                continue;
-            };
-            if name.is_empty() {
-                continue; // the file-system root itself: its contents are stored at the top
+        wb.build()
+    }
+
+    /// Turns one walker result into an item; `None` for things that are left out silently.
+    fn item(&self, root: &Path, prefix: &str, result: Result<ignore::DirEntry, ignore::Error>) -> Option<Item> {
+        let skipped = |path: String, reason: String| Some(Item::Skipped(Skipped { path, reason }));
+        let e = match result {
+            Ok(e) => e,
+            Err(err) => {
+                let path = error_path(&err).unwrap_or(root).display().to_string();
+                return skipped(path, describe_walk_error(&err));
             }
-            let meta = if opts.follow_symlinks {
-                fs::metadata(e.path())
-            } else {
-                fs::symlink_metadata(e.path())
-            };
-            let meta = match meta {
-                Ok(m) => m,
-                Err(err) => {
-                    let reason = if err.kind() == std::io::ErrorKind::NotFound {
-                        if opts.follow_symlinks {
-                            "dangling symlink or vanished"
-                        } else {
-                            "vanished"
-                        }
-                        .to_string()
-                    } else {
-                        format!("unreadable: {err}")
-                    };
-                    listing.skipped.push(Skipped { path: shown, reason });
-                    continue;
-                }
-            };
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_file() {
-                Kind::File { size: meta.len() }
-            } else if ft.is_symlink() {
-                match fs::read_link(e.path()) {
-                    Ok(target) => Kind::Symlink { target },
-                    Err(err) => {
-                        listing.skipped.push(Skipped {
-                            path: shown,
-                            reason: format!("unreadable link: {err}"),
-                        });
-                        continue;
-                    }
-                }
-            } else {
-                let what = if ft.is_socket() {
-                    "socket"
-                } else if ft.is_fifo() {
-                    "fifo"
+        };
+        let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+        let shown = e.path().display().to_string();
+        let Some(name) = archive_name(prefix, rel) else {
+            return skipped(shown, "name is not valid UTF-8".into());
+        };
+        if name.is_empty() {
+            return None; // the file-system root itself: its contents are stored at the top
+        }
+        let meta = if self.opts.follow_symlinks {
+            fs::metadata(e.path())
+        } else {
+            fs::symlink_metadata(e.path())
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let why = if self.opts.follow_symlinks {
+                    "dangling symlink or vanished"
                 } else {
-                    "device"
+                    "vanished"
                 };
-                tracing::info!("left out {shown}: a {what} holds no data to archive");
-                listing.special.push(shown);
+                return skipped(shown, why.into());
+            }
+            Err(err) => return skipped(shown, format!("unreadable: {err}")),
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File { size: meta.len() }
+        } else if ft.is_symlink() {
+            match fs::read_link(e.path()) {
+                Ok(target) => Kind::Symlink { target },
+                Err(err) => return skipped(shown, format!("unreadable link: {err}")),
+            }
+        } else {
+            let what = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "device"
+            };
+            tracing::info!("left out {shown}: a {what} holds no data to archive");
+            return None;
+        };
+        Some(Item::Entry(Entry {
+            src: e.into_path(),
+            name,
+            kind,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }))
+    }
+}
+
+impl Iterator for Walk {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            if self.current.is_none() {
+                let root = self.roots.pop_front()?;
+                let prefix = root_prefix(&root);
+                self.current = Some((self.start(&root), root, prefix));
+            }
+            let (walker, root, prefix) = self.current.as_mut()?;
+            let Some(result) = walker.next() else {
+                self.current = None;
                 continue;
             };
-            if !seen.insert(name.clone()) {
-                return Err(WalkError::Duplicate(name));
+            let (root, prefix) = (root.clone(), prefix.clone());
+            if let Some(item) = self.item(&root, &prefix, result) {
+                return Some(item);
             }
-            listing.entries.push(Entry {
-                src: e.into_path(),
-                name,
-                kind,
-                mode: meta.mode() & 0o7777,
-                mtime: meta.mtime(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
         }
     }
-    Ok(listing)
 }
 
 fn error_path(err: &ignore::Error) -> Option<&Path> {
@@ -360,8 +377,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn names(l: &Listing) -> Vec<&str> {
-        l.entries.iter().map(|e| e.name.as_str()).collect()
+    fn entries(w: Walk) -> (Vec<Entry>, Vec<Skipped>) {
+        let (mut es, mut ss) = (Vec::new(), Vec::new());
+        for item in w {
+            match item {
+                Item::Entry(e) => es.push(e),
+                Item::Skipped(s) => ss.push(s),
+            }
+        }
+        (es, ss)
+    }
+
+    fn names(w: Walk) -> Vec<String> {
+        entries(w).0.into_iter().map(|e| e.name).collect()
     }
 
     #[test]
@@ -381,9 +409,10 @@ mod tests {
             exclude: vec!["*.log".into(), "cache".into()],
             ..Default::default()
         };
-        let l = walk(std::slice::from_ref(&root), &opts).unwrap();
+        let (es, skipped) = entries(walk(std::slice::from_ref(&root), &opts).unwrap());
+        let names: Vec<&str> = es.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
-            names(&l),
+            names,
             [
                 "t",
                 "t/.robustoignore",
@@ -394,14 +423,18 @@ mod tests {
                 "t/link"
             ]
         );
-        let link = l.entries.iter().find(|e| e.name == "t/link").unwrap();
+        assert!(skipped.is_empty());
+        let link = es.iter().find(|e| e.name == "t/link").unwrap();
         assert_eq!(
             link.kind,
             Kind::Symlink {
                 target: PathBuf::from("b/deep/x.txt")
             }
         );
-        assert_eq!(l.totals(), (2, 7));
+        assert_eq!(
+            es.iter().find(|e| e.name == "t/b/deep/x.txt").unwrap().kind,
+            Kind::File { size: 1 }
+        );
     }
 
     #[test]
@@ -414,13 +447,13 @@ mod tests {
             exclude: vec!["x/y".into()],
             ..Default::default()
         };
-        assert_eq!(names(&walk(&[root], &opts).unwrap()), ["r", "r/x", "r/y"]);
+        assert_eq!(names(walk(&[root], &opts).unwrap()), ["r", "r/x", "r/y"]);
     }
 
     #[test]
     fn missing_root_is_an_error_and_duplicates_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let e = walk(&[d.path().join("nope")], &WalkOptions::default()).unwrap_err();
+        let e = walk(&[d.path().join("nope")], &WalkOptions::default()).err().unwrap();
         assert!(e.to_string().contains("nope"), "{e}");
         fs::create_dir_all(d.path().join("a/same")).unwrap();
         fs::create_dir_all(d.path().join("b/same")).unwrap();
@@ -428,7 +461,8 @@ mod tests {
             &[d.path().join("a/same"), d.path().join("b/same")],
             &WalkOptions::default(),
         )
-        .unwrap_err();
+        .err()
+        .unwrap();
         assert!(matches!(e, WalkError::Duplicate(ref n) if n == "same"), "{e}");
     }
 
@@ -442,7 +476,7 @@ mod tests {
             follow_symlinks: true,
             ..Default::default()
         };
-        let l = walk(&[root], &opts).unwrap();
-        assert!(l.skipped.iter().any(|s| s.reason.contains("loop")), "{:?}", l.skipped);
+        let (_, skipped) = entries(walk(&[root], &opts).unwrap());
+        assert!(skipped.iter().any(|s| s.reason.contains("loop")), "{skipped:?}");
     }
 }

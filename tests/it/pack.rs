@@ -418,3 +418,19 @@ fn bad_flags_exit_2_and_missing_paths_exit_1_before_writing() {
     assert!(r.stderr.contains("absent"), "{}", r.stderr);
     assert!(!out.exists() && !robusto::durable::partial_path(&out).exists());
 }
+
+#[test]
+fn special_files_and_the_output_itself_are_left_out() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("kept.txt"), b"kept").unwrap();
+    sh(&format!("mkfifo '{}'", root.join("pipe").display()));
+    // the archive is written inside the tree it packs: it must not pack itself
+    let archive = root.join("self.zip");
+    let r = robusto(["pack".as_ref(), root.as_os_str(), "-o".as_ref(), archive.as_os_str()]);
+    assert_eq!(r.code, 0, "a fifo is a note, not a skipped file: {}", r.stderr);
+    assert!(r.stderr.contains("pipe") && r.stderr.contains("fifo"), "{}", r.stderr);
+    let listing = sh(&format!("unzip -Z1 '{}'", archive.display())).stdout;
+    assert_eq!(listing.lines().collect::<Vec<_>>(), ["s/", "s/kept.txt"]);
+}
