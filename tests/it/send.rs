@@ -77,6 +77,9 @@ async fn a_server_that_lost_the_upload_gets_a_fresh_one() {
     }) else {
         panic!("the upload was not created before the pause")
     };
+    let out = super::support::robusto(["status", old.as_str()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(r#""status":"partial""#), "{}", out.stdout);
     // The server forgets the upload (as after an expiry).
     let stored = server.stored(&old);
     std::fs::remove_file(&stored).unwrap();
