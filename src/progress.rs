@@ -231,10 +231,14 @@ impl Progress for Human {
                     bar.set_length(*total_bytes);
                     bar.set_message("sending");
                 }
-                tracing::info!(
+                let line = format!(
                     "sending {file}: {} in {chunks} chunks over {parallel} connection(s)",
                     crate::units::format_bytes(*total_bytes)
                 );
+                match &self.bar {
+                    Some(bar) => bar.suspend(|| tracing::info!("{line}")),
+                    None => tracing::info!("{line}"),
+                }
             }
             Event::UploadResumed { url, offset } => {
                 let line = format!("resuming {url} at {}", crate::units::format_bytes(*offset));
