@@ -217,6 +217,22 @@ pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Res
     Ok(m)
 }
 
+/// The manifest's MD5 when the bytes sent are exactly one whole chunk and the server takes md5:
+/// no hashing at all for a packed file.
+fn manifest_checksum(alg: ChecksumAlgorithm, chunk: &ChunkDigest, offset: u64, len: u64) -> Option<Checksum> {
+    (alg == ChecksumAlgorithm::Md5 && offset == chunk.offset && len == chunk.len).then(|| Checksum::md5(chunk.md5))
+}
+
+/// A checksum computed over the bytes (a server without md5, or a partly sent chunk).
+fn compute_checksum(alg: ChecksumAlgorithm, data: &[u8]) -> Checksum {
+    let mut h = alg.hasher();
+    h.update(data);
+    Checksum {
+        algorithm: alg,
+        digest: h.finish(),
+    }
+}
+
 /// Splits the chunks into `n` contiguous ranges of whole chunks, as even as possible.
 fn plan_parts(m: &Manifest, n: usize) -> Vec<Part> {
     let chunks = m.chunks.len();
@@ -333,20 +349,13 @@ impl Job<'_> {
     /// chunk, else computed on the fly (a resumed partial chunk, or a server without md5).
     async fn checksum_for(&self, chunk: &ChunkDigest, offset: u64, data: &Bytes) -> Option<Checksum> {
         let alg = self.caps.checksum?;
-        if alg == ChecksumAlgorithm::Md5 && offset == chunk.offset && data.len() as u64 == chunk.len {
-            return Some(Checksum::md5(chunk.md5));
+        if let Some(known) = manifest_checksum(alg, chunk, offset, data.len() as u64) {
+            return Some(known);
         }
         let data = data.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut h = alg.hasher();
-            h.update(&data);
-            Checksum {
-                algorithm: alg,
-                digest: h.finish(),
-            }
-        })
-        .await
-        .ok()
+        tokio::task::spawn_blocking(move || compute_checksum(alg, &data))
+            .await
+            .ok()
     }
 
     fn chunk_at(&self, offset: u64) -> Option<(usize, &ChunkDigest)> {
@@ -820,6 +829,23 @@ mod tests {
         }
         assert_eq!(plan_parts(&m, 40).len(), 11, "never more parts than chunks");
         assert_eq!(plan_parts(&manifest(0, 100), 4).len(), 1, "an empty file is one upload");
+    }
+
+    #[test]
+    fn checksums_come_from_the_manifest_or_are_computed() {
+        let m = manifest(250, 100);
+        let c = m.chunks[1];
+        let md5 = manifest_checksum(ChecksumAlgorithm::Md5, &c, 100, 100).unwrap();
+        assert_eq!(md5, Checksum::md5(c.md5));
+        assert_eq!(md5, compute_checksum(ChecksumAlgorithm::Md5, &[7u8; 100]));
+        assert!(
+            manifest_checksum(ChecksumAlgorithm::Md5, &c, 150, 50).is_none(),
+            "a resumed half chunk"
+        );
+        assert!(manifest_checksum(ChecksumAlgorithm::Sha1, &c, 100, 100).is_none());
+        let sha = compute_checksum(ChecksumAlgorithm::Sha256, &[7u8; 100]);
+        assert_eq!(sha.digest.len(), 32);
+        assert!(sha.to_header().starts_with("sha256 "));
     }
 
     #[test]
