@@ -55,6 +55,10 @@ pub enum Command {
     Get(GetArgs),
     /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
     Push(PushArgs),
+    /// Verify an archive against its manifest, then extract it into a folder.
+    Restore(RestoreArgs),
+    /// Receive tus uploads: check every chunk and whole file, store durably, report status.
+    Serve(ServeArgs),
 }
 
 /// `robusto push PATH… --to URL|DIR`
@@ -415,5 +419,88 @@ impl PackArgs {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
         self.flags
             .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+    }
+}
+
+/// `robusto restore FILE --into DIR`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive (zip, tar, tar.gz or tar.zst); its manifest FILE.manifest.json is checked first.
+    pub file: PathBuf,
+    /// The folder to extract into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// List what would be extracted, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Extract even without a manifest to check the archive against.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl RestoreArgs {
+    /// The validated options.
+    pub fn to_options(&self) -> robusto::restore::RestoreOptions {
+        robusto::restore::RestoreOptions {
+            archive: self.file.clone(),
+            into: self.into.clone(),
+            dry_run: self.dry_run,
+            verify: !self.no_verify,
+        }
+    }
+}
+
+/// `robusto serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without --token-file, keep it on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Where uploads are kept (DIR/uploads) and completed files published (DIR/files).
+    #[arg(long, default_value = "robusto-data", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Largest upload accepted, e.g. 50GiB (default: no limit).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Bearer tokens, one per line; every request must carry one.
+    #[arg(long, value_name = "F")]
+    pub token_file: Option<PathBuf>,
+    /// Unfinished uploads are removed this long after their last chunk.
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub expire_after: String,
+    /// A request body that sends nothing for this long is given up.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub read_timeout: String,
+    /// Let browsers at this origin upload (repeatable; * for any).
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The validated server options.
+    pub fn to_config(&self) -> Result<robusto::serve::Config, UsageError> {
+        use robusto::units::{parse_duration, parse_size};
+        let usage = |flag: &str, e: &dyn std::fmt::Display| UsageError(format!("{flag}: {e}"));
+        let mut config = robusto::serve::Config::new(self.data.clone());
+        config.max_size = self
+            .max_size
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| usage("--max-size", &e))?;
+        config.expire_after = parse_duration(&self.expire_after).map_err(|e| usage("--expire-after", &e))?;
+        config.read_timeout = parse_duration(&self.read_timeout).map_err(|e| usage("--read-timeout", &e))?;
+        if config.read_timeout.is_zero() {
+            return Err(UsageError("--read-timeout must be more than 0".into()));
+        }
+        if let Some(f) = &self.token_file {
+            config.tokens = robusto::serve::auth::Tokens::from_file(f)
+                .map_err(|e| usage("--token-file", &format!("{}: {e}", f.display())))?;
+            if config.tokens.is_empty() {
+                return Err(UsageError(format!("--token-file: {} holds no token", f.display())));
+            }
+        }
+        config.cors_origins = self.cors_origin.clone();
+        Ok(config)
     }
 }

@@ -113,6 +113,9 @@ pub struct Fingerprinter {
     buf: Vec<u8>,
     whole: Option<(SyncSender<Block>, JoinHandle<Md5>)>,
     chunks: Option<(SyncSender<Block>, JoinHandle<Vec<ChunkDigest>>)>,
+    /// A third consumer of the same blocks (the thread writing them to disk), if any.
+    tee: Option<SyncSender<Block>>,
+    tee_failed: bool,
 }
 
 impl Fingerprinter {
@@ -167,6 +170,21 @@ impl Fingerprinter {
             buf: Vec::with_capacity(BLOCK),
             whole: Some((wtx, whole)),
             chunks: Some((ctx, chunks)),
+            tee: None,
+            tee_failed: false,
+        }
+    }
+
+    /// A fingerprinter with no threads, used as a placeholder once the real one is finished.
+    fn idle() -> Self {
+        Fingerprinter {
+            chunk_size: 1,
+            size: 0,
+            buf: Vec::new(),
+            whole: None,
+            chunks: None,
+            tee: None,
+            tee_failed: false,
         }
     }
 
@@ -193,6 +211,11 @@ impl Fingerprinter {
             return;
         }
         let block = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK)));
+        if let Some(tx) = &self.tee
+            && tx.send(Arc::clone(&block)).is_err()
+        {
+            self.tee_failed = true;
+        }
         // A send fails only if a hashing thread died; finish() reports that as an error.
         if let Some((tx, _)) = &self.whole {
             let _ = tx.send(Arc::clone(&block));
@@ -206,6 +229,7 @@ impl Fingerprinter {
     pub fn finish(mut self) -> io::Result<Fingerprint> {
         self.flush_block();
         let lost = || io::Error::other("an MD5 hashing thread stopped unexpectedly");
+        self.tee = None;
         let (wtx, whole) = self.whole.take().ok_or_else(lost)?;
         let (ctx, chunks) = self.chunks.take().ok_or_else(lost)?;
         drop(wtx);
@@ -221,18 +245,30 @@ impl Fingerprinter {
     }
 }
 
-/// A writer that passes bytes through to `inner` and fingerprints exactly the bytes written.
-pub struct HashingWriter<W: Write> {
-    inner: W,
+/// A writer that fingerprints the bytes written and writes them to `inner` on a thread of its
+/// own, fed the same 1 MiB blocks as the two hashing threads: a slow disk never stalls the
+/// producer while there is room in the queue, and the bytes are copied once.
+pub struct HashingWriter<W: Write + Send + 'static> {
     fp: Fingerprinter,
+    writer: Option<JoinHandle<io::Result<W>>>,
 }
 
-impl<W: Write> HashingWriter<W> {
+impl<W: Write + Send + 'static> HashingWriter<W> {
     /// Wraps `inner`, cutting chunks every `chunk_size` bytes.
-    pub fn new(inner: W, chunk_size: u64) -> Self {
+    pub fn new(mut inner: W, chunk_size: u64) -> Self {
+        let (tx, rx) = sync_channel::<Block>(DEPTH);
+        let writer = std::thread::spawn(move || {
+            for block in rx {
+                inner.write_all(&block)?;
+            }
+            inner.flush()?;
+            Ok(inner)
+        });
+        let mut fp = Fingerprinter::new(chunk_size);
+        fp.tee = Some(tx);
         HashingWriter {
-            inner,
-            fp: Fingerprinter::new(chunk_size),
+            fp,
+            writer: Some(writer),
         }
     }
 
@@ -241,23 +277,41 @@ impl<W: Write> HashingWriter<W> {
         self.fp.size()
     }
 
-    /// Flushes `inner` and returns it with the fingerprint of everything written.
+    fn join_writer(&mut self) -> io::Result<W> {
+        let handle = self
+            .writer
+            .take()
+            .ok_or_else(|| io::Error::other("the writing thread already stopped"))?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("the writing thread panicked"))?
+    }
+
+    /// Writes out everything and returns `inner` with the fingerprint of all bytes written.
     pub fn finish(mut self) -> io::Result<(W, Fingerprint)> {
-        self.inner.flush()?;
-        let fp = self.fp.finish()?;
-        Ok((self.inner, fp))
+        let fp = std::mem::replace(&mut self.fp, Fingerprinter::idle());
+        let fingerprint = fp.finish()?;
+        let inner = self.join_writer()?;
+        Ok((inner, fingerprint))
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write + Send + 'static> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.fp.update(&buf[..n]);
-        Ok(n)
+        self.fp.update(buf);
+        if self.fp.tee_failed {
+            // The writing thread stopped on an error: report it here, at the write that noticed.
+            self.fp.tee = None;
+            return Err(match self.join_writer() {
+                Err(e) => e,
+                Ok(_) => io::Error::other("the writing thread stopped"),
+            });
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 
@@ -267,25 +321,24 @@ const PATCH_WINDOW: usize = 256 << 10;
 
 /// A hashing writer for formats that patch recently written bytes in place (zip writes each
 /// local header, then the data, then seeks back to fill in sizes and CRC). The last
-/// [`PATCH_WINDOW`] bytes stay unhashed until the stream moves past them, so a patch within that
-/// window is hashed as finally written; a seek further back is refused with an error rather than
-/// producing a wrong digest.
-pub struct PatchingHashingWriter<W: Write + Seek> {
-    inner: W,
-    fp: Fingerprinter,
-    /// Unhashed bytes, from `held_start` to `end`.
+/// [`PATCH_WINDOW`] bytes stay in memory, neither hashed nor written, until the stream moves past
+/// them; a seek and rewrite within that window changes them in memory, so the file is written
+/// strictly in order with its final bytes. A seek further back is refused with an error rather
+/// than producing a wrong digest.
+pub struct PatchingHashingWriter<W: Write + Send + 'static> {
+    inner: HashingWriter<W>,
+    /// Bytes from `held_start` to `end`, not yet passed on.
     held: Vec<u8>,
     held_start: u64,
     pos: u64,
     end: u64,
 }
 
-impl<W: Write + Seek> PatchingHashingWriter<W> {
-    /// Wraps `inner` (positioned at its start), cutting chunks every `chunk_size` bytes.
+impl<W: Write + Send + 'static> PatchingHashingWriter<W> {
+    /// Wraps `inner`, cutting chunks every `chunk_size` bytes.
     pub fn new(inner: W, chunk_size: u64) -> Self {
         PatchingHashingWriter {
-            inner,
-            fp: Fingerprinter::new(chunk_size),
+            inner: HashingWriter::new(inner, chunk_size),
             held: Vec::new(),
             held_start: 0,
             pos: 0,
@@ -293,50 +346,48 @@ impl<W: Write + Seek> PatchingHashingWriter<W> {
         }
     }
 
-    fn release(&mut self, keep: usize) {
+    fn release(&mut self, keep: usize) -> io::Result<()> {
         if self.held.len() > keep {
             let n = self.held.len() - keep;
-            self.fp.update(&self.held[..n]);
+            self.inner.write_all(&self.held[..n])?;
             self.held.drain(..n);
             self.held_start += n as u64;
         }
+        Ok(())
     }
 
-    /// Flushes `inner` and returns it with the fingerprint of the final bytes.
+    /// Writes out everything and returns `inner` with the fingerprint of the final bytes.
     pub fn finish(mut self) -> io::Result<(W, Fingerprint)> {
-        self.inner.flush()?;
-        self.release(0);
-        let fp = self.fp.finish()?;
-        Ok((self.inner, fp))
+        self.release(0)?;
+        self.inner.finish()
     }
 }
 
-impl<W: Write + Seek> Write for PatchingHashingWriter<W> {
+impl<W: Write + Send + 'static> Write for PatchingHashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.pos < self.held_start {
             return Err(io::Error::other(
-                "rewrite of bytes already hashed (outside the patch window)",
+                "rewrite of bytes already written (outside the patch window)",
             ));
         }
-        let n = self.inner.write(buf)?;
         let at = (self.pos - self.held_start) as usize;
-        let overlap = self.held.len().saturating_sub(at).min(n);
+        let overlap = self.held.len().saturating_sub(at).min(buf.len());
         self.held[at..at + overlap].copy_from_slice(&buf[..overlap]);
-        self.held.extend_from_slice(&buf[overlap..n]);
-        self.pos += n as u64;
+        self.held.extend_from_slice(&buf[overlap..]);
+        self.pos += buf.len() as u64;
         self.end = self.end.max(self.pos);
         if self.pos == self.end && self.held.len() >= 4 * PATCH_WINDOW {
-            self.release(PATCH_WINDOW);
+            self.release(PATCH_WINDOW)?;
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 
-impl<W: Write + Seek> Seek for PatchingHashingWriter<W> {
+impl<W: Write + Send + 'static> Seek for PatchingHashingWriter<W> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(p) => Some(p),
@@ -347,10 +398,7 @@ impl<W: Write + Seek> Seek for PatchingHashingWriter<W> {
         if target > self.end {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek past the end"));
         }
-        if target != self.pos {
-            self.inner.seek(SeekFrom::Start(target))?;
-            self.pos = target;
-        }
+        self.pos = target;
         Ok(target)
     }
 }
@@ -422,7 +470,7 @@ mod tests {
 
     #[test]
     fn patched_bytes_are_hashed_as_finally_written() {
-        let mut w = PatchingHashingWriter::new(io::Cursor::new(Vec::new()), 1000);
+        let mut w = PatchingHashingWriter::new(Vec::new(), 1000);
         let data: Vec<u8> = (0..(3 * PATCH_WINDOW as u32 + 77)).map(|i| (i % 251) as u8).collect();
         w.write_all(&data).unwrap();
         let end = data.len() as u64;
@@ -430,8 +478,7 @@ mod tests {
         w.write_all(b"PATCH").unwrap();
         w.seek(SeekFrom::Start(end)).unwrap();
         w.write_all(&data).unwrap(); // moves the window on
-        let (cur, fp) = w.finish().unwrap();
-        let bytes = cur.into_inner();
+        let (bytes, fp) = w.finish().unwrap();
         assert_eq!(&bytes[(end - 100) as usize..(end - 95) as usize], b"PATCH");
         assert_eq!(fp.md5, Md5::of(&bytes));
         assert_eq!(
@@ -442,10 +489,34 @@ mod tests {
 
     #[test]
     fn rewrites_outside_the_window_are_refused() {
-        let mut w = PatchingHashingWriter::new(io::Cursor::new(Vec::new()), 1000);
+        let mut w = PatchingHashingWriter::new(Vec::new(), 1000);
         w.write_all(&vec![1u8; 8 * PATCH_WINDOW]).unwrap();
         w.seek(SeekFrom::Start(0)).unwrap();
         assert!(w.write_all(b"x").is_err());
+    }
+
+    #[test]
+    fn a_failing_writer_is_reported() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = HashingWriter::new(Full, 1 << 20);
+        let block = vec![0u8; BLOCK];
+        let mut err = None;
+        for _ in 0..64 {
+            if let Err(e) = w.write_all(&block) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.unwrap_or_else(|| w.finish().err().unwrap());
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! 3. The sender uploads the archive chunk by chunk over tus 1.0.0 ([`protocol`]), each chunk
 //!    carrying its MD5 so the server can refuse a damaged one without losing the good ones.
 //!    [`send`] does this resumably: a journal, retries with backoff, HEAD to resync, throttling.
-//! 4. The server checks every chunk and the whole file, stores durably, and reports status.
+//! 4. The server ([`serve`]) checks every chunk and the whole file, stores durably, and reports
+//!    status.
 //!
 //! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
 //! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
@@ -22,5 +23,7 @@ pub mod manifest;
 pub mod pack;
 pub mod progress;
 pub mod protocol;
+pub mod restore;
 pub mod send;
+pub mod serve;
 pub mod units;

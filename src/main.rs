@@ -75,6 +75,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(exit::SKIPPED)
             }
         }
+        Command::Restore(args) => {
+            let report = robusto::restore::restore(&args.to_options())?;
+            for e in &report.listing {
+                println!("{}", listing_line(e));
+            }
+            if !args.dry_run {
+                tracing::info!(
+                    "restored {} entries ({}) into {}",
+                    report.entries,
+                    robusto::units::format_bytes(report.bytes),
+                    args.into.display()
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Verify(args) => {
             let m = robusto::manifest::verify(&args.file)?;
             tracing::info!(
@@ -87,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("{}  {}", m.archive.md5, args.file.display());
             Ok(exit::OK)
         }
+        Command::Serve(args) => serve(&args),
         Command::Send(args) => {
             let opts = match cli::destination(&args.send.to)? {
                 cli::Destination::Url(url) => args.send.options(args.file, url, args.name)?,
@@ -230,6 +246,74 @@ async fn send(opts: &SendOptions, progress: &dyn Progress) -> anyhow::Result<u8>
             }
         }
     }
+}
+
+/// One line of `restore --dry-run`: kind, mode, size, mtime, name (like `tar -tv`).
+fn listing_line(e: &robusto::restore::Listed) -> String {
+    use robusto::restore::EntryKind;
+    let kind = match &e.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::File => '-',
+        EntryKind::Symlink(_) => 'l',
+        EntryKind::HardLink(_) => 'h',
+    };
+    let when = e
+        .mtime
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into());
+    let mode = e.mode.map(|m| format!("{m:04o}")).unwrap_or_else(|| "----".into());
+    let target = match &e.kind {
+        EntryKind::Symlink(t) => format!(" -> {t}"),
+        EntryKind::HardLink(t) => format!(" link to {t}"),
+        _ => String::new(),
+    };
+    format!("{kind} {mode} {:>12} {when} {}{target}", e.size, e.name)
+}
+
+/// `robusto serve`: bind, log the URL, serve until Ctrl-C or SIGTERM.
+fn serve(args: &cli::ServeArgs) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    let config = args.to_config()?;
+    if config.tokens.is_empty() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "no --token-file: anyone who can reach {} can upload; keep an open server on 127.0.0.1",
+            args.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let state = robusto::serve::AppState::open(config.clone())
+            .with_context(|| format!("cannot use --data {}", config.data.display()))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display());
+        robusto::serve::run(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(exit::OK)
+    })
+}
+
+/// Completes at Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn main() -> ExitCode {

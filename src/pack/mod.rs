@@ -11,6 +11,7 @@ pub mod walk;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter};
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -109,8 +110,8 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-type Sink = HashingWriter<BufWriter<WritebackFile>>;
-type ZipSink = PatchingHashingWriter<BufWriter<WritebackFile>>;
+type Sink = HashingWriter<WritebackFile>;
+type ZipSink = PatchingHashingWriter<WritebackFile>;
 
 /// Per-run tallies.
 #[derive(Default)]
@@ -174,24 +175,24 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
         source,
     };
     let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
-    let buf = BufWriter::with_capacity(1 << 20, WritebackFile::new(file));
-    let (buf, fp) = match opts.format {
+    let out = WritebackFile::new(file);
+    let (out, fp) = match opts.format {
         Format::Zip => {
-            let sink = PatchingHashingWriter::new(buf, opts.chunk_size);
+            let sink = PatchingHashingWriter::new(out, opts.chunk_size);
             let spill = spill_path(&opts.output);
             let sink = write_zip(sink, walk, opts, &spill, &mut tally, progress);
             let _ = std::fs::remove_file(&spill);
             sink?.finish()
         }
         Format::Tar => {
-            let sink = HashingWriter::new(buf, opts.chunk_size);
+            let sink = HashingWriter::new(out, opts.chunk_size);
             write_tar(sink, walk, opts, &mut tally, progress)
                 .map_err(out_err)?
                 .finish()
         }
     }
     .map_err(out_err)?;
-    let file = buf.into_inner().map_err(|e| out_err(e.into_error()))?.into_inner();
+    let file = out.into_inner();
     staging.commit(file).map_err(out_err)?;
 
     let source = SourceInfo {

@@ -3,7 +3,7 @@
 //! without being committed is removed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -100,18 +100,10 @@ impl WritebackFile {
     }
 }
 
-impl Seek for WritebackFile {
-    /// Seeks the file; a rewrite of bytes already handed to writeback re-dirties them and the
-    /// final fsync covers them.
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.file.seek(to)
-    }
-}
-
 impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.written = self.written.max(self.file.stream_position()?);
+        self.written += n as u64;
         if self.written - self.requested >= WRITEBACK_STEP {
             self.start_writeback();
         }

@@ -2,9 +2,14 @@
 
 mod cli_send;
 mod faults;
+mod interop_serve;
 mod pack;
 mod peers;
 mod proxy;
 mod push;
+mod restore;
 mod send;
+mod serve_env;
+mod store;
 mod support;
+mod tus;

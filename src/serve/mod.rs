@@ -1,0 +1,212 @@
+//! `robusto serve`: a tus 1.0.0 server that checks every chunk's checksum and every whole file's
+//! MD5, and stores durably.
+//!
+//! A request passes [`tus_layer`] (method override, `Tus-Resumable`, bearer token, CORS), is
+//! routed to a thin handler in [`routes`], which checks headers with [`verify`] and acts through
+//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`].
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod store;
+pub mod uploads;
+pub mod verify;
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header as http};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use tokio::net::TcpListener;
+
+use crate::protocol::{self, header};
+use auth::Tokens;
+use store::Store;
+use store::fs::FsStore;
+use uploads::Uploads;
+
+/// The server's validated options.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where uploads and published files live (`--data`).
+    pub data: PathBuf,
+    /// Largest upload accepted (`--max-size`); `None` for no limit.
+    pub max_size: Option<u64>,
+    /// Accepted bearer tokens (`--token-file`); empty for an open server.
+    pub tokens: Tokens,
+    /// How long an unfinished upload lives after its last chunk (`--expire-after`).
+    pub expire_after: Duration,
+    /// How long a request body may send nothing before it is given up (`--read-timeout`).
+    pub read_timeout: Duration,
+    /// Origins browsers may upload from (`--cors-origin`; `*` for any).
+    pub cors_origins: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for a data directory: no size limit, no tokens, 7 days expiry, 60 s read timeout.
+    pub fn new(data: PathBuf) -> Self {
+        Config {
+            data,
+            max_size: None,
+            tokens: Tokens::default(),
+            expire_after: Duration::from_secs(7 * 86_400),
+            read_timeout: Duration::from_secs(60),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where uploads live.
+    pub store: Arc<dyn Store>,
+    /// The options.
+    pub config: Arc<Config>,
+    /// Locks and running digests.
+    pub uploads: Arc<Uploads>,
+}
+
+impl AppState {
+    /// State over the default fs store under `config.data`.
+    pub fn open(config: Config) -> io::Result<Self> {
+        let store = FsStore::open(&config.data)?;
+        Ok(Self::with_store(config, Arc::new(store)))
+    }
+
+    /// State over any store.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Self {
+        AppState {
+            store,
+            config: Arc::new(config),
+            uploads: Arc::new(Uploads::default()),
+        }
+    }
+}
+
+/// The whole HTTP application: tus under `/files/`.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/files", post(routes::create).options(routes::options))
+        .route("/files/", post(routes::create).options(routes::options))
+        .route(
+            "/files/{id}",
+            head(routes::head)
+                .patch(routes::patch)
+                .delete(routes::delete)
+                .get(routes::download)
+                .options(routes::options),
+        )
+        .route("/files/{id}/status", get(routes::status))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state.clone());
+    // The layer sits outside the routing, so X-HTTP-Method-Override can change the route.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(state, tus_layer))
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, with the expiry sweeper
+/// running alongside.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let sweeper_state = state.clone();
+    let sweeper = tokio::spawn(async move {
+        let every = uploads::sweep_interval(sweeper_state.config.expire_after);
+        loop {
+            tokio::time::sleep(every).await;
+            uploads::sweep(&sweeper_state).await;
+        }
+    });
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    result
+}
+
+const CORS_ALLOW_HEADERS: &str = "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, \
+     Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, \
+     Upload-Concat, Upload-Checksum";
+const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, \
+     Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, \
+     Tus-Checksum-Algorithm, ETag, Content-Range";
+
+fn allowed_origin(config: &Config, headers: &HeaderMap) -> Option<HeaderValue> {
+    let origin = headers.get(http::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    config
+        .cors_origins
+        .iter()
+        .any(|o| o == "*" || o == text)
+        .then(|| origin.clone())
+}
+
+/// What every request passes: X-HTTP-Method-Override, CORS, the `Tus-Resumable` check (412)
+/// and the bearer token (401); every response carries `Tus-Resumable`.
+pub async fn tus_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(m) = req
+        .headers()
+        .get(header::METHOD_OVERRIDE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Method::from_bytes(v.trim().to_ascii_uppercase().as_bytes()).ok())
+    {
+        *req.method_mut() = m;
+    }
+    let origin = allowed_origin(&state.config, req.headers());
+    let method = req.method().clone();
+    let preflight = method == Method::OPTIONS && req.headers().contains_key(http::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight && origin.is_some() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        let checked = (|| {
+            if method != Method::OPTIONS && method != Method::GET {
+                verify::check_version(req.headers())?;
+            }
+            if method == Method::OPTIONS {
+                Ok(uploads::Owner(None))
+            } else {
+                state.config.tokens.check(req.headers())
+            }
+        })();
+        match checked {
+            Ok(owner) => {
+                req.extensions_mut().insert(owner);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(header::TUS_RESUMABLE, HeaderValue::from_static(protocol::TUS_VERSION));
+    if let Some(origin) = origin {
+        h.insert(http::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(http::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            http::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        );
+        if preflight {
+            h.insert(
+                http::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("POST, GET, HEAD, PATCH, DELETE, OPTIONS"),
+            );
+            h.insert(
+                http::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            );
+            h.insert(http::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        }
+    }
+    response
+}

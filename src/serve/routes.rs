@@ -1,0 +1,422 @@
+//! The HTTP handlers, thin: read headers through [`super::verify`], act through
+//! [`super::uploads`], answer with tus headers.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::header::IntoHeaderName;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header as http};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+use super::AppState;
+use super::error::ServeError;
+use super::store::{UploadInfo, UploadState};
+use super::uploads::{self, Creation, Owner};
+use super::verify::{self, MAX_CONCAT_PARTS};
+use crate::protocol::{self, Status, StatusReport, header};
+
+type Result<T> = std::result::Result<T, ServeError>;
+
+fn set(headers: &mut HeaderMap, name: impl IntoHeaderName, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        headers.insert(name, v);
+    }
+}
+
+/// The upload's URL path.
+fn location(id: &str) -> String {
+    format!("/files/{id}")
+}
+
+/// `Upload-Expires` for an unfinished upload.
+fn set_expires(headers: &mut HeaderMap, info: &UploadInfo) {
+    if info.state == UploadState::Receiving
+        && let Some(secs) = info.expires
+    {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        set(headers, header::UPLOAD_EXPIRES, httpdate::fmt_http_date(t));
+    }
+}
+
+/// `OPTIONS`: what this server speaks.
+pub async fn options(State(state): State<AppState>) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    set(h, header::TUS_VERSION, protocol::TUS_VERSION);
+    set(h, header::TUS_EXTENSION, protocol::EXTENSIONS);
+    set(h, header::TUS_CHECKSUM_ALGORITHM, protocol::CHECKSUM_ALGORITHMS);
+    if let Some(max) = state.config.max_size {
+        set(h, header::TUS_MAX_SIZE, max);
+    }
+    r
+}
+
+/// The id named by a partial upload's URL in `Upload-Concat: final;…`.
+fn part_id(url: &str) -> Result<String> {
+    let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if uploads::is_valid_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err(ServeError::BadRequest(format!(
+            "'{url}' in Upload-Concat is not an upload URL of this server"
+        )))
+    }
+}
+
+/// `POST /files`: creation, creation-with-upload, creation-defer-length, concatenation.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let metadata = verify::upload_metadata(&headers)?.map(|(raw, _)| raw);
+    let length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
+    let concat = verify::header_str(&headers, header::UPLOAD_CONCAT)?.map(str::to_string);
+
+    if let Some(list) = concat.as_deref().and_then(|c| c.strip_prefix("final;")) {
+        if length.is_some() {
+            return Err(ServeError::BadRequest(
+                "a final upload must not carry Upload-Length".into(),
+            ));
+        }
+        let parts = list.split_whitespace().map(part_id).collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
+            return Err(ServeError::BadRequest(format!(
+                "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
+            )));
+        }
+        let concat = concat.clone().unwrap_or_default();
+        let info = uploads::concatenate(&state, &owner, metadata, concat, parts).await?;
+        return Ok(created(&info, false));
+    }
+    if concat.as_deref().is_some_and(|c| c != "partial") {
+        return Err(ServeError::BadRequest(
+            "Upload-Concat must be 'partial' or 'final;<urls>'".into(),
+        ));
+    }
+    let deferred = match verify::header_str(&headers, header::UPLOAD_DEFER_LENGTH)? {
+        None => false,
+        Some("1") => true,
+        Some(_) => return Err(ServeError::BadRequest("Upload-Defer-Length must be 1".into())),
+    };
+    if deferred == length.is_some() {
+        return Err(ServeError::BadRequest(
+            "send exactly one of Upload-Length and Upload-Defer-Length: 1".into(),
+        ));
+    }
+    if let (Some(len), Some(max)) = (length, state.config.max_size)
+        && len > max
+    {
+        return Err(ServeError::TooLarge(format!(
+            "Upload-Length {len} exceeds the maximum size {max}"
+        )));
+    }
+    let with_data = verify::is_offset_stream(&headers);
+    let checksum = if with_data {
+        verify::upload_checksum(&headers)?
+    } else {
+        None
+    };
+    let mut info = uploads::create(
+        &state,
+        &owner,
+        Creation {
+            length,
+            metadata,
+            concat,
+        },
+    )
+    .await?;
+    if with_data && info.state == UploadState::Receiving {
+        let lease = state.uploads.acquire(&info.id).await;
+        let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        match uploads::append(&state, info.clone(), checksum, stream).await {
+            Ok(after) => info = after,
+            // The upload exists; the client learns the offset and continues with PATCH.
+            Err(e @ ServeError::Internal(_)) => return Err(e),
+            Err(e) => {
+                tracing::info!(id = %info.id, "data sent with the creation request was not kept: {e}");
+                info = state.store.info(&info.id).await?;
+            }
+        }
+    }
+    Ok(created(&info, with_data))
+}
+
+fn created(info: &UploadInfo, with_offset: bool) -> Response {
+    let mut r = StatusCode::CREATED.into_response();
+    let h = r.headers_mut();
+    set(h, http::LOCATION, location(&info.id));
+    if with_offset {
+        set(h, header::UPLOAD_OFFSET, info.offset);
+    }
+    set_expires(h, info);
+    r
+}
+
+/// `HEAD /files/{id}`: where the upload stands. Takes over from a stalled PATCH.
+pub async fn head(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let _lease = state.uploads.acquire(&id).await;
+    let mut info = uploads::load_live(&state, &id, &owner).await?;
+    if info.state == UploadState::Receiving && info.is_full() {
+        // A crash between the last byte and its publication: finish now.
+        info = uploads::finish(&state, info).await?;
+    }
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    h.insert(http::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    set(h, header::UPLOAD_OFFSET, info.offset);
+    match info.length {
+        Some(len) => set(h, header::UPLOAD_LENGTH, len),
+        None => set(h, header::UPLOAD_DEFER_LENGTH, 1),
+    }
+    if let Some(m) = &info.metadata {
+        set(h, header::UPLOAD_METADATA, m);
+    }
+    if let Some(c) = &info.concat {
+        set(h, header::UPLOAD_CONCAT, c);
+    }
+    set_expires(h, &info);
+    Ok(r)
+}
+
+/// `PATCH /files/{id}`: append a chunk (checked against `Upload-Checksum` if sent).
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if !verify::is_offset_stream(&headers) {
+        return Err(ServeError::UnsupportedMediaType);
+    }
+    let offset = verify::header_u64(&headers, header::UPLOAD_OFFSET)?
+        .ok_or_else(|| ServeError::BadRequest("Upload-Offset is required".into()))?;
+    let checksum = verify::upload_checksum(&headers)?;
+    let new_length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
+    let content_length = verify::header_u64(&headers, "content-length")?;
+
+    let lease = state.uploads.acquire(&id).await;
+    let mut info = uploads::load_live(&state, &id, &owner).await?;
+    if info.is_final() {
+        return Err(ServeError::Forbidden("a final upload cannot be patched".into()));
+    }
+    if info.offset != offset {
+        return Err(ServeError::Conflict(format!(
+            "Upload-Offset {offset} does not match the upload's offset {}",
+            info.offset
+        )));
+    }
+    match (info.length, new_length) {
+        (Some(len), Some(new)) if len != new => {
+            return Err(ServeError::BadRequest(format!(
+                "the upload's length is {len} and cannot change"
+            )));
+        }
+        (None, Some(new)) => {
+            if let Some(max) = state.config.max_size
+                && new > max
+            {
+                return Err(ServeError::TooLarge(format!(
+                    "Upload-Length {new} exceeds the maximum size {max}"
+                )));
+            }
+            if new < info.offset {
+                return Err(ServeError::BadRequest(
+                    "Upload-Length is below the upload's offset".into(),
+                ));
+            }
+            info.length = Some(new);
+            state.store.update(info.clone()).await?;
+        }
+        _ => {}
+    }
+    if let (Some(len), Some(cl)) = (info.length, content_length)
+        && cl > len - info.offset
+    {
+        return Err(ServeError::TooLarge(format!(
+            "the body ({cl} bytes) is longer than the {} bytes the upload still needs",
+            len - info.offset
+        )));
+    }
+    if info.state == UploadState::Complete {
+        // Nothing more to take; an empty PATCH at the end is answered with the offset.
+        if content_length.unwrap_or(0) > 0 {
+            return Err(ServeError::TooLarge("the upload is already complete".into()));
+        }
+    } else {
+        let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        info = uploads::append(&state, info, checksum, stream).await?;
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    set(r.headers_mut(), header::UPLOAD_OFFSET, info.offset);
+    set_expires(r.headers_mut(), &info);
+    Ok(r)
+}
+
+/// `DELETE /files/{id}`: termination.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let _lease = state.uploads.acquire(&id).await;
+    uploads::load(&state, &id, &owner).await?;
+    state.store.delete(&id).await?;
+    state.uploads.forget(&id);
+    tracing::info!(%id, "upload terminated");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /files/{id}/status`: the robusto status report (DESIGN §5).
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<StatusReport>> {
+    let info = uploads::load(&state, &id, &owner).await?;
+    let report = match info.state {
+        UploadState::Receiving if info.offset == 0 => StatusReport {
+            status: Status::New,
+            value: String::new(),
+        },
+        UploadState::Receiving => {
+            let chunk = info
+                .metadata
+                .as_deref()
+                .and_then(|m| protocol::Metadata::parse(m).ok())
+                .and_then(|m| {
+                    m.get_str(protocol::meta::CHUNK_SIZE)
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                })
+                .filter(|&c| c > 0)
+                .unwrap_or(protocol::DEFAULT_CHUNK_SIZE);
+            StatusReport {
+                status: Status::Partial,
+                value: protocol::chunks_received(info.offset, chunk),
+            }
+        }
+        UploadState::Complete => {
+            let host = verify::header_str(&headers, "host").ok().flatten();
+            StatusReport {
+                status: Status::Complete,
+                value: match host {
+                    Some(h) => format!("http://{h}{}", location(&id)),
+                    None => location(&id),
+                },
+            }
+        }
+        UploadState::Error => StatusReport {
+            status: Status::Error,
+            value: info.error.unwrap_or_else(|| "error".into()),
+        },
+        UploadState::Expired => StatusReport {
+            status: Status::Error,
+            value: "the upload expired before it was complete".into(),
+        },
+    };
+    Ok(Json(report))
+}
+
+/// A single `bytes=` range of a file of `len` bytes; `None` for the whole file.
+fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>> {
+    let Some(spec) = verify::header_str(headers, "range")? else {
+        return Ok(None);
+    };
+    let unsatisfiable = ServeError::RangeNotSatisfiable { length: len };
+    let Some(spec) = spec.strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None); // several ranges: answer with the whole file
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    let range = match (a.trim().is_empty(), num(a), num(b)) {
+        (true, _, Some(n)) if n > 0 => len.saturating_sub(n)..len,
+        (false, Some(start), None) if b.trim().is_empty() => start..len,
+        (false, Some(start), Some(end)) if end >= start => start..(end.saturating_add(1)).min(len),
+        _ => return Ok(None),
+    };
+    if range.start >= len {
+        return Err(unsatisfiable);
+    }
+    Ok(Some(range))
+}
+
+/// `GET /files/{id}`: the bytes of a completed upload, with `Range`.
+pub async fn download(
+    State(state): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let info = uploads::load(&state, &id, &owner).await?;
+    if info.state != UploadState::Complete {
+        return Err(ServeError::Conflict(
+            "the upload is not complete, so it cannot be read yet".into(),
+        ));
+    }
+    let len = info.offset;
+    let range = parse_range(&headers, len)?;
+    let (status, span) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
+        None => (StatusCode::OK, 0..len),
+    };
+    let stream = state.store.read(&id, span.clone()).await?;
+    let mut r = (status, Body::from_stream(stream)).into_response();
+    let h = r.headers_mut();
+    set(h, http::CONTENT_LENGTH, span.end - span.start);
+    set(h, http::CONTENT_TYPE, "application/octet-stream");
+    set(h, http::ACCEPT_RANGES, "bytes");
+    set(h, http::CACHE_CONTROL, "no-store");
+    let md5 = info.md5.as_deref().and_then(crate::fingerprint::Md5::from_hex);
+    set(h, http::ETAG, format!("\"{}\"", md5.map(|m| m.hex()).unwrap_or(id)));
+    if let Some(m) = md5
+        && range.is_none()
+    {
+        set(h, "content-md5", base64::engine::general_purpose::STANDARD.encode(m.0));
+    }
+    if range.is_some() {
+        set(
+            h,
+            "content-range",
+            format!("bytes {}-{}/{len}", span.start, span.end - 1),
+        );
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_range(&h, 10).unwrap(), None);
+        for (spec, want) in [
+            ("bytes=2-4", 2..5),
+            ("bytes=5-", 5..10),
+            ("bytes=-3", 7..10),
+            ("bytes=8-99", 8..10),
+        ] {
+            h.insert("range", HeaderValue::from_static(spec));
+            assert_eq!(parse_range(&h, 10).unwrap(), Some(want), "{spec}");
+        }
+        h.insert("range", HeaderValue::from_static("bytes=10-"));
+        assert!(parse_range(&h, 10).is_err());
+        h.insert("range", HeaderValue::from_static("bytes=1-2,4-5"));
+        assert_eq!(parse_range(&h, 10).unwrap(), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The `Store` trait: the seam between the tus protocol and where upload bytes and their info
+//! live. Handlers never touch files; they call a store. [`fs::FsStore`] is the default,
+//! [`memory::MemoryStore`] serves tests, and every store passes the one shared suite in
+//! `tests/it/store.rs`.
+
+pub mod fs;
+pub mod memory;
+
+use std::io;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Checksum, ChecksumHasher};
+
+/// Where an upload stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// Accepting bytes (possibly none yet).
+    Receiving,
+    /// Every byte received and verified (published unless it is a partial upload).
+    Complete,
+    /// Failed verification; never published.
+    Error,
+    /// Expired before completion; its bytes were freed, the record is kept to answer 410.
+    Expired,
+}
+
+/// Everything the server knows about one upload (the fs store keeps it as `<id>.info`, JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// 128-bit random id, 32 lowercase hex digits.
+    pub id: String,
+    /// Total length in bytes; `None` while deferred.
+    pub length: Option<u64>,
+    /// Bytes committed (durably, for the fs store) and acknowledged.
+    pub offset: u64,
+    /// `Upload-Metadata` exactly as the client sent it.
+    pub metadata: Option<String>,
+    /// Hash of the bearer token that created the upload (`None` without tokens).
+    pub owner: Option<String>,
+    /// `Upload-Concat` exactly as the client sent it (`partial` or `final;…`).
+    pub concat: Option<String>,
+    /// Where the upload stands.
+    pub state: UploadState,
+    /// Why the upload failed, for [`UploadState::Error`].
+    pub error: Option<String>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Expiry time of an unfinished upload, seconds since the Unix epoch.
+    pub expires: Option<u64>,
+    /// MD5 of the whole upload (hex), when it was computed.
+    pub md5: Option<String>,
+    /// The name the completed upload was published under (relative to the store's root).
+    pub published: Option<String>,
+}
+
+impl UploadInfo {
+    /// A fresh upload record: nothing received, receiving.
+    pub fn new(id: String, length: Option<u64>, created: u64) -> Self {
+        UploadInfo {
+            id,
+            length,
+            offset: 0,
+            metadata: None,
+            owner: None,
+            concat: None,
+            state: UploadState::Receiving,
+            error: None,
+            created,
+            expires: None,
+            md5: None,
+            published: None,
+        }
+    }
+
+    /// Whether every announced byte has arrived.
+    pub fn is_full(&self) -> bool {
+        self.length == Some(self.offset)
+    }
+
+    /// Whether this is a partial upload of the concatenation extension.
+    pub fn is_partial(&self) -> bool {
+        self.concat.as_deref() == Some("partial")
+    }
+
+    /// Whether this is a final upload of the concatenation extension.
+    pub fn is_final(&self) -> bool {
+        self.concat.as_deref().is_some_and(|c| c.starts_with("final"))
+    }
+}
+
+/// Why a request body ended early.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The connection broke, the read timed out, or a newer request superseded this one.
+    /// Without a checksum, the bytes received so far are kept (tus default).
+    #[error("the request body was cut off: {0}")]
+    Interrupted(String),
+    /// The body is longer than the upload allows; nothing of it is kept.
+    #[error("the request body is longer than the upload's remaining length")]
+    TooLong,
+}
+
+/// A request body as the store consumes it.
+pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
+/// Bytes read back from a store.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// What an append expects and carries along.
+pub struct Append {
+    /// The offset the client sent; must equal the committed offset.
+    pub offset: u64,
+    /// At most this many bytes may follow (remaining length, or the size limit).
+    pub max_len: u64,
+    /// `Upload-Checksum`: when set, the chunk is committed only whole and matching.
+    pub checksum: Option<Checksum>,
+    /// A running digest of the upload up to `offset`, extended by the committed bytes.
+    pub running: Option<ChecksumHasher>,
+    /// The expiry to record with the new offset.
+    pub expires: Option<u64>,
+}
+
+/// The outcome of a committed append.
+pub struct Appended {
+    /// The upload after the append (new offset persisted).
+    pub info: UploadInfo,
+    /// Whether the body was cut off (the bytes before the cut were kept; no checksum).
+    pub interrupted: Option<BodyError>,
+    /// The running digest, extended by exactly the committed bytes.
+    pub running: Option<ChecksumHasher>,
+}
+
+/// What a store can fail with, grouped by what the caller answers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No upload with this id.
+    #[error("upload not found")]
+    NotFound,
+    /// The client's offset is not the committed one.
+    #[error("offset mismatch: the upload is at {actual}, the request says {expected}")]
+    OffsetMismatch {
+        /// What the client sent.
+        expected: u64,
+        /// The committed offset.
+        actual: u64,
+    },
+    /// `Upload-Checksum` did not match the body; nothing was stored.
+    #[error("checksum mismatch: the chunk's {algorithm} is {actual}, Upload-Checksum says {expected}")]
+    ChecksumMismatch {
+        /// The algorithm.
+        algorithm: &'static str,
+        /// Base64 digest the client sent.
+        expected: String,
+        /// Base64 digest of what arrived.
+        actual: String,
+    },
+    /// The body ended early or was too long, and nothing was stored.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// No space left on the device (or quota exceeded); nothing was stored.
+    #[error("no space left on the device")]
+    DiskFull,
+    /// Two uploads cannot take the same id.
+    #[error("an upload with this id exists")]
+    Exists,
+    /// Any other I/O failure.
+    #[error("storage I/O: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull,
+            _ if e.kind() == io::ErrorKind::NotFound => StoreError::NotFound,
+            _ => StoreError::Io(e),
+        }
+    }
+}
+
+/// `name`, or with `-n` before its extension for the n-th collision (`backup-1.zip`): how every
+/// store names a published upload whose name is taken.
+pub fn suffixed(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_string();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{n}.{ext}"),
+        _ => format!("{name}-{n}"),
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Storage for uploads. Implementations serialise nothing themselves: the server holds a
+/// per-upload lock around every mutating call.
+pub trait Store: Send + Sync + 'static {
+    /// Records a new upload (offset 0, no bytes).
+    fn create(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// The upload's current info.
+    fn info<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<UploadInfo>>;
+
+    /// Replaces the upload's info (length, state, error, expiry…), atomically and durably.
+    /// The offset must not change through this call.
+    fn update(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Appends a body at `append.offset`. Bytes are committed (made durable, then the new offset
+    /// recorded) only when the body is complete and matches `append.checksum`; a body without
+    /// checksum that is cut off keeps what arrived. On any error nothing of the body is kept.
+    fn append<'a>(&'a self, id: &'a str, append: Append, body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>>;
+
+    /// Creates `info` (a final upload) holding the bytes of `parts` in order; its offset and
+    /// length are their total length.
+    fn concatenate<'a>(&'a self, info: UploadInfo, parts: &'a [String]) -> BoxFuture<'a, StoreResult<UploadInfo>>;
+
+    /// Streams bytes `range` of the upload.
+    fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>>;
+
+    /// Makes a completed upload available under a name derived from `name` (already
+    /// sanitised), adding a suffix on collision; records and returns the name used.
+    fn publish<'a>(&'a self, id: &'a str, name: &'a str) -> BoxFuture<'a, StoreResult<String>>;
+
+    /// Removes the upload, its bytes and what it published.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Frees the bytes of an unfinished upload and marks it [`UploadState::Expired`].
+    fn expire<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// The ids of all uploads.
+    fn list(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collisions_get_a_suffix_before_the_extension() {
+        assert_eq!(suffixed("backup.zip", 0), "backup.zip");
+        assert_eq!(suffixed("backup.zip", 2), "backup-2.zip");
+        assert_eq!(suffixed("README", 1), "README-1");
+        assert_eq!(suffixed(".env", 1), ".env-1");
+    }
+}

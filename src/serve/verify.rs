@@ -1,0 +1,282 @@
+//! Checks of a tus request against an upload (protocol version, offsets, lengths, headers), and
+//! the streaming digests: a chunk against its `Upload-Checksum`, a whole file against its
+//! `checksum` metadata.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use tokio_util::sync::CancellationToken;
+
+use super::error::ServeError;
+use super::store::{Append, BodyError, BodyStream, ByteStream, StoreError};
+use crate::protocol::{self, Checksum, ChecksumAlgorithm, ChecksumHasher, Metadata, header};
+
+/// Longest `Upload-Metadata` value accepted.
+pub const MAX_METADATA_LEN: usize = 16 << 10;
+/// Most partial uploads one final upload may name.
+pub const MAX_CONCAT_PARTS: usize = 10_000;
+
+/// The text value of a header, if present; a value that is not visible ASCII is a bad header.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ServeError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ServeError::BadRequest(format!("{name} is not ASCII text"))),
+    }
+}
+
+/// A header that must be a non-negative integer (`Upload-Offset`, `Upload-Length`).
+pub fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ServeError> {
+    let Some(s) = header_str(headers, name)? else {
+        return Ok(None);
+    };
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ServeError::BadRequest(format!("{name} must be a non-negative integer")));
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| ServeError::BadRequest(format!("{name} is too large")))
+}
+
+/// `Tus-Resumable` must be present and name the version we speak (else 412, not processed).
+pub fn check_version(headers: &HeaderMap) -> Result<(), ServeError> {
+    match headers.get(header::TUS_RESUMABLE).map(|v| v.to_str()) {
+        Some(Ok(v)) if v.trim() == protocol::TUS_VERSION => Ok(()),
+        Some(_) => Err(ServeError::VersionUnsupported),
+        None => Err(ServeError::VersionUnsupported),
+    }
+}
+
+/// A PATCH (or a POST with data) must carry `Content-Type: application/offset+octet-stream`.
+pub fn is_offset_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(protocol::OFFSET_OCTET_STREAM))
+}
+
+/// `Upload-Checksum`, parsed; an unknown algorithm or a malformed value is a 400.
+pub fn upload_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, ServeError> {
+    header_str(headers, header::UPLOAD_CHECKSUM)?
+        .map(|v| Checksum::parse(v).map_err(|e| ServeError::BadRequest(e.to_string())))
+        .transpose()
+}
+
+/// `Upload-Metadata`, parsed and bounded; returns the raw value and the decoded map.
+pub fn upload_metadata(headers: &HeaderMap) -> Result<Option<(String, Metadata)>, ServeError> {
+    let Some(raw) = header_str(headers, header::UPLOAD_METADATA)? else {
+        return Ok(None);
+    };
+    if raw.len() > MAX_METADATA_LEN {
+        return Err(ServeError::BadRequest(format!(
+            "Upload-Metadata is longer than {MAX_METADATA_LEN} bytes"
+        )));
+    }
+    let meta = Metadata::parse(raw).map_err(|e| ServeError::BadRequest(e.to_string()))?;
+    if let Some(v) = meta.0.get(protocol::meta::CHECKSUM) {
+        whole_file_checksum(v.as_deref())?;
+    }
+    Ok(Some((raw.to_string(), meta)))
+}
+
+/// The `checksum` metadata value (`md5 <base64>`), parsed.
+pub fn whole_file_checksum(value: Option<&[u8]>) -> Result<Option<Checksum>, ServeError> {
+    let Some(v) = value else { return Ok(None) };
+    let text =
+        std::str::from_utf8(v).map_err(|_| ServeError::BadRequest("the checksum metadata is not text".to_string()))?;
+    Checksum::parse(text)
+        .map(Some)
+        .map_err(|e| ServeError::BadRequest(format!("checksum metadata: {e}")))
+}
+
+/// The whole-file checksum an upload's raw `Upload-Metadata` asks for, if any.
+pub fn expected_whole(raw_metadata: Option<&str>) -> Option<Checksum> {
+    let meta = Metadata::parse(raw_metadata?).ok()?;
+    whole_file_checksum(meta.0.get(protocol::meta::CHECKSUM)?.as_deref())
+        .ok()
+        .flatten()
+}
+
+/// Streams a request body, giving up when no byte arrives for `read_timeout` or when `cancel`
+/// fires (a newer request for the same upload took over).
+pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToken) -> BodyStream {
+    let stream = body.into_data_stream();
+    futures_util::stream::unfold(Some((stream, cancel)), move |state| async move {
+        let (mut stream, cancel) = state?;
+        let next = tokio::select! {
+            _ = cancel.cancelled() => {
+                Err(BodyError::Interrupted("superseded by a newer request for this upload".into()))
+            }
+            r = tokio::time::timeout(read_timeout, stream.next()) => match r {
+                Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
+                Ok(None) => return None,
+                Ok(Some(Ok(bytes))) => Ok(bytes),
+                Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+            }
+        };
+        match next {
+            Ok(bytes) => Some((Ok(bytes), Some((stream, cancel)))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
+}
+
+/// Hashes a chunk while it is stored and decides, at its end, whether it may be committed.
+pub struct ChunkVerifier {
+    expected: Option<Checksum>,
+    hasher: Option<ChecksumHasher>,
+    running: Option<ChecksumHasher>,
+    received: u64,
+    max_len: u64,
+}
+
+/// A chunk that may be committed.
+pub struct Verdict {
+    /// Bytes to commit.
+    pub received: u64,
+    /// Why the body ended early, if it did (only without a checksum).
+    pub interrupted: Option<BodyError>,
+    /// The running whole-file digest, extended by the committed bytes.
+    pub running: Option<ChecksumHasher>,
+}
+
+impl ChunkVerifier {
+    /// A verifier for `append` (takes its running digest).
+    pub fn new(append: &mut Append) -> Self {
+        ChunkVerifier {
+            hasher: append.checksum.as_ref().map(|c| c.algorithm.hasher()),
+            expected: append.checksum.clone(),
+            running: append.running.take(),
+            received: 0,
+            max_len: append.max_len,
+        }
+    }
+
+    /// Accepts the next bytes, or refuses them when they overrun the upload.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), BodyError> {
+        let n = bytes.len() as u64;
+        if self.received.saturating_add(n) > self.max_len {
+            return Err(BodyError::TooLong);
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
+        if let Some(h) = &mut self.running {
+            h.update(bytes);
+        }
+        self.received += n;
+        Ok(())
+    }
+
+    /// Bytes accepted so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The verdict once the body ended (`ended` says why, if early).
+    pub fn finish(self, ended: Option<BodyError>) -> Result<Verdict, StoreError> {
+        match (&ended, &self.expected) {
+            (Some(BodyError::TooLong), _) => return Err(BodyError::TooLong.into()),
+            (Some(e), Some(_)) => return Err(e.clone().into()),
+            _ => {}
+        }
+        if let (Some(expected), Some(hasher)) = (self.expected, self.hasher) {
+            let actual = hasher.finish();
+            if actual != expected.digest {
+                let actual = Checksum {
+                    algorithm: expected.algorithm,
+                    digest: actual,
+                };
+                return Err(StoreError::ChecksumMismatch {
+                    algorithm: expected.algorithm.name(),
+                    expected: expected.to_header(),
+                    actual: actual.to_header(),
+                });
+            }
+        }
+        Ok(Verdict {
+            received: self.received,
+            interrupted: ended,
+            running: self.running,
+        })
+    }
+}
+
+/// The digest of everything `stream` yields.
+pub async fn digest_stream(mut stream: ByteStream, algorithm: ChecksumAlgorithm) -> std::io::Result<Vec<u8>> {
+    let mut h = algorithm.hasher();
+    while let Some(bytes) = stream.try_next().await? {
+        h.update(&bytes);
+    }
+    Ok(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Md5;
+    use axum::http::HeaderValue;
+
+    fn append(checksum: Option<Checksum>, max_len: u64) -> Append {
+        Append {
+            offset: 0,
+            max_len,
+            checksum,
+            running: None,
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPLOAD_OFFSET, HeaderValue::from_static("12"));
+        assert_eq!(header_u64(&h, header::UPLOAD_OFFSET).unwrap(), Some(12));
+        for bad in ["-1", "1.5", "", "0x10", "99999999999999999999999"] {
+            h.insert(header::UPLOAD_OFFSET, HeaderValue::from_static(bad));
+            assert!(header_u64(&h, header::UPLOAD_OFFSET).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn version_must_be_ours() {
+        let mut h = HeaderMap::new();
+        assert!(check_version(&h).is_err());
+        h.insert(header::TUS_RESUMABLE, HeaderValue::from_static("0.2.2"));
+        assert!(check_version(&h).is_err());
+        h.insert(header::TUS_RESUMABLE, HeaderValue::from_static("1.0.0"));
+        assert!(check_version(&h).is_ok());
+    }
+
+    #[test]
+    fn verifier_commits_only_matching_whole_chunks() {
+        let good = Checksum::md5(Md5::of(b"hello"));
+        let mut v = ChunkVerifier::new(&mut append(Some(good.clone()), 10));
+        v.feed(b"hel").unwrap();
+        v.feed(b"lo").unwrap();
+        assert_eq!(v.finish(None).unwrap().received, 5);
+
+        let mut v = ChunkVerifier::new(&mut append(Some(good.clone()), 10));
+        v.feed(b"help!").unwrap();
+        assert!(matches!(v.finish(None), Err(StoreError::ChecksumMismatch { .. })));
+
+        let mut v = ChunkVerifier::new(&mut append(Some(good), 10));
+        v.feed(b"hel").unwrap();
+        assert!(v.finish(Some(BodyError::Interrupted("cut".into()))).is_err());
+
+        let mut v = ChunkVerifier::new(&mut append(None, 10));
+        v.feed(b"hel").unwrap();
+        let verdict = v.finish(Some(BodyError::Interrupted("cut".into()))).unwrap();
+        assert_eq!(verdict.received, 3);
+        assert!(verdict.interrupted.is_some());
+
+        let mut v = ChunkVerifier::new(&mut append(None, 4));
+        assert_eq!(v.feed(b"hello"), Err(BodyError::TooLong));
+    }
+}

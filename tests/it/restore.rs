@@ -1,0 +1,208 @@
+//! `robusto restore` through the real binary: round trips in every format (modes, mtimes,
+//! symlinks), verification before extraction, and crafted archives that try to escape.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::support::*;
+
+fn pack(tree: &Path, archive: &Path, extra: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["pack".as_ref(), tree.as_os_str(), "-o".as_ref(), archive.as_os_str()];
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    let r = robusto(args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+fn restore(archive: &Path, into: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "restore".as_ref(),
+        archive.as_os_str(),
+        "--into".as_ref(),
+        into.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    robusto(args)
+}
+
+#[test]
+fn pack_then_restore_gives_the_same_tree_in_every_format() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    for (name, flags) in [
+        ("a.zip", &["--compress", "deflate"][..]),
+        ("b.zip", &["--compress", "zstd", "-l", "9"]),
+        ("c.zip", &["--compress", "none"]),
+        ("d.tar", &["--format", "tar", "--compress", "none"]),
+        ("e.tar.gz", &["--format", "tar", "--compress", "gzip"]),
+        ("f.tar.zst", &["--format", "tar", "--compress", "zstd"]),
+    ] {
+        let archive = d.path().join(name);
+        pack(&tree, &archive, flags);
+        let out = d.path().join(format!("out-{name}"));
+        let r = restore(&archive, &out, &[]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        assert_same_tree(&tree, &out.join("tree"));
+    }
+}
+
+#[test]
+fn a_damaged_archive_is_not_extracted() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    let archive = d.path().join("t.tar");
+    pack(
+        &tree,
+        &archive,
+        &["--format", "tar", "--compress", "none", "--chunk-size", "64K"],
+    );
+    let mut bytes = fs::read(&archive).unwrap();
+    bytes[70_000] ^= 1;
+    fs::write(&archive, &bytes).unwrap();
+    let out = d.path().join("out");
+    let r = restore(&archive, &out, &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("chunk 1 (bytes 65536..131072)"), "{}", r.stderr);
+    assert!(!out.exists(), "nothing extracted");
+    fs::remove_file(robusto::manifest::path_for(&archive)).unwrap();
+    let r = restore(&archive, &out, &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--no-verify"), "{}", r.stderr);
+}
+
+#[test]
+fn dry_run_lists_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    let archive = d.path().join("l.zip");
+    pack(&tree, &archive, &[]);
+    let out = d.path().join("never");
+    let r = restore(&archive, &out, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!out.exists());
+    assert!(
+        r.stdout
+            .contains("- 0755           18 2021-09-13T12:26:40Z tree/run.sh"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("l 0777           10 2021-09-13T12:26:40Z tree/link-to-readme -> README.txt"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("d 0750            0 2021-09-13T12:26:40Z tree/docs"),
+        "{}",
+        r.stdout
+    );
+}
+
+fn crafted_tar(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, kind, content) in entries {
+        let mut h = tar::Header::new_gnu();
+        // write the name bytes directly: the tar crate itself refuses '..' in set_path
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        if *kind == tar::EntryType::Symlink {
+            h.set_link_name(content).unwrap();
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        } else {
+            h.set_size(content.len() as u64);
+            h.set_cksum();
+            b.append(&h, content.as_bytes()).unwrap();
+        }
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn crafted_tar_with_dotdot_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let archive = d.path().join("evil.tar");
+    crafted_tar(
+        &archive,
+        &[
+            ("ok.txt", tar::EntryType::Regular, "fine"),
+            ("../escaped.txt", tar::EntryType::Regular, "gotcha"),
+        ],
+    );
+    let out = d.path().join("out");
+    let r = restore(&archive, &out, &["--no-verify"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("refusing entry '../escaped.txt': '..' would leave the target folder"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path().join("escaped.txt").exists());
+}
+
+#[test]
+fn crafted_tar_writing_through_an_absolute_symlink_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = d.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let archive = d.path().join("link.tar");
+    crafted_tar(
+        &archive,
+        &[
+            ("evil", tar::EntryType::Symlink, outside.to_str().unwrap()),
+            ("evil/pwned.txt", tar::EntryType::Regular, "gotcha"),
+        ],
+    );
+    let out = d.path().join("out");
+    let r = restore(&archive, &out, &["--no-verify"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("refusing entry 'evil/pwned.txt': a folder above it is a symlink"),
+        "{}",
+        r.stderr
+    );
+    assert!(!outside.join("pwned.txt").exists(), "nothing written through the link");
+    assert_eq!(
+        fs::read_link(out.join("evil")).unwrap(),
+        outside,
+        "the link itself is restored"
+    );
+
+    let absolute = d.path().join("abs.tar");
+    crafted_tar(
+        &absolute,
+        &[("/tmp/robusto-abs-escape.txt", tar::EntryType::Regular, "x")],
+    );
+    let r = restore(&absolute, &d.path().join("out2"), &["--no-verify"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("absolute path"), "{}", r.stderr);
+    assert!(!Path::new("/tmp/robusto-abs-escape.txt").exists());
+}
+
+#[test]
+fn crafted_zip_with_dotdot_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let archive = d.path().join("evil.zip");
+    let mut z = zip::ZipWriter::new(fs::File::create(&archive).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    z.start_file("first.txt", opts).unwrap();
+    z.write_all(b"fine").unwrap();
+    z.start_file("../../escaped.txt", opts).unwrap();
+    z.write_all(b"gotcha").unwrap();
+    z.finish().unwrap();
+    let out = d.path().join("a/b");
+    let r = restore(&archive, &out, &["--no-verify"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("refusing entry '../../escaped.txt'"), "{}", r.stderr);
+    assert!(!d.path().join("escaped.txt").exists() && !d.path().join("a/escaped.txt").exists());
+    assert!(
+        !out.join("first.txt").exists(),
+        "a zip is checked whole before extraction"
+    );
+}

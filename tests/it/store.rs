@@ -1,0 +1,174 @@
+//! The one suite every [`Store`] passes: the memory store, the fs store (and later S3).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use robusto::fingerprint::Md5;
+use robusto::protocol::{Checksum, ChecksumAlgorithm};
+use robusto::serve::store::fs::FsStore;
+use robusto::serve::store::memory::MemoryStore;
+use robusto::serve::store::{Append, BodyError, BodyStream, Store, StoreError, UploadInfo, UploadState};
+use robusto::serve::uploads::new_id;
+
+fn body(parts: &[&'static [u8]], end: Option<BodyError>) -> BodyStream {
+    let mut items: Vec<Result<Bytes, BodyError>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+    if let Some(e) = end {
+        items.push(Err(e));
+    }
+    futures_util::stream::iter(items).boxed()
+}
+
+fn append(offset: u64, max_len: u64, checksum: Option<&[u8]>) -> Append {
+    Append {
+        offset,
+        max_len,
+        checksum: checksum.map(|b| Checksum::md5(Md5::of(b))),
+        running: None,
+        expires: Some(42),
+    }
+}
+
+async fn read_all(store: &dyn Store, id: &str, range: std::ops::Range<u64>) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store.read(id, range).await.unwrap().try_collect().await.unwrap();
+    chunks.concat()
+}
+
+async fn new_upload(store: &dyn Store, length: u64) -> String {
+    let id = new_id();
+    store
+        .create(UploadInfo::new(id.clone(), Some(length), 1))
+        .await
+        .unwrap();
+    id
+}
+
+/// Every store must pass this.
+async fn suite(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let id = new_upload(s, 10).await;
+    assert!(matches!(
+        s.create(UploadInfo::new(id.clone(), Some(1), 1)).await,
+        Err(StoreError::Exists)
+    ));
+    let info = s.info(&id).await.unwrap();
+    assert_eq!(
+        (info.offset, info.length, info.state),
+        (0, Some(10), UploadState::Receiving)
+    );
+    assert!(matches!(s.info(&new_id()).await, Err(StoreError::NotFound)));
+    assert!(matches!(s.info("../etc").await, Err(StoreError::NotFound)));
+
+    // A whole matching chunk is committed, with the running digest extended.
+    let mut a = append(0, 10, Some(b"hello"));
+    a.running = Some(ChecksumAlgorithm::Md5.hasher());
+    let done = s.append(&id, a, body(&[b"he", b"llo"], None)).await.unwrap();
+    assert_eq!(done.info.offset, 5);
+    assert_eq!(done.info.expires, Some(42));
+    assert_eq!(done.running.unwrap().finish(), Md5::of(b"hello").0.to_vec());
+
+    // Refused: wrong offset, mismatch, cut off with checksum, too long. Nothing moves.
+    assert!(matches!(
+        s.append(&id, append(4, 5, None), body(&[b"x"], None)).await,
+        Err(StoreError::OffsetMismatch { expected: 4, actual: 5 })
+    ));
+    assert!(matches!(
+        s.append(&id, append(5, 5, Some(b"world")), body(&[b"wor", b"ms"], None))
+            .await,
+        Err(StoreError::ChecksumMismatch { .. })
+    ));
+    let cut = Some(BodyError::Interrupted("gone".into()));
+    assert!(matches!(
+        s.append(&id, append(5, 5, Some(b"world")), body(&[b"wor"], cut.clone()))
+            .await,
+        Err(StoreError::Body(_))
+    ));
+    assert!(matches!(
+        s.append(&id, append(5, 5, None), body(&[b"world!"], None)).await,
+        Err(StoreError::Body(BodyError::TooLong))
+    ));
+    assert_eq!(s.info(&id).await.unwrap().offset, 5);
+    assert_eq!(read_all(s, &id, 0..5).await, b"hello");
+
+    // Cut off without a checksum: what arrived is kept.
+    let done = s.append(&id, append(5, 5, None), body(&[b"wo"], cut)).await.unwrap();
+    assert_eq!(done.info.offset, 7);
+    assert!(done.interrupted.is_some());
+    let done = s.append(&id, append(7, 3, None), body(&[b"rld"], None)).await.unwrap();
+    assert!(done.info.is_full());
+    assert_eq!(read_all(s, &id, 0..10).await, b"helloworld");
+    assert_eq!(read_all(s, &id, 3..6).await, b"low");
+
+    // update keeps the offset; publish suffixes collisions.
+    let mut info = s.info(&id).await.unwrap();
+    info.offset = 0;
+    info.state = UploadState::Complete;
+    s.update(info).await.unwrap();
+    let info = s.info(&id).await.unwrap();
+    assert_eq!((info.offset, info.state), (10, UploadState::Complete));
+    assert_eq!(s.publish(&id, "hw.txt").await.unwrap(), "hw.txt");
+    let other = new_upload(s, 0).await;
+    assert_eq!(s.publish(&other, "hw.txt").await.unwrap(), "hw-1.txt");
+    assert_eq!(s.info(&other).await.unwrap().published.as_deref(), Some("hw-1.txt"));
+
+    // Concatenation: the final holds the parts in order.
+    let p1 = new_upload(s, 3).await;
+    s.append(&p1, append(0, 3, None), body(&[b"abc"], None)).await.unwrap();
+    let fin = s
+        .concatenate(
+            UploadInfo::new(new_id(), None, 1),
+            &[p1.clone(), id.clone(), p1.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!((fin.offset, fin.length), (16, Some(16)));
+    assert_eq!(read_all(s, &fin.id, 0..16).await, b"abchelloworldabc");
+
+    // Expire frees bytes and keeps the record; delete removes it.
+    let e = new_upload(s, 5).await;
+    s.append(&e, append(0, 5, None), body(&[b"ab"], None)).await.unwrap();
+    s.expire(&e).await.unwrap();
+    assert_eq!(s.info(&e).await.unwrap().state, UploadState::Expired);
+    let mut ids = s.list().await.unwrap();
+    ids.sort();
+    let mut want = vec![id.clone(), other.clone(), p1.clone(), fin.id.clone(), e.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    s.delete(&id).await.unwrap();
+    assert!(matches!(s.info(&id).await, Err(StoreError::NotFound)));
+    assert!(matches!(s.delete(&id).await, Err(StoreError::NotFound)));
+    assert_eq!(s.list().await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    suite(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn fs_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(Arc::new(FsStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn fs_store_cuts_uncommitted_bytes_left_by_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let id = new_upload(&store, 10).await;
+    store
+        .append(&id, append(0, 10, None), body(&[b"abc"], None))
+        .await
+        .unwrap();
+    // A crash after writing, before the offset was recorded, leaves extra bytes.
+    let data = dir.path().join("uploads").join(&id);
+    std::fs::write(&data, b"abcGARBAGE").unwrap();
+    let reopened = FsStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.info(&id).await.unwrap().offset, 3);
+    reopened
+        .append(&id, append(3, 7, Some(b"defghij")), body(&[b"defghij"], None))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&data).unwrap(), b"abcdefghij");
+    assert!(dir.path().join("uploads").join(format!("{id}.info")).exists());
+}

@@ -1,0 +1,746 @@
+//! tus 1.0.0 conformance of `robusto serve`: status codes, headers and bytes on disk, over a real
+//! socket (fs store) and with `oneshot` (memory store); plus the SIGKILL restart test.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http_body_util::BodyExt as _;
+use reqwest::Method;
+use robusto::protocol::{self, header};
+use robusto::serve::store::memory::MemoryStore;
+use robusto::serve::{AppState, Config, router};
+use tower::ServiceExt as _;
+
+use crate::serve_env::{BinServer, Server, Tus, b64, bytes, hv, id_of, md5_header, metadata};
+
+fn memory_app(tune: impl FnOnce(&mut Config)) -> (axum::Router, AppState) {
+    let mut config = Config::new("/nonexistent".into());
+    tune(&mut config);
+    let state = AppState::with_store(config, Arc::new(MemoryStore::new()));
+    (router(state.clone()), state)
+}
+
+async fn oneshot(
+    app: &axum::Router,
+    req: axum::http::Request<Body>,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let r = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = r.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn options_announces_version_extensions_algorithms_and_max_size() {
+    let (app, _) = memory_app(|c| c.max_size = Some(1 << 30));
+    let req = axum::http::Request::options("/files/").body(Body::empty()).unwrap();
+    let (status, h, _) = oneshot(&app, req).await;
+    assert_eq!(status, 204);
+    assert_eq!(h[header::TUS_VERSION], "1.0.0");
+    assert_eq!(h[header::TUS_EXTENSION], protocol::EXTENSIONS);
+    assert_eq!(h[header::TUS_CHECKSUM_ALGORITHM], "md5,sha1,sha256");
+    assert_eq!(h[header::TUS_MAX_SIZE], "1073741824");
+    assert_eq!(h[header::TUS_RESUMABLE], "1.0.0");
+}
+
+#[tokio::test]
+async fn missing_or_unsupported_tus_resumable_is_412_with_tus_version_and_nothing_happens() {
+    let (app, state) = memory_app(|_| {});
+    for version in [None, Some("0.2.2")] {
+        let mut req = axum::http::Request::post("/files/").header(header::UPLOAD_LENGTH, "5");
+        if let Some(v) = version {
+            req = req.header(header::TUS_RESUMABLE, v);
+        }
+        let (status, h, _) = oneshot(&app, req.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, 412);
+        assert_eq!(h[header::TUS_VERSION], "1.0.0");
+    }
+    assert!(
+        state.store.list().await.unwrap().is_empty(),
+        "the request was not processed"
+    );
+}
+
+#[tokio::test]
+async fn a_patch_body_larger_than_2_mib_streams_through_the_router() {
+    let (app, state) = memory_app(|_| {});
+    let data = bytes(3 << 20, 1);
+    let req = axum::http::Request::post("/files/")
+        .header(header::TUS_RESUMABLE, "1.0.0")
+        .header(header::UPLOAD_LENGTH, data.len().to_string())
+        .body(Body::empty())
+        .unwrap();
+    let (status, h, _) = oneshot(&app, req).await;
+    assert_eq!(status, 201);
+    let loc = h["location"].to_str().unwrap().to_string();
+    let req = axum::http::Request::patch(&loc)
+        .header(header::TUS_RESUMABLE, "1.0.0")
+        .header(header::UPLOAD_OFFSET, "0")
+        .header(header::UPLOAD_CHECKSUM, md5_header(&data))
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .body(Body::from(data.clone()))
+        .unwrap();
+    let (status, h, body) = oneshot(&app, req).await;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(h[header::UPLOAD_OFFSET], data.len().to_string().as_str());
+    let info = state.store.info(&id_of(&loc)).await.unwrap();
+    assert_eq!(info.offset, data.len() as u64);
+}
+
+#[tokio::test]
+async fn create_head_patch_publish_read_status() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let data = b"hello world";
+    let meta = metadata(&[
+        ("filename", "greeting.txt"),
+        ("checksum", &md5_header(data)),
+        ("chunk-size", "5"),
+    ]);
+    let r = c.post(11, &meta).await;
+    assert_eq!(r.status(), 201);
+    assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty(), "Upload-Expires at creation");
+    let loc = hv(&r, "location");
+    assert!(loc.starts_with("/files/") && id_of(&loc).len() == 32, "{loc}");
+    assert_eq!(c.status(&loc).await, serde_json::json!({"status": "new", "value": ""}));
+
+    let r = c.head(&loc).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "0");
+    assert_eq!(hv(&r, header::UPLOAD_LENGTH), "11");
+    assert_eq!(hv(&r, header::UPLOAD_METADATA), meta);
+    assert_eq!(hv(&r, "cache-control"), "no-store");
+    assert_eq!(hv(&r, header::TUS_RESUMABLE), "1.0.0");
+    assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty());
+
+    let r = c.patch(&loc, 0, b"hello", Some(&md5_header(b"hello"))).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
+    assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty());
+    assert_eq!(c.status(&loc).await["value"], "0");
+    let r = c.patch(&loc, 5, b" world", Some(&md5_header(b" world"))).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
+    assert_eq!(hv(&r, header::UPLOAD_EXPIRES), "", "no expiry once complete");
+
+    let r = c.head(&loc).await;
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
+    assert_eq!(std::fs::read(s.data().join("files/greeting.txt")).unwrap(), data);
+    assert_eq!(std::fs::read(s.data().join("uploads").join(id_of(&loc))).unwrap(), data);
+    let st = c.status(&loc).await;
+    assert_eq!(st["status"], "complete");
+    assert!(st["value"].as_str().unwrap().ends_with(&loc));
+
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(hv(&r, "content-length"), "11");
+    assert_eq!(
+        hv(&r, "etag"),
+        format!("\"{}\"", robusto::fingerprint::Md5::of(data).hex())
+    );
+    assert_eq!(hv(&r, "content-md5"), robusto::fingerprint::Md5::of(data).base64());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data);
+    let r = c
+        .req(Method::GET, &loc)
+        .header("range", "bytes=6-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(hv(&r, "content-range"), "bytes 6-10/11");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"world");
+    let r = c
+        .req(Method::GET, &loc)
+        .header("range", "bytes=11-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+}
+
+#[tokio::test]
+async fn patch_errors_leave_the_upload_untouched() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let loc = c.create(10, "").await;
+    let on_disk = || std::fs::read(s.data().join("uploads").join(id_of(&loc))).unwrap();
+
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header(header::UPLOAD_OFFSET, "0")
+        .header("content-type", "application/octet-stream")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "Upload-Offset missing");
+    assert_eq!(c.patch(&loc, 0, b"abc", Some("crc32 AAAAAA==")).await.status(), 400);
+    assert_eq!(c.patch(&loc, 0, b"abc", Some("md5 notbase64!")).await.status(), 400);
+    assert_eq!(c.patch(&loc, 3, b"abc", None).await.status(), 409);
+    let r = c.patch(&loc, 0, b"abc", Some(&md5_header(b"abd"))).await;
+    assert_eq!(r.status(), 460);
+    assert!(r.text().await.unwrap().contains("checksum mismatch"));
+    assert_eq!(c.offset(&loc).await, 0);
+    assert!(on_disk().is_empty(), "a refused chunk leaves no byte");
+    assert_eq!(
+        c.patch(&loc, 0, b"01234567890", None).await.status(),
+        413,
+        "longer than the upload"
+    );
+    assert_eq!(c.offset(&loc).await, 0);
+
+    let sha1 = robusto::protocol::Checksum {
+        algorithm: robusto::protocol::ChecksumAlgorithm::Sha1,
+        digest: {
+            let mut h = robusto::protocol::ChecksumAlgorithm::Sha1.hasher();
+            h.update(b"abc");
+            h.finish()
+        },
+    };
+    assert_eq!(c.patch(&loc, 0, b"abc", Some(&sha1.to_header())).await.status(), 204);
+    let mut h = robusto::protocol::ChecksumAlgorithm::Sha256.hasher();
+    h.update(b"def");
+    let sha256 = format!("sha256 {}", b64(&h.finish()));
+    assert_eq!(c.patch(&loc, 3, b"def", Some(&sha256)).await.status(), 204);
+    assert_eq!(on_disk(), b"abcdef");
+
+    let huge = metadata(&[("filename", &"x".repeat(20_000))]);
+    assert_eq!(c.post(1, &huge).await.status(), 400, "metadata size limit");
+    assert_eq!(c.post(1, "filename !!!").await.status(), 400, "metadata not base64");
+    assert_eq!(c.post(1, &metadata(&[("checksum", "md5 short")])).await.status(), 400);
+
+    let unknown = "/files/0123456789abcdef0123456789abcdef";
+    assert_eq!(c.head(unknown).await.status(), 404);
+    assert_eq!(c.patch(unknown, 0, b"x", None).await.status(), 404);
+    assert_eq!(c.head("/files/..%2F..%2Fetc").await.status(), 404);
+}
+
+/// Sends a PATCH's headers and the first `send` bytes of a `len`-byte body, leaving the
+/// connection open; the caller drops or keeps the stream.
+fn start_patch(
+    base: &str,
+    loc: &str,
+    offset: u64,
+    len: usize,
+    send: &[u8],
+    checksum: Option<&str>,
+) -> std::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {len}\r\n"
+    );
+    if let Some(c) = checksum {
+        head.push_str(&format!("Upload-Checksum: {c}\r\n"));
+    }
+    head.push_str("\r\n");
+    t.write_all(head.as_bytes()).unwrap();
+    t.write_all(send).unwrap();
+    t.flush().unwrap();
+    t
+}
+
+/// Cuts the request body off (the client's write side closes) and returns the server's answer,
+/// which it gives once it has dealt with the cut.
+fn finish_cut(mut t: std::net::TcpStream) -> String {
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = t.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_body_keeps_nothing_with_a_checksum_and_what_arrived_without() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let data = bytes(100, 7);
+
+    let loc = c.create(100, "").await;
+    let t = start_patch(&s.base, &loc, 0, 100, &data[..40], Some(&md5_header(&data)));
+    let answer = finish_cut(t);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(c.offset(&loc).await, 0, "a checksummed chunk cut off stores nothing");
+    let file = s.data().join("uploads").join(id_of(&loc));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+    assert_eq!(c.patch(&loc, 0, &data, Some(&md5_header(&data))).await.status(), 204);
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+
+    let loc = c.create(100, "").await;
+    let t = start_patch(&s.base, &loc, 0, 100, &data[..40], None);
+    finish_cut(t);
+    let offset = c.offset(&loc).await;
+    assert_eq!(offset, 40, "without a checksum the bytes received are kept");
+    assert_eq!(c.patch(&loc, 40, &data[40..], None).await.status(), 204);
+    assert_eq!(std::fs::read(s.data().join("uploads").join(id_of(&loc))).unwrap(), data);
+}
+
+/// Waits until the server holds the upload's lock (the stalled PATCH arrived).
+async fn wait_busy(s: &Server, loc: &str) {
+    for _ in 0..1000 {
+        if s.state.uploads.is_busy(&id_of(loc)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the PATCH never reached the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_request_takes_over_from_a_stalled_patch() {
+    // The read timeout is an hour: only the takeover can free the lock.
+    let s = Server::start(|c| c.read_timeout = Duration::from_secs(3600)).await;
+    let c = s.client();
+    let data = bytes(1000, 3);
+    let loc = c.create(1000, "").await;
+    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], None);
+    wait_busy(&s, &loc).await;
+    // HEAD waits for the stalled PATCH to give up, then reports what it kept.
+    let mut offset = c.offset(&loc).await;
+    assert!(offset <= 300, "{offset}");
+    drop(stalled);
+    offset = c.offset(&loc).await;
+    assert_eq!(
+        c.patch(&loc, offset, &data[offset as usize..], None).await.status(),
+        204
+    );
+    assert_eq!(std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(), data);
+
+    let loc = c.create(1000, "").await;
+    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], Some(&md5_header(&data)));
+    wait_busy(&s, &loc).await;
+    let r = c.patch(&loc, 0, &data, Some(&md5_header(&data))).await;
+    assert_eq!(r.status(), 204, "a new PATCH takes over: {}", r.text().await.unwrap());
+    drop(stalled);
+    assert_eq!(c.offset(&loc).await, 1000);
+}
+
+#[tokio::test]
+async fn whole_file_mismatch_is_460_error_status_and_not_published() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let meta = metadata(&[("filename", "bad.bin"), ("checksum", &md5_header(b"something else"))]);
+    let loc = c.create(6, &meta).await;
+    assert_eq!(c.patch(&loc, 0, b"abc", None).await.status(), 204);
+    let r = c.patch(&loc, 3, b"def", Some(&md5_header(b"def"))).await;
+    assert_eq!(r.status(), 460);
+    assert!(r.text().await.unwrap().contains("whole-file checksum mismatch"));
+    let st = c.status(&loc).await;
+    assert_eq!(st["status"], "error");
+    assert!(st["value"].as_str().unwrap().contains("mismatch"));
+    assert_eq!(
+        std::fs::read_dir(s.data().join("files")).unwrap().count(),
+        0,
+        "not published"
+    );
+    assert_eq!(c.head(&loc).await.status(), 410);
+    assert_eq!(c.req(Method::GET, &loc).send().await.unwrap().status(), 409);
+}
+
+#[tokio::test]
+async fn whole_file_check_after_a_restart_rereads_the_file() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let data = bytes(5000, 9);
+    let meta = metadata(&[("filename", "r.bin"), ("checksum", &md5_header(&data))]);
+    let loc = c.create(5000, &meta).await;
+    assert_eq!(c.patch(&loc, 0, &data[..2000], None).await.status(), 204);
+    s.state.uploads.forget(&id_of(&loc)); // what a restart does to the running digest
+    assert_eq!(c.patch(&loc, 2000, &data[2000..], None).await.status(), 204);
+    assert_eq!(std::fs::read(s.data().join("files/r.bin")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn deferred_length_empty_uploads_and_max_size() {
+    let s = Server::start(|c| c.max_size = Some(10)).await;
+    let c = s.client();
+    assert_eq!(c.post(11, "").await.status(), 413);
+    let r = c.req(Method::POST, "/files/").send().await.unwrap();
+    assert_eq!(r.status(), 400, "neither length nor deferral");
+    let r = c
+        .req(Method::POST, "/files/")
+        .header(header::UPLOAD_DEFER_LENGTH, "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = c
+        .req(Method::POST, "/files/")
+        .header(header::UPLOAD_DEFER_LENGTH, "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = hv(&r, "location");
+    let r = c.head(&loc).await;
+    assert_eq!(hv(&r, header::UPLOAD_DEFER_LENGTH), "1");
+    assert_eq!(hv(&r, header::UPLOAD_LENGTH), "");
+    assert_eq!(c.patch(&loc, 0, b"abc", None).await.status(), 204);
+    let too_big = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .header(header::UPLOAD_OFFSET, "3")
+        .header(header::UPLOAD_LENGTH, "11")
+        .body("d")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .header(header::UPLOAD_OFFSET, "3")
+        .header(header::UPLOAD_LENGTH, "5")
+        .body("de")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c.head(&loc).await;
+    assert_eq!(hv(&r, header::UPLOAD_LENGTH), "5");
+    assert_eq!(c.status(&loc).await["status"], "complete");
+
+    let loc = c.create(0, &metadata(&[("filename", "empty")])).await;
+    assert_eq!(c.status(&loc).await["status"], "complete");
+    assert_eq!(std::fs::read(s.data().join("files/empty")).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn creation_with_upload_and_method_override() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let r = c
+        .req(Method::POST, "/files/")
+        .header(header::UPLOAD_LENGTH, "10")
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
+    let loc = hv(&r, "location");
+    let r = c
+        .req(Method::POST, &loc)
+        .header(header::METHOD_OVERRIDE, "PATCH")
+        .header("content-type", protocol::OFFSET_OCTET_STREAM)
+        .header(header::UPLOAD_OFFSET, "5")
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(),
+        b"helloworld"
+    );
+    let r = c
+        .req(Method::POST, &loc)
+        .header(header::METHOD_OVERRIDE, "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn termination_frees_the_upload() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let loc = c.create(4, &metadata(&[("filename", "t.txt")])).await;
+    assert_eq!(c.patch(&loc, 0, b"abcd", None).await.status(), 204);
+    assert!(s.data().join("files/t.txt").exists());
+    assert_eq!(c.req(Method::DELETE, &loc).send().await.unwrap().status(), 204);
+    assert_eq!(c.head(&loc).await.status(), 404);
+    assert_eq!(c.patch(&loc, 4, b"", None).await.status(), 404);
+    assert!(!s.data().join("files/t.txt").exists());
+    assert!(!s.data().join("uploads").join(id_of(&loc)).exists());
+}
+
+#[tokio::test]
+async fn expired_uploads_answer_410_and_the_sweeper_frees_them() {
+    let s = Server::start(|c| c.expire_after = Duration::ZERO).await;
+    let c = s.client();
+    let r = c.post(10, "").await;
+    assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty());
+    let loc = hv(&r, "location");
+    assert_eq!(c.head(&loc).await.status(), 410);
+    assert_eq!(c.patch(&loc, 0, b"x", None).await.status(), 410);
+
+    let loc2 = c.create(10, "").await;
+    robusto::serve::uploads::sweep(&s.state).await;
+    for l in [&loc, &loc2] {
+        assert!(!s.data().join("uploads").join(id_of(l)).exists(), "bytes freed");
+    }
+    assert_eq!(c.head(&loc2).await.status(), 410);
+    assert_eq!(c.status(&loc2).await["status"], "error");
+}
+
+#[tokio::test]
+async fn concatenation_of_partial_uploads() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let partial = |len: u64| {
+        c.req(Method::POST, "/files/")
+            .header(header::UPLOAD_LENGTH, len.to_string())
+            .header(header::UPLOAD_CONCAT, "partial")
+            .send()
+    };
+    let a = hv(&partial(5).await.unwrap(), "location");
+    let b = hv(&partial(6).await.unwrap(), "location");
+    assert_eq!(c.patch(&a, 0, b"hello", None).await.status(), 204);
+    let final_of = |parts: String, meta: String| {
+        c.req(Method::POST, "/files/")
+            .header(header::UPLOAD_CONCAT, format!("final;{parts}"))
+            .header(header::UPLOAD_METADATA, meta)
+            .send()
+    };
+    let meta = metadata(&[("filename", "hw.txt"), ("checksum", &md5_header(b"hello world"))]);
+    let r = final_of(format!("{a} {b}"), meta.clone()).await.unwrap();
+    assert_eq!(r.status(), 400, "b is not complete");
+    assert_eq!(c.patch(&b, 0, b" world", None).await.status(), 204);
+    assert_eq!(
+        std::fs::read_dir(s.data().join("files")).unwrap().count(),
+        0,
+        "partials are not published"
+    );
+    let r = c.head(&a).await;
+    assert_eq!(hv(&r, header::UPLOAD_CONCAT), "partial");
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
+
+    let concat = format!("{}{a} {}{b}", s.base, "");
+    let r = final_of(concat.clone(), meta).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let f = hv(&r, "location");
+    let r = c.head(&f).await;
+    assert_eq!(hv(&r, header::UPLOAD_LENGTH), "11");
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
+    assert_eq!(hv(&r, header::UPLOAD_CONCAT), format!("final;{concat}"));
+    assert_eq!(c.patch(&f, 11, b"", None).await.status(), 403);
+    assert_eq!(std::fs::read(s.data().join("files/hw.txt")).unwrap(), b"hello world");
+    let r = final_of(format!("{a} {b}"), metadata(&[("checksum", &md5_header(b"nope"))]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 460);
+    let r = c
+        .req(Method::POST, "/files/")
+        .header(header::UPLOAD_CONCAT, format!("final;{a}"))
+        .header(header::UPLOAD_LENGTH, "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a final upload has no Upload-Length");
+}
+
+#[tokio::test]
+async fn tokens_gate_every_request_and_hide_other_tokens_uploads() {
+    let s = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("alice\nbob\n")).await;
+    let mut alice = s.client();
+    assert_eq!(alice.post(3, "").await.status(), 401);
+    alice.token = Some("mallory".into());
+    assert_eq!(alice.post(3, "").await.status(), 401);
+    alice.token = Some("alice".into());
+    let loc = alice.create(3, "").await;
+    let mut bob = s.client();
+    bob.token = Some("bob".into());
+    assert_eq!(bob.head(&loc).await.status(), 404);
+    assert_eq!(bob.patch(&loc, 0, b"abc", None).await.status(), 404);
+    assert_eq!(bob.req(Method::DELETE, &loc).send().await.unwrap().status(), 404);
+    assert_eq!(alice.patch(&loc, 0, b"abc", None).await.status(), 204);
+    let options = reqwest::Client::new()
+        .request(Method::OPTIONS, s.endpoint())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 204, "OPTIONS needs no token");
+}
+
+#[tokio::test]
+async fn cors_for_browser_clients() {
+    let (app, _) = memory_app(|c| c.cors_origins = vec!["https://app.example".into()]);
+    let req = axum::http::Request::options("/files/")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let (status, h, _) = oneshot(&app, req).await;
+    assert_eq!(status, 204);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("PATCH"));
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Upload-Checksum")
+    );
+    let req = axum::http::Request::post("/files/")
+        .header("origin", "https://app.example")
+        .header(header::TUS_RESUMABLE, "1.0.0")
+        .header(header::UPLOAD_LENGTH, "1")
+        .body(Body::empty())
+        .unwrap();
+    let (status, h, _) = oneshot(&app, req).await;
+    assert_eq!(status, 201);
+    assert!(
+        h["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Location")
+    );
+    let req = axum::http::Request::options("/files/")
+        .header("origin", "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let (_, h, _) = oneshot(&app, req).await;
+    assert!(!h.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn published_names_are_sanitised_and_never_collide() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    for name in ["a.txt", "a.txt", "../../escape.txt", "/etc/passwd"] {
+        let loc = c.create(1, &metadata(&[("filename", name)])).await;
+        assert_eq!(c.patch(&loc, 0, b"x", None).await.status(), 204);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(s.data().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a-1.txt", "a.txt", "escape.txt", "passwd"]);
+    assert!(!s.data().parent().unwrap().join("escape.txt").exists());
+}
+
+#[tokio::test]
+async fn a_full_disk_is_507_and_nothing_is_kept() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let loc = c.create(5, "").await;
+    // /dev/full answers every write with ENOSPC.
+    let data = s.data().join("uploads").join(id_of(&loc));
+    std::fs::remove_file(&data).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &data).unwrap();
+    let r = c.patch(&loc, 0, b"hello", None).await;
+    assert_eq!(r.status(), 507);
+    assert_eq!(c.offset(&loc).await, 0);
+}
+
+#[test]
+fn sigkill_mid_upload_then_restart_resumes_from_the_last_acknowledged_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = bytes(3 << 20, 11);
+    let chunk = 1 << 20;
+    let meta = metadata(&[("filename", "killed.bin"), ("checksum", &md5_header(&data))]);
+    let server = BinServer::start(dir.path(), 0);
+    let port = server.port();
+    let c = Tus::new(&server.base);
+    let loc = rt.block_on(async {
+        let loc = c.create(data.len() as u64, &meta).await;
+        let r = c
+            .patch(&loc, 0, &data[..chunk], Some(&md5_header(&data[..chunk])))
+            .await;
+        assert_eq!(r.status(), 204);
+        loc
+    });
+    // The second chunk is on its way (half sent) when the server dies.
+    let half = start_patch(
+        &server.base,
+        &loc,
+        chunk as u64,
+        chunk,
+        &data[chunk..chunk + chunk / 2],
+        Some(&md5_header(&data[chunk..2 * chunk])),
+    );
+    server.kill();
+    drop(half);
+
+    let server = BinServer::start(dir.path(), port);
+    let c = Tus::new(&server.base);
+    rt.block_on(async {
+        let offset = c.offset(&loc).await;
+        assert_eq!(offset, chunk as u64, "resumes from the last acknowledged byte");
+        let mut at = offset as usize;
+        while at < data.len() {
+            let end = (at + chunk).min(data.len());
+            let r = c
+                .patch(&loc, at as u64, &data[at..end], Some(&md5_header(&data[at..end])))
+                .await;
+            assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+            at = end;
+        }
+        assert_eq!(c.status(&loc).await["status"], "complete");
+    });
+    assert_eq!(std::fs::read(dir.path().join("files/killed.bin")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_sending_is_given_up_after_the_read_timeout() {
+    let s = Server::start(|c| c.read_timeout = Duration::from_millis(200)).await;
+    let c = s.client();
+    let data = bytes(1000, 5);
+    let loc = c.create(1000, "").await;
+    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], None);
+    // Nothing else touches the upload: only the read timeout can end that PATCH.
+    let id = id_of(&loc);
+    let mut offset = 0;
+    for _ in 0..1000 {
+        offset = s.state.store.info(&id).await.unwrap().offset;
+        if offset == 300 && !s.state.uploads.is_busy(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(offset, 300, "the bytes before the stall are kept (no checksum)");
+    drop(stalled);
+    assert_eq!(c.patch(&loc, 300, &data[300..], None).await.status(), 204);
+}
+
+#[test]
+fn serve_flags_are_validated_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        &["--max-size", "lots"][..],
+        &["--expire-after", "soon"],
+        &["--read-timeout", "0s"],
+        &["--token-file", "/nonexistent/tokens"],
+        &["--listen", "not-an-address"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_robusto"))
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.path())
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn an_open_server_off_loopback_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, log) = BinServer::start_on(dir.path(), "0.0.0.0:0");
+    assert!(log.contains("no --token-file"), "{log}");
+    let (_server, log) = BinServer::start_on(dir.path(), "127.0.0.1:0");
+    assert!(!log.contains("no --token-file"), "{log}");
+}
