@@ -183,6 +183,25 @@ pub enum Destination {
     Dir(PathBuf),
 }
 
+impl Destination {
+    /// The tus endpoint (for a folder, a placeholder until its server is started).
+    pub fn endpoint(&self) -> robusto::send::Url {
+        match self {
+            Destination::Url(u) => u.clone(),
+            Destination::Dir(_) => robusto::send::Url::parse("http://127.0.0.1/files/")
+                .unwrap_or_else(|_| unreachable!("a constant URL parses")),
+        }
+    }
+
+    /// What identifies the destination across runs.
+    pub fn key(&self) -> String {
+        match self {
+            Destination::Url(u) => u.to_string(),
+            Destination::Dir(d) => robusto::send::local::job_key(d),
+        }
+    }
+}
+
 /// Parses `--to`: a URL with a scheme, or a folder.
 pub fn destination(to: &str) -> Result<Destination, UsageError> {
     if to.contains("://") {

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, UsageError};
 use robusto::progress::{Event, Human, JsonLines, Progress, Silent};
+use robusto::send::local::LocalServer;
 use robusto::send::{SendOptions, SendOutcome};
 
 /// Exit codes (README "Exit codes").
@@ -104,42 +105,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Serve(args) => serve(&args),
         Command::Send(args) => {
-            let opts = match cli::destination(&args.send.to)? {
-                cli::Destination::Url(url) => args.send.options(args.file, url, args.name)?,
-                cli::Destination::Dir(dir) => {
-                    return Err(UsageError(format!(
-                        "--to {}: sending to a local folder needs the embedded server, which this build lacks",
-                        dir.display()
-                    ))
-                    .into());
-                }
-            };
+            let dest = cli::destination(&args.send.to)?;
+            let opts = args.send.options(args.file, dest.endpoint(), args.name)?;
             let progress = send_reporter(&cli.global);
-            runtime()?.block_on(send(&opts, progress.as_ref()))
+            runtime()?.block_on(send_to(dest, opts, progress.as_ref()))
         }
         Command::Push(args) => {
-            let target = match cli::destination(&args.send.to)? {
-                cli::Destination::Url(url) => url,
-                cli::Destination::Dir(dir) => {
-                    return Err(UsageError(format!(
-                        "--to {}: sending to a local folder needs the embedded server, which this build lacks",
-                        dir.display()
-                    ))
-                    .into());
-                }
-            };
-            let (pack_opts, mut opts) = args.options(target)?;
-            let staged = robusto::send::push::stage(
-                &opts.state_dir,
-                &pack_opts,
-                opts.target.as_str(),
-                &args.name,
-                progress.as_ref(),
-            )?;
+            let dest = cli::destination(&args.send.to)?;
+            let (pack_opts, mut opts) = args.options(dest.endpoint())?;
+            let staged =
+                robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress.as_ref())?;
             opts.file = staged.archive.clone();
             opts.name = Some(staged.name.clone());
             let progress = send_reporter(&cli.global);
-            let code = runtime()?.block_on(send(&opts, progress.as_ref()))?;
+            let code = runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?;
             if code != exit::OK {
                 return Ok(code);
             }
@@ -206,8 +185,27 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs a send job, stopping cleanly (resumable) on Ctrl-C; prints the URL on success.
-async fn send(opts: &SendOptions, progress: &dyn Progress) -> anyhow::Result<u8> {
+/// Sends to a URL, or to a local folder served in-process for the length of the job.
+async fn send_to(dest: cli::Destination, mut opts: SendOptions, progress: &dyn Progress) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    match dest {
+        cli::Destination::Url(_) => send(&opts, progress, None).await,
+        cli::Destination::Dir(dir) => {
+            let local = LocalServer::start(&dir)
+                .await
+                .with_context(|| format!("cannot serve --to {}", dir.display()))?;
+            opts.target = local.endpoint.clone();
+            opts.job_key = Some(robusto::send::local::job_key(&dir));
+            let code = send(&opts, progress, Some(&local)).await;
+            local.stop().await;
+            code
+        }
+    }
+}
+
+/// Runs a send job, stopping cleanly (resumable) on Ctrl-C; prints the URL on success (for a
+/// local folder, the path of the received file).
+async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalServer>) -> anyhow::Result<u8> {
     let result = tokio::select! {
         r = robusto::send::send(opts, progress) => r,
         _ = tokio::signal::ctrl_c() => {
@@ -218,7 +216,13 @@ async fn send(opts: &SendOptions, progress: &dyn Progress) -> anyhow::Result<u8>
     };
     match result {
         Ok(SendOutcome::Complete { url }) => {
-            println!("{url}");
+            match local {
+                Some(local) => match local.published(&url).await {
+                    Some(path) => println!("{}", path.display()),
+                    None => println!("{url}"),
+                },
+                None => println!("{url}"),
+            }
             Ok(exit::OK)
         }
         Ok(SendOutcome::Paused { url }) => {

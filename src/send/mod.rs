@@ -9,6 +9,7 @@
 
 pub mod get;
 pub mod journal;
+pub mod local;
 pub mod push;
 pub mod retry;
 pub mod session;

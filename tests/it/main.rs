@@ -10,6 +10,7 @@ mod push;
 mod restore;
 mod send;
 mod serve_env;
+mod serve_send;
 mod store;
 mod support;
 mod tus;
