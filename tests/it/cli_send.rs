@@ -142,20 +142,13 @@ async fn a_second_run_of_the_same_job_is_refused_with_the_holder() {
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_then_rerun() {
-    let server = TusNode::start();
-    let proxy = Proxy::start(upstream(&server), Faults::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
-    random_file(&file, 48 << 20, 41);
-    let args = ["--chunk-size", "1M", "--bwlimit", "2M"];
+/// Runs `robusto send` again and again, SIGKILLing it at a random moment 0.15–1.2 s after each
+/// start, 20 times, then lets a run finish; returns the kills that landed and the URL printed.
+pub async fn kill_loop(file: &Path, endpoint: &str, state: &Path, args: &[&str]) -> (u32, String) {
     let mut kills = 0;
-    let mut url = None;
     let mut rng = rand::rng();
     for _ in 0..200 {
-        let mut child = send_cmd(&file, &proxy.endpoint(), &state, &args).spawn().unwrap();
+        let mut child = send_cmd(file, endpoint, state, args).spawn().unwrap();
         let wait = Duration::from_millis(if kills < 20 {
             rng.random_range(150..1200)
         } else {
@@ -170,8 +163,7 @@ async fn sigkill_at_random_moments_then_rerun() {
                     s.read_to_string(&mut stdout).await.unwrap();
                 }
                 assert_eq!(status.code(), Some(0), "a run ended on its own but not with 0");
-                url = Some(stdout.trim().to_string());
-                break;
+                return (kills, stdout.trim().to_string());
             }
             Err(_) => {
                 child.start_kill().unwrap(); // SIGKILL
@@ -180,8 +172,25 @@ async fn sigkill_at_random_moments_then_rerun() {
             }
         }
     }
+    panic!("the upload did not finish after {kills} kills");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_then_rerun() {
+    let server = TusNode::start();
+    let proxy = Proxy::start(upstream(&server), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("a.bin");
+    random_file(&file, 48 << 20, 41);
+    let (kills, url) = kill_loop(
+        &file,
+        &proxy.endpoint(),
+        &state,
+        &["--chunk-size", "1M", "--bwlimit", "2M"],
+    )
+    .await;
     assert!(kills >= 20, "only {kills} kills landed before the upload finished");
-    let url = url.expect("the upload finished");
     assert_eq!(md5_file(&server.stored(&url)), md5_file(&file), "stored bytes differ");
     proxy.log.assert_no_acked_resend();
 }

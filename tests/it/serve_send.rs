@@ -205,3 +205,28 @@ fn send_and_push_to_a_local_folder() {
     let list = super::support::sh(&format!("unzip -l '{}'", published.display()));
     assert!(list.stdout.contains("deep.txt"), "{}", list.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loop_with_parallel_uploads() {
+    let server = Served::start().await;
+    let proxy = Proxy::start(server.addr, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), 40 << 20, 1 << 20, 96);
+    let state = dir.path().join("state");
+    let (kills, url) = super::cli_send::kill_loop(
+        &file,
+        &proxy.endpoint(),
+        &state,
+        &["--parallel", "3", "--bwlimit", "2M"],
+    )
+    .await;
+    assert!(kills >= 20, "only {kills} kills landed before the upload finished");
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    proxy.log.assert_no_acked_resend();
+    let patches = proxy.log.patches();
+    let acked = patches.iter().filter(|p| p.status == Some(204)).count();
+    assert_eq!(
+        acked, 40,
+        "each of the 40 chunks acknowledged exactly once: {patches:?}"
+    );
+}
