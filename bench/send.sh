@@ -24,12 +24,15 @@ file=$corpus/random-1GiB.bin
 cargo build --release --quiet
 bin=target/release/robusto
 state=$out/send-state
-port=18090
+port=${PORT:-18090}
 
+# Never talk to a server someone else left on the port: refuse a busy port.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "port $port is busy: set PORT=…" >&2; exit 1; }; }
 wait_up() { for _ in $(seq 200); do curl -s -o /dev/null -X OPTIONS "http://127.0.0.1:$port/files/" && return 0; sleep 0.05; done; echo "server did not start" >&2; exit 1; }
 
 # The manifest, once (cached in the state directory by path, size and mtime).
 rm -rf "$state"
+port_free
 "$bin" -q serve --listen "127.0.0.1:$port" --data "$out/warm" & pid=$!; wait_up
 "$bin" -q send "$file" --to "http://127.0.0.1:$port/files/" --state-dir "$state" > /dev/null
 kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$out/warm"
@@ -38,6 +41,7 @@ kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$out/warm"
 run_one() {
   local kind=$1 data=$out/data-$1 t0 t1 rss=$out/rss
   rm -rf "$data" "$state/jobs"; mkdir -p "$data"
+  port_free
   case $kind in
     robusto1|robusto4) "$bin" -q serve --listen "127.0.0.1:$port" --data "$data" & pid=$! ;;
     tus) node interop/tus-server.mjs "$data" "$port" > /dev/null & pid=$! ;;
