@@ -230,3 +230,41 @@ async fn sigkill_loop_with_parallel_uploads() {
         "each of the 40 chunks acknowledged exactly once: {patches:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_stalls_and_503s_against_robusto_serve() {
+    let server = Served::start().await;
+    let proxy = Proxy::start(
+        server.addr,
+        Faults {
+            cut_every: Some((3 << 20) + 300_000),
+            stall_patches: [6].into(),
+            stall_for: std::time::Duration::from_secs(3),
+            fail_patches: [1, 7].into(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = (16 << 20) + 11;
+    let file = packed_like(dir.path(), size, 1 << 20, 97);
+    let mut opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
+    opts.stall_timeout = std::time::Duration::from_secs(1);
+    let t = std::time::Instant::now();
+    let url = send_ok(&opts).await;
+    assert!(t.elapsed() >= opts.stall_timeout, "the stalled PATCH was waited out");
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    proxy.log.assert_no_acked_resend();
+    let faults = proxy.log.faults.load(std::sync::atomic::Ordering::Relaxed);
+    let wire = proxy.log.body_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(faults >= 6, "cuts, a stall and two 503s: {faults}");
+    assert!(
+        wire <= size + faults * (1 << 20),
+        "{wire} bytes on the wire for {size} bytes and {faults} faults"
+    );
+    // A cut PATCH that carried a checksum stored nothing: every acknowledged offset is a chunk
+    // boundary.
+    for p in proxy.log.patches() {
+        assert_eq!(p.offset % (1 << 20), 0, "{p:?}");
+    }
+}
