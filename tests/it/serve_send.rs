@@ -26,8 +26,14 @@ pub struct Served {
 
 impl Served {
     pub async fn start() -> Served {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let state = AppState::open(Config::new(dir.path().to_path_buf())).unwrap();
+        let mut config = Config::new(dir.path().to_path_buf());
+        configure(&mut config);
+        let state = AppState::open(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -267,4 +273,38 @@ async fn cuts_stalls_and_503s_against_robusto_serve() {
     for p in proxy.log.patches() {
         assert_eq!(p.offset % (1 << 20), 0, "{p:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_from_a_file_or_the_environment() {
+    let server = Served::start_with(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), 100_000, 1 << 20, 98);
+    let state = dir.path().join("state");
+    let base = [
+        "send",
+        file.to_str().unwrap(),
+        "--to",
+        &server.endpoint(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let out = robusto(base);
+    assert_eq!(out.code, 1, "no token: refused, not retried: {}", out.stderr);
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "\ns3cret\n").unwrap();
+    let mut with_file = base.to_vec();
+    with_file.extend(["--token-file", tokens.to_str().unwrap()]);
+    let out = robusto(with_file);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let url = out.stdout.trim().to_string();
+    let out: super::support::Run = std::process::Command::new(super::support::bin())
+        .args(["status", url.as_str()])
+        .env("ROBUSTO_TOKEN", "s3cret")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(r#""status":"complete""#), "{}", out.stdout);
 }
