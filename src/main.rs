@@ -320,7 +320,19 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Chunk buffers (8 MiB by default) are allocated on several threads; glibc would keep freed
+/// ones in per-thread arenas (its mmap threshold grows after the first free), so the resident set
+/// would creep past chunk size × parallelism. A fixed threshold maps and unmaps them directly.
+fn bound_allocator_cache() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called once, before any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    bound_allocator_cache();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
