@@ -34,6 +34,9 @@ pub struct Faults {
     pub fail_all: bool,
     /// Sleep this long per 64 KiB of body (a slow link).
     pub delay_per_64k: Option<Duration>,
+    /// Replace `Tus-Extension` in OPTIONS answers (and drop `Tus-Checksum-Algorithm`): a server
+    /// that announces less.
+    pub announce: Option<String>,
 }
 
 /// One PATCH as the proxy saw it.
@@ -320,7 +323,25 @@ async fn serve_connection(
         };
         let status: u16 = resp.first.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         set_status(status, resp.u64("upload-offset"));
-        cw.write_all(&resp.raw).await?;
+        match (&f.announce, method.as_str()) {
+            (Some(ext), "OPTIONS") => {
+                let mut raw = format!("{}\r\n", resp.first);
+                for (k, v) in &resp.headers {
+                    if k.eq_ignore_ascii_case("tus-checksum-algorithm") {
+                        continue;
+                    }
+                    let v = if k.eq_ignore_ascii_case("tus-extension") {
+                        ext
+                    } else {
+                        v
+                    };
+                    raw.push_str(&format!("{k}: {v}\r\n"));
+                }
+                raw.push_str("\r\n");
+                cw.write_all(raw.as_bytes()).await?;
+            }
+            _ => cw.write_all(&resp.raw).await?,
+        }
         let no_body = method == "HEAD" || status == 204 || status == 304 || status < 200;
         if !no_body {
             if resp

@@ -308,3 +308,42 @@ async fn bearer_tokens_from_a_file_or_the_environment() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains(r#""status":"complete""#), "{}", out.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_announcing_only_creation_gets_plain_patches() {
+    let server = Served::start().await;
+    let proxy = Proxy::start(
+        server.addr,
+        Faults {
+            announce: Some("creation".into()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), (3 << 20) + 1, 1 << 20, 99);
+    let mut opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
+    opts.parallel = 4;
+    let url = send_ok(&opts).await;
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    let patches = proxy.log.patches();
+    assert_eq!(patches.len(), 4, "one upload, one PATCH per chunk: {patches:?}");
+    assert!(
+        patches.iter().all(|p| p.checksum.is_none()),
+        "no checksum header: {patches:?}"
+    );
+    assert!(patches.iter().all(|p| p.path == patches[0].path), "no concatenation");
+
+    // A one-chunk file goes in the creation request when creation-with-upload is offered.
+    proxy.set(|f| f.announce = Some("creation,creation-with-upload,checksum".into()));
+    let small = dir.path().join("small.bin");
+    random_file(&small, 1000, 5);
+    let before = proxy.log.patches().len();
+    let url = send_ok(&options(&small, &proxy.endpoint(), &dir.path().join("state"))).await;
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&small));
+    assert_eq!(
+        proxy.log.patches().len(),
+        before,
+        "no PATCH: the bytes rode on the POST"
+    );
+}
