@@ -12,8 +12,13 @@ size=$((1 << 30))
 out=bench/out
 corpus=bench/corpus
 mkdir -p "$out" "$corpus"
-file=$corpus/random-1GiB.bin
-[ -f "$file" ] && [ "$(stat -c %s "$file")" = "$size" ] || head -c "$size" /dev/urandom > "$file"
+# the same 1 GiB random file bench/corpus.sh makes (and with the same marker)
+file=$corpus/big/random.bin
+if [ ! -f "$corpus/big/.done" ]; then
+  rm -rf "$corpus/big"; mkdir -p "$corpus/big"
+  head -c "$size" /dev/urandom > "$file"
+  touch "$corpus/big/.done"
+fi
 [ -d node_modules/tus-js-client ] || { echo "run 'bash .ci/run' (or npm ci) first" >&2; exit 1; }
 cargo build --release --quiet
 bin=target/release/robusto

@@ -321,7 +321,7 @@ const PATCH_WINDOW: usize = 256 << 10;
 
 /// A hashing writer for formats that patch recently written bytes in place (zip writes each
 /// local header, then the data, then seeks back to fill in sizes and CRC). The last
-/// [`PATCH_WINDOW`] bytes stay in memory, neither hashed nor written, until the stream moves past
+/// `PATCH_WINDOW` (256 KiB) bytes stay in memory, neither hashed nor written, until the stream moves past
 /// them; a seek and rewrite within that window changes them in memory, so the file is written
 /// strictly in order with its final bytes. A seek further back is refused with an error rather
 /// than producing a wrong digest.

@@ -17,13 +17,16 @@
 //! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
 //! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
 
+pub mod config;
 pub mod durable;
 pub mod fingerprint;
+pub mod hooks;
 pub mod manifest;
 pub mod pack;
 pub mod progress;
 pub mod protocol;
 pub mod restore;
+pub mod retention;
 pub mod send;
 pub mod serve;
 pub mod units;

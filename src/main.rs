@@ -293,31 +293,27 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal()?;
         tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display());
-        robusto::serve::run(listener, state, shutdown_signal()).await?;
+        robusto::serve::run(listener, state, shutdown).await?;
         tracing::info!("stopped");
         Ok(exit::OK)
     })
 }
 
-/// Completes at Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Completes at Ctrl-C or SIGTERM. The handlers are installed before this returns, so a signal
+/// that arrives once the server has said where it listens is never missed.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 /// Chunk buffers (8 MiB by default) are allocated on several threads; glibc would keep freed

@@ -48,7 +48,7 @@ pub enum ManifestError {
     /// A chunk's bytes do not match the manifest.
     #[error(
         "chunk {index} (bytes {offset}..{end}) does not match the manifest: expected md5 {expected}, found {found}",
-        end = offset + len
+        end = offset.saturating_add(*len)
     )]
     ChunkMismatch {
         /// Chunk number, from 0.
@@ -240,7 +240,7 @@ impl Manifest {
             if c.offset != offset || c.len == 0 || c.len > self.chunk_size || (!last && c.len != self.chunk_size) {
                 return Err(format!("chunk {i} does not follow the chunk size {}", self.chunk_size));
             }
-            offset += c.len;
+            offset = offset.checked_add(c.len).ok_or("chunk offsets overflow")?;
         }
         if offset != self.archive.size {
             return Err(format!(

@@ -310,6 +310,27 @@ pub struct StatusReport {
     pub value: String,
 }
 
+/// One completed upload in the `GET /files` listing (robusto's API, not tus).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The upload id.
+    pub id: String,
+    /// Its URL path, `/files/{id}`.
+    pub url: String,
+    /// Its name: the `filename` metadata, else the published name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MD5 of the whole upload (hex), when the server computed it.
+    pub md5: Option<String>,
+    /// When it completed, seconds since the Unix epoch.
+    pub completed: Option<u64>,
+    /// The same as RFC 3339.
+    pub completed_at: Option<String>,
+    /// Its metadata, values as text.
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// The comma-separated numbers of the whole chunks received in `offset` bytes (a final short
 /// chunk counts once the upload is complete, which the caller reports as `complete`).
 pub fn chunks_received(offset: u64, chunk_size: u64) -> String {

@@ -293,6 +293,12 @@ impl Extractor {
                     .map_err(Self::io(&dest))?;
                 let n = io::copy(data, &mut f).map_err(Self::io(&dest))?;
                 self.report.bytes += n;
+                // owner first: chown clears setuid/setgid bits, so the mode goes on after it
+                if let (true, Some((uid, gid))) = (self.chown, meta.owner)
+                    && let Err(e) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                {
+                    tracing::warn!("{}: cannot set owner {uid}:{gid}: {e}", dest.display());
+                }
                 if let Some(mode) = meta.mode {
                     f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
                         .map_err(Self::io(&dest))?;
@@ -301,7 +307,6 @@ impl Extractor {
                     f.set_modified(epoch(t)).map_err(Self::io(&dest))?;
                 }
                 drop(f);
-                self.set_owner(&dest, meta.owner);
             }
             EntryKind::Symlink(target) => {
                 Self::clear(&dest)?;
@@ -328,12 +333,13 @@ impl Extractor {
     /// Applies folder modes and mtimes, deepest first (so a read-only folder is filled first).
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
         for (dir, mode, mtime) in self.dirs.drain(..).rev() {
-            if let Some(mode) = mode {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777)).map_err(Self::io(&dir))?;
-            }
+            // times first: a mode without owner-read would stop the open needed to set them
             if let Some(t) = mtime {
                 let f = File::open(&dir).map_err(Self::io(&dir))?;
                 f.set_modified(epoch(t)).map_err(Self::io(&dir))?;
+            }
+            if let Some(mode) = mode {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777)).map_err(Self::io(&dir))?;
             }
         }
         Ok(self.report)
@@ -372,7 +378,11 @@ fn zip_entries(path: &Path, ex: &mut Extractor) -> Result<(), RestoreError> {
             EntryKind::Dir
         } else if f.is_symlink() {
             let mut target = String::new();
-            f.read_to_string(&mut target).map_err(Extractor::io(path))?;
+            // a link target is at most PATH_MAX bytes; a crafted entry must not fill memory
+            (&mut f)
+                .take(4096)
+                .read_to_string(&mut target)
+                .map_err(Extractor::io(path))?;
             EntryKind::Symlink(target)
         } else {
             EntryKind::File

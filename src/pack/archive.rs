@@ -86,7 +86,8 @@ pub fn zip_options(entry: &Entry, c: Compression) -> zip::result::ZipResult<Full
         .last_modified_time(dos_time(entry.mtime))
         .unix_permissions(entry.mode)
         .large_file(large);
-    let secs = entry.mtime.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    // Info-ZIP reads the field as unsigned 32-bit seconds, as does the zip crate.
+    let secs = entry.mtime.clamp(0, u32::MAX as i64) as u32;
     let mut field = vec![1u8];
     field.extend_from_slice(&secs.to_le_bytes());
     opts.add_extra_field(EXTENDED_TIMESTAMP, field, false)?;
@@ -120,44 +121,104 @@ pub fn tar_header(entry: &Entry) -> tar::Header {
 /// What happened while a file's content was read.
 #[derive(Debug, Default, Clone)]
 pub struct ReadOutcome {
-    /// Set if the file changed size or was modified while being read, or a read failed: the
-    /// stored content may not be what is on disk now.
+    /// Set if the file changed while being read, or a read failed: the stored content may not be
+    /// what is on disk now (it is stored anyway, and reported).
     pub problem: Option<String>,
 }
 
-/// Reads exactly `size` bytes of an open file: if the file ends early or a read fails, the rest
-/// is zeros (so headers already written stay true) and the problem is recorded.
+/// The state of an open file that tells whether it changed: size, mtime and ctime to the
+/// nanosecond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// A file opened for archiving, with what `fstat` said when it was opened: the size, mode and
+/// mtime stored in the archive all come from this one look, so header and content agree.
+pub struct Source {
+    file: File,
+    stamp: Stamp,
+    /// Size in bytes when opened.
+    pub size: u64,
+    /// Permission bits when opened.
+    pub mode: u32,
+    /// Modification time (seconds) when opened.
+    pub mtime: i64,
+}
+
+/// Opens a file to archive without following a symlink that replaced it since the walk (unless
+/// links are followed) and without blocking on a fifo that did; anything but a regular file is
+/// refused. Failures are described the way the skipped list wants them.
+pub fn open_source(path: &Path, follow: bool) -> Result<Source, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "vanished".to_string(),
+            io::ErrorKind::PermissionDenied => "unreadable: permission denied".to_string(),
+            _ if e.raw_os_error() == Some(libc::ELOOP) => "replaced by a symlink since the walk".to_string(),
+            _ => format!("unreadable: {e}"),
+        })?;
+    let m = file.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    if !m.is_file() {
+        return Err("replaced by something other than a regular file since the walk".into());
+    }
+    Ok(Source {
+        stamp: Stamp::of(&m),
+        size: m.len(),
+        mode: m.mode() & 0o7777,
+        mtime: m.mtime(),
+        file,
+    })
+}
+
+impl Source {
+    /// A reader of exactly the size seen at open.
+    pub fn reader(self) -> ExactReader {
+        ExactReader {
+            remaining: self.size,
+            file: self.file,
+            stamp: self.stamp,
+            problem: None,
+        }
+    }
+}
+
+/// Reads exactly the size a [`Source`] had when opened: if the file ends early or a read fails,
+/// the rest is zeros (so headers already written stay true) and the problem is recorded.
 pub struct ExactReader {
     file: File,
+    stamp: Stamp,
     remaining: u64,
     problem: Option<String>,
 }
 
 impl ExactReader {
-    /// Reads `size` bytes of `file`.
-    pub fn new(file: File, size: u64) -> Self {
-        ExactReader {
-            file,
-            remaining: size,
-            problem: None,
-        }
-    }
-
-    /// Finishes: checks whether the file grew or was modified since `mtime`.
-    pub fn finish(self, mtime: i64) -> ReadOutcome {
-        use std::os::unix::fs::MetadataExt;
+    /// Finishes: reports a failed read, or a file that changed (size, mtime or ctime: a file
+    /// that grew changed its size) since it was opened.
+    pub fn finish(self) -> ReadOutcome {
         let mut problem = self.problem;
-        if problem.is_none()
-            && let Ok(m) = self.file.metadata()
-        {
-            if m.mtime() != mtime {
-                problem = Some("changed while being read".into());
-            } else {
-                let mut probe = [0u8; 1];
-                if matches!((&self.file).read(&mut probe), Ok(n) if n > 0) {
-                    problem = Some("grew while being read".into());
-                }
-            }
+        if problem.is_none() && self.file.metadata().map_or(true, |m| Stamp::of(&m) != self.stamp) {
+            problem = Some("changed while being read".into());
         }
         ReadOutcome { problem }
     }
@@ -197,9 +258,9 @@ impl Read for ExactReader {
     }
 }
 
-/// Copies exactly `size` bytes of `file` into `out`, then reports whether the file changed.
-pub fn copy_exact(file: File, size: u64, mtime: i64, out: &mut dyn Write) -> io::Result<ReadOutcome> {
-    let mut r = ExactReader::new(file, size);
+/// Copies a source's content into `out`, then reports whether the file changed meanwhile.
+pub fn copy_exact(source: Source, out: &mut dyn Write) -> io::Result<ReadOutcome> {
+    let mut r = source.reader();
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = r.read(&mut buf)?;
@@ -208,16 +269,12 @@ pub fn copy_exact(file: File, size: u64, mtime: i64, out: &mut dyn Write) -> io:
         }
         out.write_all(&buf[..n])?;
     }
-    Ok(r.finish(mtime))
+    Ok(r.finish())
 }
 
-/// Opens a file to archive, describing failures the way the skipped list wants them.
-pub fn open_source(path: &Path) -> Result<File, String> {
-    File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => "vanished".to_string(),
-        io::ErrorKind::PermissionDenied => "unreadable: permission denied".to_string(),
-        _ => format!("unreadable: {e}"),
-    })
+/// The reason recorded for a file whose content was stored but may be inconsistent.
+pub fn changed_reason(problem: &str) -> String {
+    format!("{problem}; stored content may be inconsistent")
 }
 
 #[cfg(test)]
@@ -225,18 +282,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exact_reader_pads_a_short_file() {
+    fn exact_reader_reports_a_file_that_changes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
+        std::fs::write(&p, b"abcdef").unwrap();
+        let mut out = Vec::new();
+        assert!(
+            copy_exact(open_source(&p, false).unwrap(), &mut out)
+                .unwrap()
+                .problem
+                .is_none()
+        );
+        assert_eq!(out, b"abcdef");
+        // shrinks after open: zeros fill the size announced
+        let src = open_source(&p, false).unwrap();
         std::fs::write(&p, b"abc").unwrap();
         let mut out = Vec::new();
-        let outcome = copy_exact(File::open(&p).unwrap(), 5, 0, &mut out).unwrap();
-        assert_eq!(out, b"abc\0\0");
-        assert_eq!(outcome.problem.as_deref(), Some("shrank while being read"));
+        let outcome = copy_exact(src, &mut out).unwrap();
+        assert_eq!(out, b"abc\0\0\0");
+        assert!(outcome.problem.is_some());
+        // grows after open: the size announced is kept, the change reported
+        let src = open_source(&p, false).unwrap();
+        std::fs::write(&p, b"abcdefghij").unwrap();
         let mut out = Vec::new();
-        let outcome = copy_exact(File::open(&p).unwrap(), 2, 0, &mut out).unwrap();
-        assert_eq!(out, b"ab");
-        assert!(outcome.problem.is_some(), "mtime 0 differs, or it grew");
+        assert!(copy_exact(src, &mut out).unwrap().problem.is_some());
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn open_source_refuses_links_and_fifos() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("t");
+        std::fs::write(&target, b"x").unwrap();
+        let link = d.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            open_source(&link, false).err().unwrap(),
+            "replaced by a symlink since the walk"
+        );
+        assert!(open_source(&link, true).is_ok());
+        let fifo = d.path().join("p");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(
+            open_source(&fifo, false)
+                .err()
+                .unwrap()
+                .contains("other than a regular file")
+        );
     }
 
     #[test]

@@ -119,6 +119,9 @@ impl Compression {
     }
 }
 
+/// zstd workers at most, whatever `--threads` says: keeps memory bounded on large machines.
+pub const MAX_ZSTD_WORKERS: usize = 4;
+
 /// A whole-stream encoder for tar archives.
 pub enum StreamEncoder<W: Write> {
     /// No compression.
@@ -146,7 +149,8 @@ impl<W: Write> StreamEncoder<W> {
             Codec::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(inner, c.level.unwrap_or(3))?;
                 enc.include_checksum(true)?;
-                enc.multithread(threads.max(1) as u32)?;
+                // zstd's memory grows with its workers; the output is the same for any count >= 1.
+                enc.multithread(threads.clamp(1, MAX_ZSTD_WORKERS) as u32)?;
                 StreamEncoder::Zstd(enc)
             }
         })

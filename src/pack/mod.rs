@@ -9,8 +9,8 @@ pub mod staging;
 pub mod walk;
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, BufWriter};
+use std::os::unix::fs::OpenOptionsExt;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
@@ -193,6 +193,12 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
     }
     .map_err(out_err)?;
     let file = out.into_inner();
+    // A manifest left from an earlier archive must never describe this one, even if writing
+    // the new manifest fails below.
+    match std::fs::remove_file(&manifest_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(out_err(e)),
+        _ => {}
+    }
     staging.commit(file).map_err(out_err)?;
 
     let source = SourceInfo {
@@ -232,30 +238,30 @@ fn write_tar(
     builder.follow_symlinks(false);
     for item in walk {
         let Some(e) = tally.take(item, progress) else { continue };
-        let mut h = archive::tar_header(&e);
         match &e.kind {
-            Kind::Dir => builder.append_data(&mut h, format!("{}/", e.name), io::empty())?,
-            Kind::Symlink { target } => builder.append_link(&mut h, &e.name, target)?,
+            Kind::Dir => builder.append_data(&mut archive::tar_header(&e), format!("{}/", e.name), io::empty())?,
+            Kind::Symlink { target } => builder.append_link(&mut archive::tar_header(&e), &e.name, target)?,
             Kind::File { .. } => {
-                let file = match archive::open_source(&e.src) {
-                    Ok(f) => f,
+                let source = match archive::open_source(&e.src, opts.walk.follow_symlinks) {
+                    Ok(s) => s,
                     Err(reason) => {
                         tally.skip(&e.src, reason, progress);
                         continue;
                     }
                 };
-                // The size in the header is the size now, so a file that changed since the walk
-                // is stored as it is at this moment.
-                let size = file.metadata().map(|m| m.len())?;
-                h.set_size(size);
-                let mut r = archive::ExactReader::new(file, size);
-                builder.append_data(&mut h, &e.name, &mut r)?;
-                if let Some(problem) = r.finish(e.mtime).problem {
-                    tally.skip(
-                        &e.src,
-                        format!("{problem}; stored content may be inconsistent"),
-                        progress,
-                    );
+                // Header and content come from the same look at the open file.
+                let fresh = e.refreshed(&source);
+                let mut h = archive::tar_header(&fresh);
+                let size = source.size;
+                let mut r = source.reader();
+                if size > 64 << 10 {
+                    // io::copy reads 8 KiB at a time unless the reader brings its own buffer
+                    builder.append_data(&mut h, &e.name, io::BufReader::with_capacity(256 << 10, &mut r))?;
+                } else {
+                    builder.append_data(&mut h, &e.name, &mut r)?;
+                }
+                if let Some(problem) = r.finish().problem {
+                    tally.skip(&e.src, archive::changed_reason(&problem), progress);
                 }
                 tally.stored(size, progress);
             }
@@ -272,15 +278,17 @@ type Zip = ZipWriter<ZipSink>;
 
 /// A file handed to a worker thread for compression.
 struct Job {
-    src: PathBuf,
-    name: String,
-    mtime: i64,
-    options: zip::write::FullFileOptions<'static, 'static>,
+    entry: Entry,
+    c: Compression,
+    follow: bool,
     reply: std::sync::mpsc::SyncSender<JobResult>,
 }
 
 enum JobResult {
-    Ready(PreparedZipFile, u64),
+    /// Compressed; the size stored, and a change noticed while reading, if any.
+    Ready(PreparedZipFile, u64, Option<String>),
+    /// Grew past what a worker holds in memory since the walk: the writer takes it.
+    TooBig,
     Skip(String),
 }
 
@@ -291,25 +299,36 @@ enum Pending {
     Worker(Entry, u64, Receiver<JobResult>),
 }
 
-fn compress_job(job: &Job) -> Result<(PreparedZipFile, u64), String> {
-    let file = archive::open_source(&job.src)?;
-    let size = file.metadata().map_err(|e| format!("unreadable: {e}"))?.len();
-    let mut builder = ZipFileBuilder::new(&job.name, job.options.clone()).map_err(|e| format!("zip: {e}"))?;
-    let outcome = archive::copy_exact(file, size, job.mtime, &mut builder).map_err(|e| format!("zip: {e}"))?;
-    if let Some(problem) = outcome.problem {
-        return Err(problem);
+fn compress_job(job: &Job) -> JobResult {
+    let source = match archive::open_source(&job.entry.src, job.follow) {
+        Ok(s) => s,
+        Err(reason) => return JobResult::Skip(reason),
+    };
+    if source.size > PARALLEL_MAX_FILE {
+        return JobResult::TooBig;
     }
-    let prepared = builder.finish().map_err(|e| format!("zip: {e}"))?;
-    Ok((prepared, size))
+    let fresh = job.entry.refreshed(&source);
+    let size = source.size;
+    let compressed = (|| -> zip::result::ZipResult<(PreparedZipFile, Option<String>)> {
+        let mut builder = ZipFileBuilder::new(&fresh.name, archive::zip_options(&fresh, job.c)?)?;
+        let outcome = archive::copy_exact(source, &mut builder)?;
+        Ok((builder.finish()?, outcome.problem))
+    })();
+    match compressed {
+        Ok((prepared, problem)) => JobResult::Ready(prepared, size, problem),
+        Err(e) => JobResult::Skip(format!("zip: {e}")),
+    }
 }
 
-fn spawn_workers(n: usize) -> (Sender<Job>, Vec<std::thread::JoinHandle<()>>) {
+fn spawn_workers(n: usize) -> io::Result<(Sender<Job>, Vec<std::thread::JoinHandle<()>>)> {
     let (tx, rx) = channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
-    let handles = (0..n)
-        .map(|_| {
-            let rx = Arc::clone(&rx);
-            std::thread::spawn(move || {
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        let handle = std::thread::Builder::new()
+            .name(format!("zip-worker-{i}"))
+            .spawn(move || {
                 loop {
                     let job = match rx.lock() {
                         Ok(guard) => match guard.recv() {
@@ -318,16 +337,12 @@ fn spawn_workers(n: usize) -> (Sender<Job>, Vec<std::thread::JoinHandle<()>>) {
                         },
                         Err(_) => return,
                     };
-                    let result = match compress_job(&job) {
-                        Ok((p, size)) => JobResult::Ready(p, size),
-                        Err(reason) => JobResult::Skip(reason),
-                    };
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(compress_job(&job));
                 }
-            })
-        })
-        .collect();
-    (tx, handles)
+            })?;
+        handles.push(handle);
+    }
+    Ok((tx, handles))
 }
 
 /// The zip writer's loop state.
@@ -335,6 +350,7 @@ struct ZipRun<'a> {
     zip: Zip,
     c: Compression,
     spill: &'a Path,
+    follow: bool,
     window: VecDeque<Pending>,
     in_flight: u64,
 }
@@ -347,12 +363,17 @@ fn write_zip(
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<ZipSink, PackError> {
-    let (jobs, workers) = spawn_workers(opts.threads.max(1));
+    let out_err = |source: io::Error| PackError::Output {
+        path: opts.output.clone(),
+        source,
+    };
+    let (jobs, workers) = spawn_workers(opts.threads.max(1)).map_err(out_err)?;
     let max_entries = 64 * opts.threads.max(1);
     let mut run = ZipRun {
         zip: ZipWriter::new(sink),
         c: opts.compression,
         spill,
+        follow: opts.walk.follow_symlinks,
         window: VecDeque::new(),
         in_flight: 0,
     };
@@ -362,19 +383,14 @@ fn write_zip(
             let pending = match e.kind {
                 Kind::File { size } if size <= PARALLEL_MAX_FILE => {
                     let (reply, rx) = sync_channel(1);
-                    let options = archive::zip_options(&e, run.c)?;
                     let job = Job {
-                        src: e.src.clone(),
-                        name: e.name.clone(),
-                        mtime: e.mtime,
-                        options,
+                        entry: e.clone(),
+                        c: run.c,
+                        follow: run.follow,
                         reply,
                     };
                     if jobs.send(job).is_err() {
-                        return Err(PackError::Output {
-                            path: opts.output.clone(),
-                            source: io::Error::other("compression workers stopped"),
-                        });
+                        return Err(out_err(io::Error::other("compression workers stopped")));
                     }
                     run.in_flight += size;
                     Pending::Worker(e, size, rx)
@@ -408,12 +424,21 @@ impl ZipRun<'_> {
             Pending::Worker(e, size, rx) => {
                 self.in_flight -= size;
                 match rx.recv() {
-                    Ok(JobResult::Ready(prepared, size)) => {
+                    Ok(JobResult::Ready(prepared, size, problem)) => {
                         self.zip.add_prepared_file(prepared)?;
+                        if let Some(problem) = problem {
+                            tally.skip(&e.src, archive::changed_reason(&problem), progress);
+                        }
                         tally.stored(size, progress);
                     }
+                    Ok(JobResult::TooBig) => self.write_inline(&e, tally, progress)?,
                     Ok(JobResult::Skip(reason)) => tally.skip(&e.src, reason, progress),
-                    Err(_) => tally.skip(&e.src, "compression worker failed".into(), progress),
+                    Err(_) => {
+                        return Err(PackError::Output {
+                            path: e.src.clone(),
+                            source: io::Error::other("a compression worker stopped unexpectedly"),
+                        });
+                    }
                 }
             }
             Pending::Inline(e) => self.write_inline(&e, tally, progress)?,
@@ -422,31 +447,27 @@ impl ZipRun<'_> {
     }
 
     fn write_inline(&mut self, e: &Entry, tally: &mut Tally, progress: &dyn Progress) -> Result<(), PackError> {
-        let options = archive::zip_options(e, self.c)?;
         match &e.kind {
-            Kind::Dir => self.zip.add_directory(e.name.as_str(), options)?,
+            Kind::Dir => self
+                .zip
+                .add_directory(e.name.as_str(), archive::zip_options(e, self.c)?)?,
             Kind::Symlink { target } => match target.to_str() {
-                Some(t) => self.zip.add_symlink(e.name.as_str(), t, options)?,
+                Some(t) => self
+                    .zip
+                    .add_symlink(e.name.as_str(), t, archive::zip_options(e, self.c)?)?,
                 None => tally.skip(&e.src, "symlink target is not valid UTF-8".into(), progress),
             },
             Kind::File { .. } => {
-                let file = match archive::open_source(&e.src) {
-                    Ok(f) => f,
+                let source = match archive::open_source(&e.src, self.follow) {
+                    Ok(s) => s,
                     Err(reason) => {
                         tally.skip(&e.src, reason, progress);
                         return Ok(());
                     }
                 };
-                let size = file.metadata().map_err(zip::result::ZipError::Io)?.len();
-                let mut fresh = e.clone();
-                fresh.kind = Kind::File { size };
-                let outcome = self.spill_copy(&fresh, file, size)?;
-                if let Some(problem) = outcome.problem {
-                    tally.skip(
-                        &e.src,
-                        format!("{problem}; stored content may be inconsistent"),
-                        progress,
-                    );
+                let size = source.size;
+                if let Some(problem) = self.spill_copy(&e.refreshed(&source), source)?.problem {
+                    tally.skip(&e.src, archive::changed_reason(&problem), progress);
                 }
                 tally.stored(size, progress);
             }
@@ -456,21 +477,23 @@ impl ZipRun<'_> {
 
     /// Compresses a large file into a one-entry zip beside the output, then copies the
     /// compressed entry into the archive with its CRC and sizes known up front.
-    fn spill_copy(&mut self, e: &Entry, file: File, size: u64) -> Result<archive::ReadOutcome, PackError> {
+    fn spill_copy(&mut self, e: &Entry, source: archive::Source) -> Result<archive::ReadOutcome, PackError> {
+        let spill_err = |source: io::Error| PackError::Output {
+            path: self.spill.to_path_buf(),
+            source,
+        };
         let spill = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(self.spill)
-            .map_err(zip::result::ZipError::Io)?;
+            .map_err(spill_err)?;
         let mut side = ZipWriter::new(BufWriter::with_capacity(1 << 20, spill));
         side.start_file(e.name.as_str(), archive::zip_options(e, self.c)?)?;
-        let outcome = archive::copy_exact(file, size, e.mtime, &mut side).map_err(zip::result::ZipError::Io)?;
-        let spill = side
-            .finish()?
-            .into_inner()
-            .map_err(|err| zip::result::ZipError::Io(err.into_error()))?;
+        let outcome = archive::copy_exact(source, &mut side).map_err(spill_err)?;
+        let spill = side.finish()?.into_inner().map_err(|err| spill_err(err.into_error()))?;
         let mut side = ZipArchive::new(spill)?;
         let entry = side.by_index_raw(0)?;
         self.zip.raw_copy_file(entry)?;

@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::durable;
@@ -20,10 +21,12 @@ impl Staging {
     /// Creates (or truncates) `FILE.partial` for `target`.
     pub fn create(target: &Path) -> io::Result<(Self, File)> {
         let partial = durable::partial_path(target);
+        // Owner-only: an archive of private files must not be readable by others meanwhile.
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&partial)?;
         Ok((
             Staging {

@@ -85,6 +85,18 @@ pub struct Entry {
     pub gid: u32,
 }
 
+impl Entry {
+    /// This entry with the size, mode and mtime of `source`, the file as opened for reading.
+    pub fn refreshed(&self, source: &super::archive::Source) -> Entry {
+        Entry {
+            kind: Kind::File { size: source.size },
+            mode: source.mode,
+            mtime: source.mtime,
+            ..self.clone()
+        }
+    }
+}
+
 /// Walk options.
 #[derive(Clone, Debug, Default)]
 pub struct WalkOptions {
@@ -139,7 +151,10 @@ impl Excludes {
                 reason: e.kind().to_string(),
             };
             if trimmed.contains('/') {
-                paths.add(Glob::new(trimmed.trim_start_matches('/')).map_err(bad)?);
+                let glob = globset::GlobBuilder::new(trimmed.trim_start_matches('/'))
+                    .literal_separator(true)
+                    .build();
+                paths.add(glob.map_err(bad)?);
             } else {
                 names.add(Glob::new(trimmed).map_err(bad)?);
             }
@@ -253,7 +268,9 @@ impl Walk {
         let (ex, nv, r) = (Arc::clone(&self.excludes), Arc::clone(&self.never), root.to_path_buf());
         wb.filter_entry(move |e| {
             let rel = e.path().strip_prefix(&r).unwrap_or(e.path());
-            !ex.excludes(rel) && !nv.contains(&normalize(e.path()))
+            // the full path is only worked out for a name that one of the `never` paths has
+            let never = || nv.iter().any(|n| n.file_name() == Some(e.file_name())) && nv.contains(&normalize(e.path()));
+            !ex.excludes(rel) && !never()
         });
         wb.build()
     }
@@ -276,7 +293,14 @@ impl Walk {
         if name.is_empty() {
             return None; // the file-system root itself: its contents are stored at the top
         }
-        let meta = if self.opts.follow_symlinks {
+        if let Some(err) = e.error() {
+            // a broken .robustoignore: say so rather than pack what it meant to leave out
+            tracing::warn!("{}: ignore file problem: {err}", e.path().display());
+        }
+        // A root that is a symlink to a folder is walked as that folder (like `tar -C`), so its
+        // contents are not stored under a link.
+        let follow = self.opts.follow_symlinks || e.depth() == 0;
+        let meta = if follow {
             fs::metadata(e.path())
         } else {
             fs::symlink_metadata(e.path())

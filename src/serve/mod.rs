@@ -94,8 +94,14 @@ impl AppState {
 /// The whole HTTP application: tus under `/files/`.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/files", post(routes::create).options(routes::options))
-        .route("/files/", post(routes::create).options(routes::options))
+        .route(
+            "/files",
+            post(routes::create).get(routes::list).options(routes::options),
+        )
+        .route(
+            "/files/",
+            post(routes::create).get(routes::list).options(routes::options),
+        )
         .route(
             "/files/{id}",
             head(routes::head)
@@ -114,7 +120,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, with the expiry sweeper
-/// running alongside.
+/// running alongside. At shutdown, requests still streaming a body give up (what they may keep
+/// is committed) and the server returns once every connection has been answered.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -128,6 +135,12 @@ pub async fn run(
             uploads::sweep(&sweeper_state).await;
         }
     });
+    let uploads = Arc::clone(&state.uploads);
+    let shutdown = async move {
+        shutdown.await;
+        // In-flight PATCHes end now rather than at their read timeout.
+        uploads.cancel_all();
+    };
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -14,7 +14,8 @@ use super::error::ServeError;
 use super::store::{UploadInfo, UploadState};
 use super::uploads::{self, Creation, Owner};
 use super::verify::{self, MAX_CONCAT_PARTS};
-use crate::protocol::{self, Status, StatusReport, header};
+use crate::protocol::Listed;
+use crate::protocol::{self, StatusReport, header};
 
 type Result<T> = std::result::Result<T, ServeError>;
 
@@ -71,7 +72,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let metadata = verify::upload_metadata(&headers)?.map(|(raw, _)| raw);
+    let metadata = verify::upload_metadata(&headers)?;
     let length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
     let concat = verify::header_str(&headers, header::UPLOAD_CONCAT)?.map(str::to_string);
 
@@ -134,12 +135,13 @@ pub async fn create(
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
         match uploads::append(&state, info.clone(), checksum, stream).await {
             Ok(after) => info = after,
-            // The upload exists; the client learns the offset and continues with PATCH.
-            Err(e @ ServeError::Internal(_)) => return Err(e),
-            Err(e) => {
-                tracing::info!(id = %info.id, "data sent with the creation request was not kept: {e}");
+            // The body was cut off: the upload exists, the client learns the offset and
+            // continues with PATCH. Any other failure (checksum, disk) is answered as such.
+            Err(ServeError::BadRequest(reason)) => {
+                tracing::info!(id = %info.id, "data sent with the creation request was not kept: {reason}");
                 info = state.store.info(&info.id).await?;
             }
+            Err(e) => return Err(e),
         }
     }
     Ok(created(&info, with_data))
@@ -239,11 +241,11 @@ pub async fn patch(
         _ => {}
     }
     if let (Some(len), Some(cl)) = (info.length, content_length)
-        && cl > len - info.offset
+        && cl > len.saturating_sub(info.offset)
     {
         return Err(ServeError::TooLarge(format!(
             "the body ({cl} bytes) is longer than the {} bytes the upload still needs",
-            len - info.offset
+            len.saturating_sub(info.offset)
         )));
     }
     if info.state == UploadState::Complete {
@@ -283,47 +285,16 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusReport>> {
     let info = uploads::load(&state, &id, &owner).await?;
-    let report = match info.state {
-        UploadState::Receiving if info.offset == 0 => StatusReport {
-            status: Status::New,
-            value: String::new(),
-        },
-        UploadState::Receiving => {
-            let chunk = info
-                .metadata
-                .as_deref()
-                .and_then(|m| protocol::Metadata::parse(m).ok())
-                .and_then(|m| {
-                    m.get_str(protocol::meta::CHUNK_SIZE)
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                })
-                .filter(|&c| c > 0)
-                .unwrap_or(protocol::DEFAULT_CHUNK_SIZE);
-            StatusReport {
-                status: Status::Partial,
-                value: protocol::chunks_received(info.offset, chunk),
-            }
-        }
-        UploadState::Complete => {
-            let host = verify::header_str(&headers, "host").ok().flatten();
-            StatusReport {
-                status: Status::Complete,
-                value: match host {
-                    Some(h) => format!("http://{h}{}", location(&id)),
-                    None => location(&id),
-                },
-            }
-        }
-        UploadState::Error => StatusReport {
-            status: Status::Error,
-            value: info.error.unwrap_or_else(|| "error".into()),
-        },
-        UploadState::Expired => StatusReport {
-            status: Status::Error,
-            value: "the upload expired before it was complete".into(),
-        },
+    let url = match verify::header_str(&headers, "host").ok().flatten() {
+        Some(host) => format!("http://{host}{}", location(&id)),
+        None => location(&id),
     };
-    Ok(Json(report))
+    Ok(Json(uploads::report(info, url)))
+}
+
+/// `GET /files`: the completed uploads the caller's token may see, as JSON, oldest first.
+pub async fn list(State(state): State<AppState>, Extension(owner): Extension<Owner>) -> Result<Json<Vec<Listed>>> {
+    Ok(Json(uploads::list_complete(&state, &owner).await?))
 }
 
 /// A single `bytes=` range of a file of `len` bytes; `None` for the whole file.

@@ -13,7 +13,10 @@ use super::AppState;
 use super::error::ServeError;
 use super::store::{Append, BodyStream, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
-use crate::protocol::{ChecksumAlgorithm, ChecksumHasher, Metadata, meta};
+use crate::protocol::Listed;
+use crate::protocol::{
+    ChecksumAlgorithm, ChecksumHasher, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta,
+};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -131,6 +134,14 @@ impl Uploads {
             Some(h) => running.insert(id.to_string(), (offset, h)),
             None => running.remove(id),
         };
+    }
+
+    /// Tells every request holding an upload to give up (the server is shutting down): a chunk
+    /// with a checksum is discarded, one without keeps what arrived; clients resume later.
+    pub fn cancel_all(&self) {
+        for slot in lock(&self.slots).values() {
+            lock(&slot.current).cancel();
+        }
     }
 
     /// Forgets everything held for `id`.
@@ -320,8 +331,80 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         tracing::info!(%id, length, name = info.published.as_deref().unwrap_or(""), "upload complete and published");
     }
     info.state = UploadState::Complete;
+    info.completed = Some(now_secs());
     state.store.update(info.clone()).await?;
     Ok(info)
+}
+
+/// The status report of an upload (DESIGN §5); `url` is where a complete upload is read.
+pub fn report(info: UploadInfo, url: String) -> StatusReport {
+    let (status, value) = match info.state {
+        UploadState::Receiving if info.offset == 0 => (Status::New, String::new()),
+        UploadState::Receiving => {
+            let meta = info.metadata.as_deref().and_then(|m| Metadata::parse(m).ok());
+            let chunk = meta
+                .as_ref()
+                .and_then(|m| m.get_str(meta::CHUNK_SIZE))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|&c| c > 0)
+                .unwrap_or(DEFAULT_CHUNK_SIZE);
+            (Status::Partial, chunks_received(info.offset, chunk))
+        }
+        UploadState::Complete => (Status::Complete, url),
+        UploadState::Error => (Status::Error, info.error.unwrap_or_else(|| "error".into())),
+        UploadState::Expired => (Status::Error, "the upload expired before it was complete".into()),
+    };
+    StatusReport { status, value }
+}
+
+/// The completed (published) uploads `owner` may see, oldest first.
+pub async fn list_complete(state: &AppState, owner: &Owner) -> Result<Vec<Listed>, ServeError> {
+    let mut out = Vec::new();
+    for id in state.store.list().await? {
+        let Ok(info) = state.store.info(&id).await else {
+            continue;
+        }; // deleted meanwhile
+        if info.owner != owner.0 || info.state != UploadState::Complete || info.is_partial() {
+            continue;
+        }
+        let meta = info
+            .metadata
+            .as_deref()
+            .and_then(|m| Metadata::parse(m).ok())
+            .unwrap_or_default();
+        let metadata = meta
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_deref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let completed_at = info
+            .completed
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        out.push(Listed {
+            url: format!("/files/{}", info.id),
+            name: meta
+                .get_str(meta::FILENAME)
+                .map(str::to_string)
+                .or(info.published.clone())
+                .unwrap_or_else(|| info.id.clone()),
+            size: info.length.unwrap_or(info.offset),
+            md5: info.md5,
+            completed: info.completed,
+            completed_at,
+            metadata,
+            id: info.id,
+        });
+    }
+    out.sort_by(|a, b| (a.completed, &a.id).cmp(&(b.completed, &b.id)));
+    Ok(out)
 }
 
 /// Expires every unfinished upload past its expiry; returns how many.
@@ -335,20 +418,28 @@ pub async fn sweep(state: &AppState) -> usize {
     };
     let now = now_secs();
     let mut n = 0;
+    let expired = |info: &UploadInfo| info.state == UploadState::Receiving && info.expires.is_some_and(|e| now >= e);
     for id in ids {
+        // An upload being written to is not expired under its writer's feet.
         let Ok(info) = state.store.info(&id).await else {
             continue;
         };
-        if info.state == UploadState::Receiving && info.expires.is_some_and(|e| now >= e) {
-            let _lease = state.uploads.acquire(&id).await;
-            match state.store.expire(&id).await {
-                Ok(()) => {
-                    state.uploads.forget(&id);
-                    tracing::info!(%id, "unfinished upload expired; its bytes were freed");
-                    n += 1;
-                }
-                Err(e) => tracing::warn!(%id, "could not expire: {e}"),
+        if !expired(&info) || state.uploads.is_busy(&id) {
+            continue;
+        }
+        let _lease = state.uploads.acquire(&id).await;
+        // Look again under the lock: a chunk may have just renewed the expiry.
+        match state.store.info(&id).await {
+            Ok(info) if expired(&info) => {}
+            _ => continue,
+        }
+        match state.store.expire(&id).await {
+            Ok(()) => {
+                state.uploads.forget(&id);
+                tracing::info!(%id, "unfinished upload expired; its bytes were freed");
+                n += 1;
             }
+            Err(e) => tracing::warn!(%id, "could not expire: {e}"),
         }
     }
     n

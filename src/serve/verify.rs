@@ -46,8 +46,7 @@ pub fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>
 pub fn check_version(headers: &HeaderMap) -> Result<(), ServeError> {
     match headers.get(header::TUS_RESUMABLE).map(|v| v.to_str()) {
         Some(Ok(v)) if v.trim() == protocol::TUS_VERSION => Ok(()),
-        Some(_) => Err(ServeError::VersionUnsupported),
-        None => Err(ServeError::VersionUnsupported),
+        _ => Err(ServeError::VersionUnsupported),
     }
 }
 
@@ -67,8 +66,9 @@ pub fn upload_checksum(headers: &HeaderMap) -> Result<Option<Checksum>, ServeErr
         .transpose()
 }
 
-/// `Upload-Metadata`, parsed and bounded; returns the raw value and the decoded map.
-pub fn upload_metadata(headers: &HeaderMap) -> Result<Option<(String, Metadata)>, ServeError> {
+/// `Upload-Metadata` as sent, once it is known to be well-formed, bounded, and its `checksum`
+/// (if any) parses.
+pub fn upload_metadata(headers: &HeaderMap) -> Result<Option<String>, ServeError> {
     let Some(raw) = header_str(headers, header::UPLOAD_METADATA)? else {
         return Ok(None);
     };
@@ -81,7 +81,7 @@ pub fn upload_metadata(headers: &HeaderMap) -> Result<Option<(String, Metadata)>
     if let Some(v) = meta.0.get(protocol::meta::CHECKSUM) {
         whole_file_checksum(v.as_deref())?;
     }
-    Ok(Some((raw.to_string(), meta)))
+    Ok(Some(raw.to_string()))
 }
 
 /// The `checksum` metadata value (`md5 <base64>`), parsed.
@@ -172,6 +172,12 @@ impl ChunkVerifier {
         }
         self.received += n;
         Ok(())
+    }
+
+    /// Takes the running whole-file digest out, for a caller that feeds it on another thread
+    /// (and puts the result into the [`Verdict`]).
+    pub fn take_running(&mut self) -> Option<ChecksumHasher> {
+        self.running.take()
     }
 
     /// Bytes accepted so far.

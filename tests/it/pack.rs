@@ -434,3 +434,28 @@ fn special_files_and_the_output_itself_are_left_out() {
     let listing = sh(&format!("unzip -Z1 '{}'", archive.display())).stdout;
     assert_eq!(listing.lines().collect::<Vec<_>>(), ["s/", "s/kept.txt"]);
 }
+
+#[test]
+fn a_root_that_is_a_symlink_is_packed_as_the_folder_it_points_to() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    let link = d.path().join("www");
+    std::os::unix::fs::symlink(&tree, &link).unwrap();
+    let archive = d.path().join("w.tar");
+    let r = robusto([
+        "pack".as_ref(),
+        link.as_os_str(),
+        "-o".as_ref(),
+        archive.as_os_str(),
+        "--format=tar".as_ref(),
+        "--compress=none".as_ref(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = d.path().join("x");
+    extract("tar", "none", &archive, &out);
+    assert!(
+        fs::symlink_metadata(out.join("www")).unwrap().is_dir(),
+        "stored as a folder, not a link"
+    );
+    assert_same_tree(&tree, &out.join("www"));
+}

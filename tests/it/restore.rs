@@ -206,3 +206,26 @@ fn crafted_zip_with_dotdot_is_refused_before_anything_is_written() {
         "a zip is checked whole before extraction"
     );
 }
+
+#[test]
+fn setuid_bits_and_owners_survive_a_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("s");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    set_mtimes(&root, MTIME);
+    let archive = d.path().join("s.tar");
+    pack(&root, &archive, &["--format", "tar", "--compress", "none"]);
+    let out = d.path().join("out");
+    let r = restore(&archive, &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(out.join("s/tool")).unwrap();
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o4755,
+        "chown (as root) must not clear the setuid bit"
+    );
+    assert_eq!(m.uid(), fs::metadata(root.join("tool")).unwrap().uid());
+}

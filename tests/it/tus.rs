@@ -123,6 +123,8 @@ async fn create_head_patch_publish_read_status() {
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
     assert!(!hv(&r, header::UPLOAD_EXPIRES).is_empty());
     assert_eq!(c.status(&loc).await["value"], "0");
+    let r = c.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(r.status(), 409, "an unfinished upload cannot be read");
     let r = c.patch(&loc, 5, b" world", Some(&md5_header(b" world"))).await;
     assert_eq!(r.status(), 204);
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
@@ -521,7 +523,7 @@ async fn concatenation_of_partial_uploads() {
     assert_eq!(hv(&r, header::UPLOAD_CONCAT), "partial");
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
 
-    let concat = format!("{}{a} {}{b}", s.base, "");
+    let concat = format!("{}{a} {b}", s.base); // an absolute and a relative URL
     let r = final_of(concat.clone(), meta).await.unwrap();
     assert_eq!(r.status(), 201);
     let f = hv(&r, "location");
@@ -743,4 +745,85 @@ fn an_open_server_off_loopback_warns() {
     assert!(log.contains("no --token-file"), "{log}");
     let (_server, log) = BinServer::start_on(dir.path(), "127.0.0.1:0");
     assert!(!log.contains("no --token-file"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_stalled_patch_and_keeps_what_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().to_path_buf());
+    config.read_timeout = Duration::from_secs(3600);
+    let state = AppState::open(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let c = Tus::new(&base);
+    let data = bytes(1000, 13);
+    let loc = c.create(1000, "").await;
+    let stalled = start_patch(&base, &loc, 0, 1000, &data[..400], None);
+    for _ in 0..1000 {
+        if state.uploads.is_busy(&id_of(&loc)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(()).unwrap();
+    // A hang guard, not a measurement: without the cancellation this waits for an hour.
+    tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
+    drop(stalled);
+    let info = state.store.info(&id_of(&loc)).await.unwrap();
+    assert!(info.offset <= 400, "{}", info.offset);
+    let on_disk = std::fs::read(dir.path().join("uploads").join(id_of(&loc))).unwrap();
+    assert_eq!(on_disk, data[..info.offset as usize]);
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(dir.path(), 0);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn get_files_lists_the_callers_completed_uploads() {
+    let s = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("alice\nbob\n")).await;
+    let mut alice = s.client();
+    alice.token = Some("alice".into());
+    let body = b"nightly archive bytes";
+    let meta = metadata(&[("filename", "host-2026-11-21.zip"), ("checksum", &md5_header(body))]);
+    let done = alice.create(body.len() as u64, &meta).await;
+    assert_eq!(alice.patch(&done, 0, body, Some(&md5_header(body))).await.status(), 204);
+    let _unfinished = alice.create(100, &metadata(&[("filename", "partial.zip")])).await;
+    let mut bob = s.client();
+    bob.token = Some("bob".into());
+    let bobs = bob.create(1, &metadata(&[("filename", "bob.zip")])).await;
+    assert_eq!(bob.patch(&bobs, 0, b"x", None).await.status(), 204);
+
+    let r = alice.req(Method::GET, "/files/").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Vec<robusto::protocol::Listed> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(list.len(), 1, "only alice's completed upload: {list:?}");
+    let l = &list[0];
+    assert_eq!(l.name, "host-2026-11-21.zip");
+    assert_eq!(l.size, body.len() as u64);
+    assert_eq!(
+        l.md5.as_deref(),
+        Some(robusto::fingerprint::Md5::of(body).hex().as_str())
+    );
+    assert!(done.ends_with(&l.url), "{done} vs {}", l.url);
+    assert!(l.completed_at.as_deref().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(l.metadata["filename"], "host-2026-11-21.zip");
+    let anonymous = reqwest::Client::new()
+        .get(s.endpoint())
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 }

@@ -222,6 +222,18 @@ impl Store for FsStore {
             }
             let committed = info.offset;
             let mut verifier = ChunkVerifier::new(&mut append);
+            // The whole-file digest runs on its own thread, beside the chunk digest and the
+            // writes: two MD5 streams need not share one core.
+            let running = verifier.take_running().map(|mut h| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
+                let hashing = tokio::task::spawn_blocking(move || {
+                    while let Some(batch) = rx.blocking_recv() {
+                        batch.iter().for_each(|b| h.update(b));
+                    }
+                    h
+                });
+                (tx, hashing)
+            });
 
             // The writer thread hashes and writes; this task reads the network. Frames travel
             // in batches of about 1 MiB, without copying, and are written with one writev each.
@@ -259,6 +271,9 @@ impl Store for FsStore {
                         batch.push(bytes);
                         if batched >= BATCH {
                             batched = 0;
+                            if let Some((rtx, _)) = &running {
+                                let _ = rtx.send(batch.clone()).await;
+                            }
                             if tx.send(std::mem::take(&mut batch)).await.is_err() {
                                 break;
                             }
@@ -271,15 +286,30 @@ impl Store for FsStore {
                 }
             }
             if !batch.is_empty() {
+                if let Some((rtx, _)) = &running {
+                    let _ = rtx.send(batch.clone()).await;
+                }
                 let _ = tx.send(batch).await;
             }
             drop(tx);
+            // Every byte the writer commits went to the running digest too (and on any refusal
+            // or failure nothing is committed and the digest is dropped).
+            let running = match running {
+                Some((rtx, hashing)) => {
+                    drop(rtx);
+                    hashing.await.ok()
+                }
+                None => None,
+            };
             let (verifier, refused, file) = writer
                 .await
                 .map_err(|e| StoreError::Io(io::Error::other(format!("writer task failed: {e}"))))?;
             let outcome = match file {
                 Err(e) => Err(StoreError::from(e)),
-                Ok(file) => verifier.finish(refused.or(ended)).map(|v| (file, v)),
+                Ok(file) => verifier.finish(refused.or(ended)).map(|mut v| {
+                    v.running = running;
+                    (file, v)
+                }),
             };
             blocking(move || {
                 let truncate = |e: StoreError| {

@@ -57,6 +57,9 @@ pub struct UploadInfo {
     pub md5: Option<String>,
     /// The name the completed upload was published under (relative to the store's root).
     pub published: Option<String>,
+    /// When the upload completed, seconds since the Unix epoch.
+    #[serde(default)]
+    pub completed: Option<u64>,
 }
 
 impl UploadInfo {
@@ -75,6 +78,7 @@ impl UploadInfo {
             expires: None,
             md5: None,
             published: None,
+            completed: None,
         }
     }
 

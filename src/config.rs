@@ -1,0 +1,350 @@
+//! Configuration: named profiles in `robusto.toml` and `ROBUSTO_*` environment variables, both
+//! turned into command-line arguments so that one parser (clap) validates every value the same
+//! way. Precedence: flags > environment > profile > defaults.
+//!
+//! ```toml
+//! [profile.nightly]
+//! paths = ["/etc", "/home"]
+//! to = "https://backup.example.org/files/"
+//! token-file = "/etc/robusto/token"
+//! compress = "zstd"
+//! level = 9
+//! exclude = ["*.tmp", "node_modules"]
+//! run-failed = "mail -s 'backup failed' root < /dev/null"
+//! ```
+//!
+//! A key is the long name of a flag of the command (`chunk-size`, `bwlimit` …), `paths` is the
+//! list of paths, and `run-before`, `run-after`, `run-failed`, `run-finally` and `log-file` belong
+//! to the job itself. Anything else is an error naming the key and the file.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The profile keys that are hooks, run by the job around its work.
+pub const HOOK_KEYS: [&str; 4] = ["run-before", "run-after", "run-failed", "run-finally"];
+
+/// A problem with the configuration file; exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No configuration file where one was looked for.
+    #[error("no configuration file (looked at {})", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotFound(Vec<PathBuf>),
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// The profile is not in the file.
+    #[error("{path}: no [profile.{name}] (profiles here: {known})")]
+    NoProfile {
+        /// The file.
+        path: PathBuf,
+        /// The profile asked for.
+        name: String,
+        /// The profiles the file has.
+        known: String,
+    },
+    /// A key that names no flag of the command.
+    #[error("{path}: [profile.{profile}] has an unknown key '{key}'")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The profile.
+        profile: String,
+        /// The key.
+        key: String,
+    },
+    /// A value of the wrong kind.
+    #[error("{path}: [profile.{profile}] key '{key}': {reason}")]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// The profile.
+        profile: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The hooks of a profile: shell commands run around a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Runs first; if it fails the job does not start.
+    pub before: Option<String>,
+    /// Runs after a job that finished (exit 0 or 3).
+    pub after: Option<String>,
+    /// Runs after a job that failed or stopped unfinished (exit 1, 75, 130).
+    pub failed: Option<String>,
+    /// Runs last, whatever happened.
+    pub finally: Option<String>,
+}
+
+/// A profile, ready to be put in front of the user's own arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// Flags, as command-line arguments (keys whose environment variable is set are left out:
+    /// the environment wins over the profile).
+    pub flags: Vec<OsString>,
+    /// The `paths` key, if any.
+    pub paths: Vec<OsString>,
+    /// The hooks.
+    pub hooks: Hooks,
+    /// Where to write the log as well as stderr.
+    pub log_file: Option<PathBuf>,
+}
+
+/// The environment variable that sets the flag `--long`: `ROBUSTO_CHUNK_SIZE` for `chunk-size`.
+pub fn env_name(long: &str) -> String {
+    format!("ROBUSTO_{}", long.replace('-', "_").to_ascii_uppercase())
+}
+
+/// Gives every long flag of every subcommand its `ROBUSTO_*` environment variable (flags that
+/// already name one keep theirs), and lets a later occurrence of a flag override an earlier one
+/// (so the user's flags override the profile's).
+pub fn with_env(cmd: clap::Command) -> clap::Command {
+    fn add(cmd: clap::Command) -> clap::Command {
+        cmd.args_override_self(true)
+            .mut_args(|a| match (a.get_long(), a.get_env(), a.get_action().takes_values()) {
+                (Some(long), None, true) if long != "help" && long != "version" => {
+                    let name = env_name(long);
+                    a.env(name)
+                }
+                _ => a,
+            })
+            .mut_subcommands(add)
+    }
+    add(cmd)
+}
+
+/// Where the configuration file is: `explicit`, else `$XDG_CONFIG_HOME/robusto/robusto.toml`
+/// (or `~/.config/…`), else `/etc/robusto/robusto.toml`.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut tried = Vec::new();
+    if let Some(dir) = dirs::config_dir() {
+        tried.push(dir.join("robusto/robusto.toml"));
+    }
+    tried.push(PathBuf::from("/etc/robusto/robusto.toml"));
+    tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(ConfigError::NotFound(tried))
+}
+
+/// Reads profile `name` of `path` for the subcommand `sub` (whose flags define the valid keys).
+pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Profile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let profiles = match doc.get("profile") {
+        Some(toml::Value::Table(t)) => t.clone(),
+        _ => toml::Table::new(),
+    };
+    if let Some(key) = doc.keys().find(|k| *k != "profile") {
+        return Err(ConfigError::UnknownKey {
+            path: path.to_path_buf(),
+            profile: "(top level)".into(),
+            key: key.clone(),
+        });
+    }
+    let Some(toml::Value::Table(table)) = profiles.get(name) else {
+        return Err(ConfigError::NoProfile {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            known: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+        });
+    };
+    let flags: BTreeMap<&str, &clap::Arg> = sub
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| (l, a)))
+        .collect();
+    let bad = |key: &str, reason: String| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        profile: name.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let text_of = |key: &str, v: &toml::Value| -> Result<String, ConfigError> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(bad(
+                key,
+                format!("expected a string or a number, found {}", other.type_str()),
+            )),
+        }
+    };
+    let mut p = Profile {
+        file: path.to_path_buf(),
+        name: name.to_string(),
+        ..Default::default()
+    };
+    for (key, value) in table {
+        let hook = || text_of(key, value).map(Some);
+        match key.as_str() {
+            "run-before" => p.hooks.before = hook()?,
+            "run-after" => p.hooks.after = hook()?,
+            "run-failed" => p.hooks.failed = hook()?,
+            "run-finally" => p.hooks.finally = hook()?,
+            "log-file" => p.log_file = Some(PathBuf::from(text_of(key, value)?)),
+            "paths" => match value {
+                toml::Value::Array(items) => {
+                    for item in items {
+                        p.paths.push(text_of(key, item)?.into());
+                    }
+                }
+                other => p.paths.push(text_of(key, other)?.into()),
+            },
+            _ => {
+                let Some(arg) = flags.get(key.as_str()) else {
+                    return Err(ConfigError::UnknownKey {
+                        path: path.to_path_buf(),
+                        profile: name.to_string(),
+                        key: key.clone(),
+                    });
+                };
+                if std::env::var_os(env_name(key)).is_some() {
+                    continue; // the environment wins over the profile
+                }
+                let flag = format!("--{key}");
+                match value {
+                    toml::Value::Boolean(true) if !arg.get_action().takes_values() => p.flags.push(flag.into()),
+                    toml::Value::Boolean(false) if !arg.get_action().takes_values() => {}
+                    toml::Value::Boolean(_) => return Err(bad(key, "expected a value, not true/false".into())),
+                    _ if !arg.get_action().takes_values() => {
+                        return Err(bad(key, "this is a switch: write true or false".into()));
+                    }
+                    toml::Value::Array(items) => {
+                        for item in items {
+                            p.flags.push(flag.clone().into());
+                            p.flags.push(text_of(key, item)?.into());
+                        }
+                    }
+                    other => {
+                        p.flags.push(flag.into());
+                        p.flags.push(text_of(key, other)?.into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Arg, ArgAction, Command};
+
+    fn push() -> Command {
+        Command::new("push")
+            .arg(Arg::new("paths").num_args(1..))
+            .arg(Arg::new("to").long("to"))
+            .arg(Arg::new("level").long("level").short('l'))
+            .arg(Arg::new("exclude").long("exclude").action(ArgAction::Append))
+            .arg(
+                Arg::new("one-file-system")
+                    .long("one-file-system")
+                    .action(ArgAction::SetTrue),
+            )
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("robusto.toml");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn a_profile_becomes_arguments_and_hooks() {
+        let (_d, p) = write(
+            "[profile.nightly]\npaths = [\"/etc\", \"/home\"]\nto = \"http://h/files/\"\nlevel = 9\n\
+             exclude = [\"*.tmp\", \"cache\"]\none-file-system = true\nrun-failed = \"echo failed\"\nlog-file = \"/var/log/r.log\"\n",
+        );
+        let prof = load_profile(&p, "nightly", &push()).unwrap();
+        let flags: Vec<String> = prof.flags.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            flags,
+            [
+                "--exclude",
+                "*.tmp",
+                "--exclude",
+                "cache",
+                "--level",
+                "9",
+                "--one-file-system",
+                "--to",
+                "http://h/files/"
+            ]
+        );
+        assert_eq!(prof.paths, [OsString::from("/etc"), OsString::from("/home")]);
+        assert_eq!(prof.hooks.failed.as_deref(), Some("echo failed"));
+        assert_eq!(prof.log_file, Some(PathBuf::from("/var/log/r.log")));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_the_file() {
+        let (_d, p) = write("[profile.n]\ncompresion = \"zstd\"\n");
+        let e = load_profile(&p, "n", &push()).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown key 'compresion'") && e.contains("robusto.toml"),
+            "{e}"
+        );
+        let (_d, p) = write("[profile.n]\none-file-system = \"yes\"\n");
+        let e = load_profile(&p, "n", &push()).unwrap_err().to_string();
+        assert!(
+            e.contains("key 'one-file-system'") && e.contains("true or false"),
+            "{e}"
+        );
+        let (_d, p) = write("[profile.n]\nlevel = [[1]]\n");
+        assert!(load_profile(&p, "n", &push()).is_err());
+        let (_d, p) = write("[profile.a]\n");
+        let e = load_profile(&p, "b", &push()).unwrap_err().to_string();
+        assert!(e.contains("no [profile.b]") && e.contains("profiles here: a"), "{e}");
+        let (_d, p) = write("[profile.a\n");
+        assert!(matches!(load_profile(&p, "a", &push()), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn env_names_and_override() {
+        assert_eq!(env_name("chunk-size"), "ROBUSTO_CHUNK_SIZE");
+        let cmd = with_env(Command::new("r").subcommand(push()));
+        let m = cmd
+            .try_get_matches_from(["r", "push", "--level", "3", "--level", "7", "x"])
+            .unwrap();
+        let (_, sub) = m.subcommand().unwrap();
+        assert_eq!(
+            sub.get_one::<String>("level").map(String::as_str),
+            Some("7"),
+            "the later flag wins"
+        );
+    }
+}

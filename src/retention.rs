@@ -1,0 +1,177 @@
+//! Retention: which completed uploads `robusto prune` keeps. Uploads are grouped by the name they
+//! were given up to its date (`web-host-2026-11-21T0230.zip` is in group `web-host-`), and each
+//! group keeps the newest N (`--keep-last`), the newest of each of the last N days with an
+//! upload (`--keep-daily`) and of each of the last N ISO weeks (`--keep-weekly`), like restic's
+//! `forget`. The newest upload of a group is always kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::protocol::Listed;
+
+/// How many to keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The newest N.
+    pub last: usize,
+    /// The newest of each of the last N days.
+    pub daily: usize,
+    /// The newest of each of the last N ISO weeks.
+    pub weekly: usize,
+}
+
+/// The decision for one upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The upload.
+    pub upload: Listed,
+    /// Its group.
+    pub group: String,
+    /// Why it is kept (`last`, `daily`, `weekly`, `newest`); empty when it goes.
+    pub reasons: Vec<&'static str>,
+}
+
+impl Decision {
+    /// Whether the upload stays.
+    pub fn keep(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// The group of an upload name: everything before its date (`YYYY-MM-DD`), or the whole name
+/// without extension when it has none.
+pub fn group_of(name: &str) -> String {
+    let b = name.as_bytes();
+    let is_date = |i: usize| {
+        b.len() >= i + 10
+            && b[i..i + 4].iter().all(u8::is_ascii_digit)
+            && b[i + 4] == b'-'
+            && b[i + 5..i + 7].iter().all(u8::is_ascii_digit)
+            && b[i + 7] == b'-'
+            && b[i + 8..i + 10].iter().all(u8::is_ascii_digit)
+    };
+    match (0..b.len()).find(|&i| is_date(i)) {
+        Some(i) => name[..i].to_string(),
+        None => name.split('.').next().unwrap_or(name).to_string(),
+    }
+}
+
+/// Decides, per group, what `policy` keeps. Uploads without a completion time count as oldest.
+pub fn decide(uploads: Vec<Listed>, policy: Policy) -> Vec<Decision> {
+    let mut groups: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+    for u in uploads {
+        groups.entry(group_of(&u.name)).or_default().push(u);
+    }
+    let mut out = Vec::new();
+    for (group, mut list) in groups {
+        // newest first
+        list.sort_by(|a, b| (b.completed, &b.id).cmp(&(a.completed, &a.id)));
+        let mut days = BTreeSet::new();
+        let mut weeks = BTreeSet::new();
+        for (i, upload) in list.into_iter().enumerate() {
+            let mut reasons = Vec::new();
+            if i == 0 {
+                reasons.push("newest");
+            }
+            if i < policy.last {
+                reasons.push("last");
+            }
+            if let Some(t) = upload
+                .completed
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
+            {
+                let day = t.date();
+                if days.len() < policy.daily && !days.contains(&day) {
+                    days.insert(day);
+                    reasons.push("daily");
+                }
+                let (year, week, _) = t.to_iso_week_date();
+                if weeks.len() < policy.weekly && !weeks.contains(&(year, week)) {
+                    weeks.insert((year, week));
+                    reasons.push("weekly");
+                }
+            }
+            out.push(Decision {
+                upload,
+                group: group.clone(),
+                reasons,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(name: &str, day: u64, hour: u64) -> Listed {
+        let t = 1_763_683_200 + day * 86_400 + hour * 3600; // 2025-11-21T00:00Z + …
+        Listed {
+            id: format!("{name}-{day}-{hour}"),
+            url: String::new(),
+            name: name.to_string(),
+            size: 1,
+            md5: None,
+            completed: Some(t),
+            completed_at: None,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn groups_by_the_name_before_its_date() {
+        assert_eq!(group_of("web-host-2026-11-21T023000.zip"), "web-host-");
+        assert_eq!(group_of("db-2026-01-02.tar.zst"), "db-");
+        assert_eq!(group_of("plain.zip"), "plain");
+    }
+
+    #[test]
+    fn keeps_last_daily_weekly_and_always_the_newest() {
+        let mut all = Vec::new();
+        for day in 0..21 {
+            for hour in [1, 13] {
+                all.push(up(&format!("web-2025-11-{:02}.zip", 21 + day % 9), day, hour));
+            }
+        }
+        all.push(up("db-2025-11-21.zip", 0, 5));
+        let d = decide(
+            all,
+            Policy {
+                last: 2,
+                daily: 3,
+                weekly: 2,
+            },
+        );
+        let kept: Vec<_> = d
+            .iter()
+            .filter(|x| x.keep())
+            .map(|x| (x.group.as_str(), x.upload.id.clone(), x.reasons.clone()))
+            .collect();
+        // db: its only upload is the newest
+        assert!(kept.iter().any(|(g, _, r)| *g == "db-" && r.contains(&"newest")));
+        let web: Vec<_> = kept.iter().filter(|(g, _, _)| *g == "web-").collect();
+        // last 2 (day 20 13h, day 20 1h), daily 3 (days 20, 19, 18 at 13h), weekly 2 (newest of
+        // this week and of the week before): 2 + 2 + 1 = 5 distinct uploads
+        assert_eq!(web.len(), 5, "{web:?}");
+        assert!(web[0].2.contains(&"newest") && web[0].2.contains(&"last") && web[0].2.contains(&"daily"));
+        let gone = d.iter().filter(|x| !x.keep()).count();
+        assert_eq!(gone, 42 - 5);
+    }
+
+    #[test]
+    fn keep_nothing_still_keeps_the_newest() {
+        let d = decide(
+            vec![up("a-2025-11-21.zip", 0, 1), up("a-2025-11-22.zip", 1, 1)],
+            Policy::default(),
+        );
+        assert_eq!(d.iter().filter(|x| x.keep()).count(), 1);
+        assert!(
+            d.iter()
+                .find(|x| x.keep())
+                .unwrap()
+                .upload
+                .id
+                .starts_with("a-2025-11-22")
+        );
+    }
+}
