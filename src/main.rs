@@ -4,6 +4,22 @@
 
 mod cli;
 
+/// mimalloc rather than glibc's malloc: the zip workers' short-lived compression buffers,
+/// interleaved with the long-lived entry records, made glibc's heaps grow without bound
+/// (2.7 GB RSS for 48,000 files); mimalloc keeps it flat and is faster.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v2 and v3 headers alike).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the system at once instead of after 10 ms: the bound on memory
+/// (chunk size × parallelism, never the archive size) holds for RSS too, at no measurable cost.
+fn return_freed_memory_promptly() {
+    // SAFETY: mi_option_set only stores an integer option; any value is valid for this one.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -316,19 +332,21 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Chunk buffers (8 MiB by default) are allocated on several threads; glibc would keep freed
-/// ones in per-thread arenas (its mmap threshold grows after the first free), so the resident set
-/// would creep past chunk size × parallelism. A fixed threshold maps and unmaps them directly.
-fn bound_allocator_cache() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called once, before any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+/// The error and its causes on one line, leaving out a cause whose text the message already
+/// carries (most of robusto's errors name their cause themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
     }
+    line
 }
 
 fn main() -> ExitCode {
-    bound_allocator_cache();
+    return_freed_memory_promptly();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -345,7 +363,7 @@ fn main() -> ExitCode {
             } else {
                 exit::FAILED
             };
-            tracing::error!("{e:#}");
+            tracing::error!("{}", error_chain(&e));
             ExitCode::from(code)
         }
     }

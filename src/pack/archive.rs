@@ -260,8 +260,9 @@ impl Read for ExactReader {
 
 /// Copies a source's content into `out`, then reports whether the file changed meanwhile.
 pub fn copy_exact(source: Source, out: &mut dyn Write) -> io::Result<ReadOutcome> {
+    // no bigger than the file: a fresh 256 KiB buffer per small file would cost more than it reads
+    let mut buf = vec![0u8; source.size.clamp(1, 256 << 10) as usize];
     let mut r = source.reader();
-    let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = r.read(&mut buf)?;
         if n == 0 {
