@@ -47,10 +47,50 @@ pub enum Command {
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
     Verify(VerifyArgs),
+    /// Upload FILE to a tus server (or a local folder), resumably; prints the upload URL.
+    Send(SendArgs),
+    /// Print an upload's status as JSON.
+    Status(StatusArgs),
+    /// Download a completed upload, resumably, verifying its MD5.
+    Get(GetArgs),
+    /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
+    Push(PushArgs),
     /// Verify an archive against its manifest, then extract it into a folder.
     Restore(RestoreArgs),
     /// Receive tus uploads: check every chunk and whole file, store durably, report status.
     Serve(ServeArgs),
+}
+
+/// `robusto push PATH… --to URL|DIR`
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Files and folders to pack.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// How to pack.
+    #[command(flatten)]
+    pub pack: PackFlags,
+    /// Where and how to send.
+    #[command(flatten)]
+    pub send: SendFlags,
+    /// The upload's name: {host}, {date}, {time}, {label} (the first PATH's name) are replaced;
+    /// the format's extension is added.
+    #[arg(long, value_name = "TEMPLATE", default_value = robusto::send::push::DEFAULT_NAME)]
+    pub name: String,
+    /// Keep the staging archive and its manifest after the upload completes.
+    #[arg(long)]
+    pub keep_staging: bool,
+}
+
+impl PushArgs {
+    /// The pack options (the output is chosen by the push job) and the send options (the file is
+    /// the staging archive, known once packed).
+    pub fn options(&self, target: robusto::send::Url) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
+        let chunk_size = parse_chunk_size(&self.send.chunk_size)?;
+        let pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
+        let send = self.send.options(PathBuf::new(), target, None)?;
+        Ok((pack, send))
+    }
 }
 
 /// `robusto verify FILE`
@@ -58,6 +98,191 @@ pub enum Command {
 pub struct VerifyArgs {
     /// The archive; its manifest is FILE.manifest.json.
     pub file: PathBuf,
+}
+
+/// `robusto send FILE --to URL|DIR`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The file; with FILE.manifest.json beside it, its chunking and MD5s are used.
+    pub file: PathBuf,
+    /// Where to send it.
+    #[command(flatten)]
+    pub send: SendFlags,
+    /// The upload's name (its `filename` metadata); default: the file's name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Flags of every command that sends (`send`, `push`).
+#[derive(Debug, Args)]
+pub struct SendFlags {
+    /// A tus upload endpoint (http://host:port/files/) or a local folder to receive into.
+    #[arg(long, env = "ROBUSTO_URL", value_name = "URL|DIR")]
+    pub to: String,
+    /// Chunk size for a file without a manifest (one PATCH per chunk).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB")]
+    pub chunk_size: String,
+    /// Partial uploads at once (the server must offer concatenation).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
+    /// Bandwidth limit: a rate (2M) or a timetable ("08:00,512K 19:00,off").
+    #[arg(long, value_name = "RATE|TIMETABLE")]
+    pub bwlimit: Option<String>,
+    /// Failed attempts allowed per chunk before giving up (exit 75, resumable).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub retries: u32,
+    /// Stop cleanly at a chunk boundary after this long (exit 75, resumable).
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub stall_timeout: String,
+    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where resume journals and locks live (default: the platform's state directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `robusto status URL`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The upload's URL.
+    pub url: String,
+    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `robusto get URL -o FILE`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The upload's URL.
+    pub url: String,
+    /// Where to write it (through FILE.partial).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Failed attempts in a row allowed before giving up (exit 75, resumable).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub retries: u32,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub stall_timeout: String,
+    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where a send goes.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// A tus endpoint.
+    Url(robusto::send::Url),
+    /// A local folder, served in-process.
+    Dir(PathBuf),
+}
+
+impl Destination {
+    /// The tus endpoint (for a folder, a placeholder until its server is started).
+    pub fn endpoint(&self) -> robusto::send::Url {
+        match self {
+            Destination::Url(u) => u.clone(),
+            Destination::Dir(_) => robusto::send::Url::parse("http://127.0.0.1/files/")
+                .unwrap_or_else(|_| unreachable!("a constant URL parses")),
+        }
+    }
+
+    /// What identifies the destination across runs.
+    pub fn key(&self) -> String {
+        match self {
+            Destination::Url(u) => u.to_string(),
+            Destination::Dir(d) => robusto::send::local::job_key(d),
+        }
+    }
+}
+
+/// Parses `--to`: a URL with a scheme, or a folder.
+pub fn destination(to: &str) -> Result<Destination, UsageError> {
+    if to.contains("://") {
+        let url = robusto::send::Url::parse(to).map_err(|e| UsageError(format!("--to {to}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UsageError(format!("--to {to}: only http and https URLs are supported")));
+        }
+        Ok(Destination::Url(url))
+    } else {
+        Ok(Destination::Dir(PathBuf::from(to)))
+    }
+}
+
+/// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
+pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("--token-file {}: {e}", f.display())))?;
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+        return line
+            .map(|l| Some(l.to_string()))
+            .ok_or_else(|| UsageError(format!("--token-file {}: no token in it", f.display())));
+    }
+    Ok(std::env::var("ROBUSTO_TOKEN").ok().filter(|t| !t.trim().is_empty()))
+}
+
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration, UsageError> {
+    robusto::units::parse_duration(text).map_err(|e| UsageError(format!("{flag}: {e}")))
+}
+
+impl SendFlags {
+    /// Typed send options for `file` sent to the endpoint `target`.
+    pub fn options(
+        &self,
+        file: PathBuf,
+        target: robusto::send::Url,
+        name: Option<String>,
+    ) -> Result<robusto::send::SendOptions, UsageError> {
+        let chunk_size =
+            robusto::units::parse_size(&self.chunk_size).map_err(|e| UsageError(format!("--chunk-size: {e}")))?;
+        if chunk_size == 0 {
+            return Err(UsageError("--chunk-size must be more than 0".into()));
+        }
+        if self.parallel == 0 || self.parallel > 64 {
+            return Err(UsageError("--parallel must be between 1 and 64".into()));
+        }
+        let bwlimit = self
+            .bwlimit
+            .as_deref()
+            .map(robusto::send::throttle::Timetable::parse)
+            .transpose()
+            .map_err(|e| UsageError(format!("--bwlimit: {e}")))?;
+        let stall_timeout = duration("--stall-timeout", &self.stall_timeout)?;
+        if stall_timeout.is_zero() {
+            return Err(UsageError("--stall-timeout must be more than 0".into()));
+        }
+        let max_duration = self
+            .max_duration
+            .as_deref()
+            .map(|d| duration("--max-duration", d))
+            .transpose()?;
+        Ok(robusto::send::SendOptions {
+            file,
+            target,
+            chunk_size,
+            parallel: self.parallel,
+            bwlimit,
+            retry: robusto::send::retry::RetryPolicy {
+                retries: self.retries,
+                ..Default::default()
+            },
+            stall_timeout,
+            max_duration,
+            token: token(self.token_file.as_ref())?,
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(robusto::send::journal::default_state_dir),
+            name,
+            job_key: None,
+        })
+    }
 }
 
 /// Archive container (`--format`).
@@ -173,6 +398,38 @@ impl PackFlags {
             },
         })
     }
+}
+
+impl GetArgs {
+    /// Typed options.
+    pub fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+        get_options(&self.url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+    }
+}
+
+impl StatusArgs {
+    /// Typed options.
+    pub fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+        get_options(&self.url, self.token_file.as_ref(), 3, "30s")
+    }
+}
+
+fn get_options(
+    url: &str,
+    token_file: Option<&PathBuf>,
+    retries: u32,
+    stall: &str,
+) -> Result<robusto::send::get::GetOptions, UsageError> {
+    let url = robusto::send::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    Ok(robusto::send::get::GetOptions {
+        url,
+        retry: robusto::send::retry::RetryPolicy {
+            retries,
+            ..Default::default()
+        },
+        stall_timeout: duration("--stall-timeout", stall)?,
+        token: token(token_file)?,
+    })
 }
 
 impl PackArgs {

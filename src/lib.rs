@@ -10,6 +10,7 @@
 //!    written atomically beside the archive.
 //! 3. The sender uploads the archive chunk by chunk over tus 1.0.0 ([`protocol`]), each chunk
 //!    carrying its MD5 so the server can refuse a damaged one without losing the good ones.
+//!    [`send`] does this resumably: a journal, retries with backoff, HEAD to resync, throttling.
 //! 4. The server ([`serve`]) checks every chunk and the whole file, stores durably, and reports
 //!    status.
 //!
@@ -26,5 +27,6 @@ pub mod progress;
 pub mod protocol;
 pub mod restore;
 pub mod retention;
+pub mod send;
 pub mod serve;
 pub mod units;

@@ -24,12 +24,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use robusto::progress::{Human, JsonLines, Progress, Silent};
-
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, UsageError};
+use robusto::progress::{Event, Human, JsonLines, Progress, Silent};
+use robusto::send::local::LocalServer;
+use robusto::send::{SendOptions, SendOutcome};
 
 /// Exit codes (README "Exit codes").
 mod exit {
@@ -37,6 +38,8 @@ mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const SKIPPED: u8 = 3;
+    pub const RESUMABLE: u8 = 75;
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// The progress reporter the flags and the terminal call for.
@@ -117,6 +120,151 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Serve(args) => serve(&args),
+        Command::Send(args) => {
+            let dest = cli::destination(&args.send.to)?;
+            let opts = args.send.options(args.file, dest.endpoint(), args.name)?;
+            let progress = send_reporter(&cli.global);
+            runtime()?.block_on(send_to(dest, opts, progress.as_ref()))
+        }
+        Command::Push(args) => {
+            let dest = cli::destination(&args.send.to)?;
+            let (pack_opts, mut opts) = args.options(dest.endpoint())?;
+            let staged =
+                robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress.as_ref())?;
+            opts.file = staged.archive.clone();
+            opts.name = Some(staged.name.clone());
+            let progress = send_reporter(&cli.global);
+            let code = runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?;
+            if code != exit::OK {
+                return Ok(code);
+            }
+            let skipped = staged.skipped().len();
+            if args.keep_staging {
+                tracing::info!("kept the staging archive {}", staged.archive.display());
+            } else {
+                staged.remove()?;
+            }
+            if skipped > 0 {
+                tracing::warn!("{skipped} file(s) were skipped while packing (named above)");
+                Ok(exit::SKIPPED)
+            } else {
+                Ok(exit::OK)
+            }
+        }
+        Command::Status(args) => {
+            let opts = args.options()?;
+            let v = runtime()?.block_on(robusto::send::get::status(&opts))?;
+            println!("{v}");
+            Ok(exit::OK)
+        }
+        Command::Get(args) => {
+            let opts = args.options()?;
+            match runtime()?.block_on(robusto::send::get::get(&opts, &args.output)) {
+                Ok(r) => {
+                    tracing::info!(
+                        "{}: {} bytes, md5 {}{}",
+                        args.output.display(),
+                        r.bytes,
+                        r.md5,
+                        if r.verified { " (verified)" } else { " (not verified)" }
+                    );
+                    println!("{}  {}", r.md5, args.output.display());
+                    Ok(exit::OK)
+                }
+                Err(e) if e.is_resumable() => {
+                    tracing::error!("{e}");
+                    Ok(exit::RESUMABLE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The reporter for sending: like [`reporter`], but without a TTY a log line every 10 s even
+/// without `-v` (a long upload under cron or systemd should show signs of life).
+fn send_reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
+    if global.json || global.quiet {
+        reporter(global)
+    } else {
+        Box::new(Human::new(
+            std::io::stderr().is_terminal(),
+            Some(Duration::from_secs(10)),
+        ))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Sends to a URL, or to a local folder served in-process for the length of the job.
+async fn send_to(dest: cli::Destination, mut opts: SendOptions, progress: &dyn Progress) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    match dest {
+        cli::Destination::Url(_) => send(&opts, progress, None).await,
+        cli::Destination::Dir(dir) => {
+            let local = LocalServer::start(&dir)
+                .await
+                .with_context(|| format!("cannot serve --to {}", dir.display()))?;
+            opts.target = local.endpoint.clone();
+            opts.job_key = Some(robusto::send::local::job_key(&dir));
+            let code = send(&opts, progress, Some(&local)).await;
+            local.stop().await;
+            code
+        }
+    }
+}
+
+/// Runs a send job, stopping cleanly (resumable) on Ctrl-C; prints the URL on success (for a
+/// local folder, the path of the received file).
+async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalServer>) -> anyhow::Result<u8> {
+    let result = tokio::select! {
+        r = robusto::send::send(opts, progress) => r,
+        _ = tokio::signal::ctrl_c() => {
+            progress.event(&Event::Error { message: "interrupted".into(), resumable: true });
+            tracing::warn!("interrupted: run the same command again to continue");
+            return Ok(exit::INTERRUPTED);
+        }
+    };
+    match result {
+        Ok(SendOutcome::Complete { url }) => {
+            match local {
+                Some(local) => match local.published(&url).await {
+                    Some(path) => println!("{}", path.display()),
+                    None => println!("{url}"),
+                },
+                None => println!("{url}"),
+            }
+            Ok(exit::OK)
+        }
+        Ok(SendOutcome::Paused { url }) => {
+            let message = format!(
+                "--max-duration reached: stopped at a chunk boundary{}; run the same command again to continue",
+                url.map(|u| format!(" (upload {u})")).unwrap_or_default()
+            );
+            progress.event(&Event::Error {
+                message: message.clone(),
+                resumable: true,
+            });
+            tracing::warn!("{message}");
+            Ok(exit::RESUMABLE)
+        }
+        Err(e) => {
+            progress.event(&Event::Error {
+                message: e.to_string(),
+                resumable: e.is_resumable(),
+            });
+            if e.is_resumable() {
+                tracing::error!("{e}");
+                Ok(exit::RESUMABLE)
+            } else {
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -40,6 +40,62 @@ pub enum Event {
         /// Archive MD5 (hex).
         md5: String,
     },
+    /// Sending began.
+    SendStarted {
+        /// The file.
+        file: String,
+        /// Its size.
+        total_bytes: u64,
+        /// Its chunks.
+        chunks: u64,
+        /// Uploads sent at once.
+        parallel: u32,
+    },
+    /// An upload from an earlier run was found on the server.
+    UploadResumed {
+        /// The upload URL.
+        url: String,
+        /// Bytes the server already holds.
+        offset: u64,
+    },
+    /// The server acknowledged a chunk.
+    ChunkSent {
+        /// Chunk number.
+        index: u64,
+        /// First byte of the file sent.
+        offset: u64,
+        /// Bytes acknowledged.
+        len: u64,
+        /// Bytes the server holds, all uploads of the job together.
+        sent_bytes: u64,
+        /// The file's size.
+        total_bytes: u64,
+    },
+    /// A request failed and will be tried again.
+    Retry {
+        /// Failures of this chunk so far.
+        attempt: u32,
+        /// The budget.
+        retries: u32,
+        /// Wait before the next attempt.
+        delay_ms: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// The server confirmed the whole upload.
+    Complete {
+        /// The upload URL.
+        url: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The job stopped with an error (emitted by the command line).
+    Error {
+        /// What went wrong.
+        message: String,
+        /// Whether running the same command again continues (exit 75).
+        resumable: bool,
+    },
 }
 
 /// Receives [`Event`]s. Implementations must be cheap: events arrive per file.
@@ -70,6 +126,8 @@ impl Progress for JsonLines {
 struct Counters {
     files: u64,
     bytes: u64,
+    total_bytes: u64,
+    retries: u64,
 }
 
 /// A bar on a TTY, or (without a TTY) a plain `tracing` log line every `interval`.
@@ -96,6 +154,12 @@ impl Human {
             state: Mutex::new((Counters::default(), now, now)),
         }
     }
+}
+
+fn send_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 impl Progress for Human {
@@ -148,6 +212,100 @@ impl Progress for Human {
                     crate::units::format_bytes(*bytes_in),
                     crate::units::format_bytes(*archive_size)
                 );
+            }
+            Event::SendStarted {
+                file,
+                total_bytes,
+                chunks,
+                parallel,
+            } => {
+                *c = Counters {
+                    total_bytes: *total_bytes,
+                    ..Counters::default()
+                };
+                *started = Instant::now();
+                *last = Instant::now();
+                if let Some(bar) = &self.bar {
+                    bar.reset();
+                    bar.set_style(send_style());
+                    bar.set_length(*total_bytes);
+                    bar.set_message("sending");
+                }
+                let line = format!(
+                    "sending {file}: {} in {chunks} chunks over {parallel} connection(s)",
+                    crate::units::format_bytes(*total_bytes)
+                );
+                match &self.bar {
+                    Some(bar) => bar.suspend(|| tracing::info!("{line}")),
+                    None => tracing::info!("{line}"),
+                }
+            }
+            Event::UploadResumed { url, offset } => {
+                let line = format!("resuming {url} at {}", crate::units::format_bytes(*offset));
+                match &self.bar {
+                    Some(bar) => bar.suspend(|| tracing::info!("{line}")),
+                    None => tracing::info!("{line}"),
+                }
+            }
+            Event::ChunkSent {
+                sent_bytes,
+                total_bytes,
+                ..
+            } => {
+                c.bytes = *sent_bytes;
+                c.total_bytes = *total_bytes;
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*sent_bytes);
+                } else if self.interval.is_some_and(|i| last.elapsed() >= i) {
+                    *last = Instant::now();
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = c.bytes as f64 / secs;
+                    let eta = (c.total_bytes.saturating_sub(c.bytes) as f64 / rate.max(1.0)) as u64;
+                    tracing::info!(
+                        "sent {} of {} ({}/s), eta {}m{:02}s, {} retries",
+                        crate::units::format_bytes(c.bytes),
+                        crate::units::format_bytes(c.total_bytes),
+                        crate::units::format_bytes(rate as u64),
+                        eta / 60,
+                        eta % 60,
+                        c.retries
+                    );
+                }
+            }
+            Event::Retry {
+                attempt,
+                retries,
+                delay_ms,
+                reason,
+            } => {
+                c.retries += 1;
+                let line = format!(
+                    "retry {attempt}/{retries} in {:.1}s: {reason}",
+                    *delay_ms as f64 / 1000.0
+                );
+                match &self.bar {
+                    Some(bar) => {
+                        bar.set_message(format!("sending ({} retries)", c.retries));
+                        bar.suspend(|| tracing::warn!("{line}"));
+                    }
+                    None => tracing::warn!("{line}"),
+                }
+            }
+            Event::Complete { url, bytes } => {
+                if let Some(bar) = &self.bar {
+                    bar.finish_and_clear();
+                }
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    "sent {} in {secs:.1}s, {} retries: {url}",
+                    crate::units::format_bytes(*bytes),
+                    c.retries
+                );
+            }
+            Event::Error { .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.abandon();
+                }
             }
         }
     }

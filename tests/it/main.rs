@@ -1,9 +1,16 @@
 //! The one integration-test binary: each module is a rung of the test ladder.
 
+mod cli_send;
+mod faults;
 mod interop_serve;
 mod pack;
+mod peers;
+mod proxy;
+mod push;
 mod restore;
+mod send;
 mod serve_env;
+mod serve_send;
 mod store;
 mod support;
 mod tus;

@@ -1,0 +1,305 @@
+//! `robusto status` and `robusto get`: ask an upload's state (the robusto status endpoint, or
+//! what HEAD says on any tus server), and download a completed upload with Range requests into
+//! `FILE.partial`, resumable, verifying the whole-file MD5 from the upload's `checksum` metadata
+//! before renaming it into place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use md5::Digest as _;
+use reqwest::{StatusCode, Url};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::retry::{Budget, RetryPolicy};
+use super::session::{Session, SessionConfig, SessionError, UploadState};
+use crate::durable;
+use crate::fingerprint::Md5;
+use crate::protocol::{self, Checksum, ChecksumAlgorithm, Status, StatusReport, meta};
+
+/// What went wrong asking about or fetching an upload.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// Resumable: the link stayed bad past the retry budget.
+    #[error("giving up after {attempts} failed attempts (last: {reason}); run the same command again to continue")]
+    RetriesExhausted {
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+    },
+    /// The upload is not complete on the server yet.
+    #[error("{url} is not complete: the server has {offset} of {length} bytes")]
+    Incomplete {
+        /// The upload.
+        url: String,
+        /// Bytes the server has.
+        offset: u64,
+        /// The upload's length, if known.
+        length: String,
+    },
+    /// The downloaded bytes do not match the upload's checksum.
+    #[error("the download's md5 is {found}, the upload's metadata says {expected}; the partial file was removed")]
+    Mismatch {
+        /// From the metadata.
+        expected: Md5,
+        /// Of the bytes received.
+        found: Md5,
+    },
+    /// The server refused or does not have the upload.
+    #[error("{url}: {source}")]
+    Server {
+        /// The URL.
+        url: String,
+        /// What the server said.
+        source: SessionError,
+    },
+    /// Local I/O failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl GetError {
+    /// Whether running the same command again may succeed (exit 75).
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, GetError::RetriesExhausted { .. })
+    }
+}
+
+/// Options of `robusto get` / `robusto status`.
+#[derive(Clone, Debug)]
+pub struct GetOptions {
+    /// The upload's URL.
+    pub url: Url,
+    /// Backoff and budget (reset whenever bytes arrive).
+    pub retry: RetryPolicy,
+    /// No progress for this long fails a request.
+    pub stall_timeout: Duration,
+    /// Bearer token.
+    pub token: Option<String>,
+}
+
+/// What `get` fetched.
+#[derive(Clone, Debug)]
+pub struct GetReport {
+    /// Bytes in the file.
+    pub bytes: u64,
+    /// The file's MD5.
+    pub md5: Md5,
+    /// Whether the MD5 was checked against the upload's metadata.
+    pub verified: bool,
+}
+
+fn session(opts: &GetOptions) -> Result<Session, GetError> {
+    Session::new(
+        SessionConfig {
+            stall_timeout: opts.stall_timeout,
+            token: opts.token.clone(),
+        },
+        None,
+    )
+    .map_err(|source| GetError::Server {
+        url: opts.url.to_string(),
+        source,
+    })
+}
+
+async fn head(opts: &GetOptions, s: &Session) -> Result<UploadState, GetError> {
+    let mut budget = Budget::default();
+    loop {
+        match s.head(&opts.url).await {
+            Ok(h) => return Ok(h),
+            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
+            Err(source) => {
+                return Err(GetError::Server {
+                    url: opts.url.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+async fn wait(policy: &RetryPolicy, budget: &mut Budget, reason: String) -> Result<(), GetError> {
+    match budget.fail(policy) {
+        Some(d) => {
+            tracing::warn!(
+                "retry {}/{} in {:.1}s: {reason}",
+                budget.used(),
+                policy.retries,
+                d.as_secs_f32()
+            );
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        None => Err(GetError::RetriesExhausted {
+            attempts: budget.used(),
+            reason,
+        }),
+    }
+}
+
+/// The upload's status as JSON: the robusto status endpoint's answer, or (any tus server) a
+/// report derived from HEAD with `offset` and `length` beside it.
+pub async fn status(opts: &GetOptions) -> Result<serde_json::Value, GetError> {
+    let s = session(opts)?;
+    let mut budget = Budget::default();
+    loop {
+        match s.status(&opts.url).await {
+            Ok(Some(report)) => return Ok(serde_json::to_value(report).unwrap_or_default()),
+            Ok(None) => break,
+            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
+            Err(source) => {
+                return Err(GetError::Server {
+                    url: opts.url.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    let h = head(opts, &s).await?;
+    let chunk_size = h
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get_str(meta::CHUNK_SIZE))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(protocol::DEFAULT_CHUNK_SIZE);
+    let offset = h.offset.unwrap_or(0);
+    let report = match (h.offset, h.length) {
+        (Some(o), Some(l)) if o == l => StatusReport {
+            status: Status::Complete,
+            value: opts.url.to_string(),
+        },
+        (Some(0), _) | (None, _) => StatusReport {
+            status: Status::New,
+            value: String::new(),
+        },
+        _ => StatusReport {
+            status: Status::Partial,
+            value: protocol::chunks_received(offset, chunk_size),
+        },
+    };
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("offset".into(), offset.into());
+        obj.insert("length".into(), h.length.map_or(serde_json::Value::Null, Into::into));
+    }
+    Ok(v)
+}
+
+/// Downloads the completed upload into `output` (through `output.partial`, resumable), checks the
+/// whole-file MD5 against the upload's `checksum` metadata, then renames it into place.
+pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetReport, GetError> {
+    let s = session(opts)?;
+    let h = head(opts, &s).await?;
+    let length = match (h.offset, h.length) {
+        (Some(o), Some(l)) if o == l => l,
+        (o, l) => {
+            return Err(GetError::Incomplete {
+                url: opts.url.to_string(),
+                offset: o.unwrap_or(0),
+                length: l.map_or("an unknown number of".into(), |l| l.to_string()),
+            });
+        }
+    };
+    let expected = h
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get_str(meta::CHECKSUM))
+        .and_then(|c| Checksum::parse(c).ok())
+        .filter(|c| c.algorithm == ChecksumAlgorithm::Md5)
+        .and_then(|c| c.digest.try_into().ok().map(Md5));
+    if expected.is_none() {
+        tracing::warn!("the upload carries no md5 checksum metadata: the download cannot be verified");
+    }
+    let partial = durable::partial_path(output);
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| GetError::Io { path, source }
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .await
+        .map_err(io(&partial))?;
+    let mut have = file.metadata().await.map_err(io(&partial))?.len();
+    if have > length {
+        file.set_len(0).await.map_err(io(&partial))?;
+        have = 0;
+    }
+    let mut budget = Budget::default();
+    while have < length {
+        let resp = match s.get_from(&opts.url, have).await {
+            Ok(r) => r,
+            Err(SessionError::Transient(reason)) => {
+                wait(&opts.retry, &mut budget, reason).await?;
+                continue;
+            }
+            Err(source) => {
+                return Err(GetError::Server {
+                    url: opts.url.to_string(),
+                    source,
+                });
+            }
+        };
+        if resp.status() == StatusCode::OK && have > 0 {
+            tracing::debug!("the server ignores Range: fetching from the start");
+            file.set_len(0).await.map_err(io(&partial))?;
+            have = 0;
+        }
+        let mut body = resp.bytes_stream();
+        loop {
+            match tokio::time::timeout(opts.stall_timeout, body.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    file.write_all(&bytes).await.map_err(io(&partial))?;
+                    have += bytes.len() as u64;
+                    budget.reset();
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    wait(&opts.retry, &mut budget, e.to_string()).await?;
+                    break;
+                }
+                Err(_) => {
+                    wait(&opts.retry, &mut budget, "stalled".into()).await?;
+                    break;
+                }
+            }
+        }
+        file.flush().await.map_err(io(&partial))?;
+    }
+    file.sync_all().await.map_err(io(&partial))?;
+    drop(file);
+    let md5 = {
+        let mut f = tokio::fs::File::open(&partial).await.map_err(io(&partial))?;
+        let mut h = md5::Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).await.map_err(io(&partial))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Md5(h.finalize().into())
+    };
+    if let Some(expected) = expected
+        && expected != md5
+    {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(GetError::Mismatch { expected, found: md5 });
+    }
+    let file = std::fs::File::open(&partial).map_err(io(&partial))?;
+    durable::commit_file(file, &partial, output).map_err(io(output))?;
+    Ok(GetReport {
+        bytes: have,
+        md5,
+        verified: expected.is_some(),
+    })
+}

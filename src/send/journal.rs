@@ -1,0 +1,333 @@
+//! Resume state of a send job in `--state-dir`: a journal keyed by the file's MD5 and the target
+//! URL that records the upload URL(s), replaced atomically at every change, plus the job lock
+//! (an `flock` on a file holding the holder's pid, so a dead holder's lock is simply taken over).
+//! Also caches the manifest computed for a plain file, so a rerun does not hash it again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::io::AsRawFd as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+use crate::fingerprint::Md5;
+use crate::manifest::Manifest;
+
+/// Journal format version.
+pub const VERSION: u32 = 1;
+
+/// What went wrong with the journal or the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Another live process runs the same job.
+    #[error("this job is already running{} (lock {})", .pid.map(|p| format!(" in process {p}")).unwrap_or_default(), .lock.display())]
+    Locked {
+        /// The holder's pid, as it recorded it.
+        pid: Option<u32>,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The state directory could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One upload of a job: the whole file, or one partial upload of a contiguous byte range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// First byte of the file this upload carries.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// The upload's URL, once created.
+    pub url: Option<String>,
+}
+
+/// The recorded state of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalState {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The file being sent (for people reading the state directory).
+    pub file: String,
+    /// The tus endpoint.
+    pub target: String,
+    /// The file's size.
+    pub size: u64,
+    /// The file's MD5.
+    pub md5: Md5,
+    /// The chunk size the job uses.
+    pub chunk_size: u64,
+    /// The uploads: one, or the partial uploads of a concatenation.
+    pub parts: Vec<Part>,
+    /// The final (concatenated) upload's URL, once created.
+    pub final_url: Option<String>,
+    /// The server confirmed the whole upload.
+    pub complete: bool,
+}
+
+/// An open journal: holds the job's lock until dropped.
+pub struct Journal {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+    /// The state; change it, then [`Journal::save`].
+    pub state: Option<JournalState>,
+}
+
+/// The default state directory: `$XDG_STATE_HOME/robusto` (or the platform's equivalent).
+pub fn default_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("robusto")
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; `Ok(false)` if another process holds it.
+fn try_flock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes a file descriptor that `file` keeps open for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Takes the lock at `lock_path` for this process, recording our pid in it; a lock left by a dead
+/// process is free (the kernel released it) and is taken over silently.
+pub fn lock(lock_path: &Path) -> Result<File, JournalError> {
+    if let Some(dir) = lock_path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path)
+        .map_err(io_err(lock_path))?;
+    if !try_flock(&f).map_err(io_err(lock_path))? {
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        return Err(JournalError::Locked {
+            pid: text.trim().parse().ok(),
+            lock: lock_path.to_path_buf(),
+        });
+    }
+    let pid = std::process::id().to_string();
+    (|| {
+        f.set_len(0)?;
+        f.rewind()?;
+        f.write_all(pid.as_bytes())?;
+        f.flush()
+    })()
+    .map_err(io_err(lock_path))?;
+    Ok(f)
+}
+
+/// The journal's file name stem for a file MD5 and a target URL.
+pub fn job_name(md5: &Md5, target: &str) -> String {
+    let t = Md5::of(target.as_bytes()).hex();
+    format!("{}-{}", md5.hex(), &t[..12])
+}
+
+impl Journal {
+    /// Opens (and locks) the journal of the job `(md5, target)` in `state_dir`.
+    pub fn open(state_dir: &Path, md5: &Md5, target: &str) -> Result<Self, JournalError> {
+        let dir = state_dir.join("jobs");
+        let name = job_name(md5, target);
+        let path = dir.join(format!("{name}.json"));
+        let lock_path = dir.join(format!("{name}.lock"));
+        let lock = lock(&lock_path)?;
+        let state = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<JournalState>(&bytes) {
+                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => Some(s),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable journal {}: {e}", path.display());
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok(Journal {
+            path,
+            lock_path,
+            _lock: lock,
+            state,
+        })
+    }
+
+    /// Where the journal lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the state atomically (temp, fsync, rename): a kill at any instant leaves the old
+    /// or the new journal.
+    pub fn save(&self) -> Result<(), JournalError> {
+        self.snapshot().save()
+    }
+
+    /// A copy of the path and state, to be written elsewhere (off an async runtime).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            path: self.path.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Forgets the job (journal and lock file).
+    pub fn remove(self) -> Result<(), JournalError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.path)(e)),
+        }
+        let _ = fs::remove_file(&self.lock_path);
+        Ok(())
+    }
+}
+
+/// A copy of a journal's state to be written.
+pub struct Snapshot {
+    path: PathBuf,
+    state: Option<JournalState>,
+}
+
+impl Snapshot {
+    /// Writes the state atomically (temp, fsync, rename).
+    pub fn save(&self) -> Result<(), JournalError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let mut json = serde_json::to_vec_pretty(state).map_err(|e| io_err(&self.path)(io::Error::other(e)))?;
+        json.push(b'\n');
+        durable::write_atomic(&self.path, &json).map_err(io_err(&self.path))
+    }
+}
+
+/// A manifest computed for a plain file, with what identifies the file's version.
+#[derive(Serialize, Deserialize)]
+struct CachedManifest {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    manifest: Manifest,
+}
+
+/// The cache file for `file`'s computed manifest.
+fn manifest_cache_path(state_dir: &Path, file: &Path, chunk_size: u64) -> PathBuf {
+    let abs = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let key = Md5::of(format!("{}\0{chunk_size}", abs.display()).as_bytes()).hex();
+    state_dir.join("manifests").join(format!("{key}.json"))
+}
+
+fn identity(meta: &fs::Metadata) -> (u64, i128, u64) {
+    (
+        meta.len(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ino(),
+    )
+}
+
+/// A previously computed manifest of `file`, if the file has not changed since (size, mtime,
+/// inode).
+pub fn cached_manifest(state_dir: &Path, file: &Path, chunk_size: u64) -> Option<Manifest> {
+    let meta = fs::metadata(file).ok()?;
+    let bytes = fs::read(manifest_cache_path(state_dir, file, chunk_size)).ok()?;
+    let c: CachedManifest = serde_json::from_slice(&bytes).ok()?;
+    ((c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
+}
+
+/// Remembers the manifest computed for `file` (as it was at `meta`).
+pub fn cache_manifest(
+    state_dir: &Path,
+    file: &Path,
+    meta: &fs::Metadata,
+    manifest: &Manifest,
+) -> Result<(), JournalError> {
+    let path = manifest_cache_path(state_dir, file, manifest.chunk_size);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let (size, mtime_ns, inode) = identity(meta);
+    let json = serde_json::to_vec(&CachedManifest {
+        size,
+        mtime_ns,
+        inode,
+        manifest: manifest.clone(),
+    })
+    .map_err(|e| io_err(&path)(io::Error::other(e)))?;
+    durable::write_atomic(&path, &json).map_err(io_err(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(md5: Md5) -> JournalState {
+        JournalState {
+            version: VERSION,
+            file: "f".into(),
+            target: "http://x/files/".into(),
+            size: 10,
+            md5,
+            chunk_size: 4,
+            parts: vec![Part {
+                start: 0,
+                end: 10,
+                url: Some("http://x/files/1".into()),
+            }],
+            final_url: None,
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn journal_round_trips_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let md5 = Md5::of(b"x");
+        let mut j = Journal::open(dir.path(), &md5, "http://x/files/").unwrap();
+        assert!(j.state.is_none());
+        j.state = Some(state(md5));
+        j.save().unwrap();
+        match Journal::open(dir.path(), &md5, "http://x/files/") {
+            Err(JournalError::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected Locked, got {:?}", other.map(|j| j.state)),
+        }
+        drop(j);
+        let j = Journal::open(dir.path(), &md5, "http://x/files/").unwrap();
+        assert_eq!(j.state, Some(state(md5)));
+        let other = Journal::open(dir.path(), &md5, "http://y/files/").unwrap();
+        assert!(other.state.is_none(), "another target is another job");
+        j.remove().unwrap();
+        drop(other);
+        assert!(
+            Journal::open(dir.path(), &md5, "http://x/files/")
+                .unwrap()
+                .state
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,877 @@
+//! The send job (`robusto send`): upload one file to a tus 1.0.0 server chunk by chunk, using
+//! the chunking and MD5s of its manifest, so that a dropped connection, a stalled link, a damaged
+//! chunk or a killed process costs at most the chunk in flight.
+//!
+//! The job: read (or compute) the manifest → open the journal and take the job lock → ask the
+//! server what it supports (OPTIONS) → create the upload(s) or find them again (HEAD) → one PATCH
+//! per chunk, each carrying the chunk's MD5 → with `--parallel N`, N partial uploads of
+//! contiguous chunk ranges and then the final concatenation → record completion.
+
+pub mod get;
+pub mod journal;
+pub mod local;
+pub mod push;
+pub mod retry;
+pub mod session;
+pub mod throttle;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+pub use reqwest::Url;
+
+use crate::fingerprint::{ChunkDigest, fingerprint_file};
+use crate::manifest::{self, Manifest, ManifestError, SourceInfo};
+use crate::progress::{Event, Progress};
+use crate::protocol::{Checksum, ChecksumAlgorithm, Metadata, meta};
+use journal::{Journal, JournalError, JournalState, Part};
+use retry::{Budget, RetryPolicy};
+use session::{Capabilities, Creation, Session, SessionConfig, SessionError};
+use throttle::{Throttle, Timetable};
+
+/// A chunk that fails the server's checksum this many times in a row stops the job.
+pub const CHECKSUM_FAILURES: u32 = 3;
+
+/// Everything a send job needs, validated.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    /// The file to send.
+    pub file: PathBuf,
+    /// The tus endpoint (creation URL), e.g. `http://host:8080/files/`.
+    pub target: Url,
+    /// Chunk size for a file without a manifest (a manifest's chunking wins).
+    pub chunk_size: u64,
+    /// Partial uploads sent at once (used when the server offers concatenation).
+    pub parallel: usize,
+    /// `--bwlimit`.
+    pub bwlimit: Option<Timetable>,
+    /// Backoff and per-chunk budget.
+    pub retry: RetryPolicy,
+    /// No progress for this long fails a request (`--stall-timeout`).
+    pub stall_timeout: Duration,
+    /// Stop at the first chunk boundary after this long (`--max-duration`).
+    pub max_duration: Option<Duration>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Where journals, locks and computed manifests live.
+    pub state_dir: PathBuf,
+    /// The upload's `filename` metadata (default: the file's name).
+    pub name: Option<String>,
+    /// A stable name for a target whose URL changes between runs (a local folder served on a
+    /// fresh port): the journal is keyed by it, and recorded upload URLs are moved onto the
+    /// current target's host and port.
+    pub job_key: Option<String>,
+}
+
+impl SendOptions {
+    /// The target as the journal knows it.
+    fn journal_target(&self) -> String {
+        self.job_key.clone().unwrap_or_else(|| self.target.to_string())
+    }
+
+    /// A URL from the journal, moved onto the current target's origin when the job has a
+    /// stable key.
+    fn recorded_url(&self, text: &str) -> Option<Url> {
+        let mut url = Url::parse(text).ok()?;
+        if self.job_key.is_some() {
+            url.set_host(self.target.host_str()).ok()?;
+            url.set_port(self.target.port()).ok()?;
+        }
+        Some(url)
+    }
+}
+
+/// How a send job ended, short of an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The server has every byte (and, for robusto servers, checked the whole file).
+    Complete {
+        /// The upload's URL.
+        url: String,
+    },
+    /// `--max-duration` was reached; running the same job again continues.
+    Paused {
+        /// The upload URL(s) so far.
+        url: Option<String>,
+    },
+}
+
+/// Why a send job stopped, grouped by what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Resumable: the link stayed bad past the retry budget of one chunk.
+    #[error(
+        "giving up after {attempts} failed attempts on one chunk (last: {reason}){}; run the same command again to continue",
+        .url.as_ref().map(|u| format!("; the upload is at {u}")).unwrap_or_default()
+    )]
+    RetriesExhausted {
+        /// The upload URL, if one was created.
+        url: Option<String>,
+        /// Failed attempts.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+    },
+    /// Another process runs the same job.
+    #[error(transparent)]
+    Locked(JournalError),
+    /// The same chunk failed the server's checksum [`CHECKSUM_FAILURES`] times in a row.
+    #[error(
+        "chunk {index} (bytes {offset}..{end}) failed the server's checksum {CHECKSUM_FAILURES} times in a row: the file is probably damaged on disk; check it with 'robusto verify {file}'"
+    )]
+    Damaged {
+        /// Chunk number.
+        index: usize,
+        /// First byte.
+        offset: u64,
+        /// One past the last byte.
+        end: u64,
+        /// The file.
+        file: String,
+    },
+    /// The server refused the upload for a reason retrying will not change.
+    #[error("{url}: {source}")]
+    Server {
+        /// The URL involved.
+        url: String,
+        /// What the server said.
+        source: SessionError,
+    },
+    /// The file or its manifest cannot be used.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Local I/O failed (the file, the state directory).
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(JournalError),
+}
+
+impl SendError {
+    /// Whether running the same job again may finish it (exit 75).
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, SendError::RetriesExhausted { .. })
+    }
+}
+
+impl From<JournalError> for SendError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Locked { .. } => SendError::Locked(e),
+            other => SendError::Journal(other),
+        }
+    }
+}
+
+/// Reads FILE.manifest.json, or computes (and caches in the state directory) the manifest of a
+/// plain file.
+pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Result<Manifest, SendError> {
+    let io = |source| SendError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
+    let meta = tokio::fs::metadata(file).await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    match Manifest::read_for(file) {
+        Ok(m) => {
+            if m.archive.size != meta.len() {
+                return Err(ManifestError::SizeMismatch {
+                    expected: m.archive.size,
+                    found: meta.len(),
+                }
+                .into());
+            }
+            return Ok(m);
+        }
+        Err(ManifestError::Missing(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(m) = journal::cached_manifest(state_dir, file, chunk_size) {
+        return Ok(m);
+    }
+    tracing::info!(
+        "{} has no manifest: computing its MD5s ({} chunks)",
+        file.display(),
+        crate::units::format_bytes(chunk_size)
+    );
+    let path = file.to_path_buf();
+    let fp = tokio::task::spawn_blocking(move || fingerprint_file(&path, chunk_size))
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?;
+    let m = Manifest::new(file, "raw", "none", None, fp, SourceInfo::default());
+    if let Err(e) = journal::cache_manifest(state_dir, file, &meta, &m) {
+        tracing::debug!("cannot cache the manifest: {e}");
+    }
+    Ok(m)
+}
+
+/// The manifest's MD5 when the bytes sent are exactly one whole chunk and the server takes md5:
+/// no hashing at all for a packed file.
+fn manifest_checksum(alg: ChecksumAlgorithm, chunk: &ChunkDigest, offset: u64, len: u64) -> Option<Checksum> {
+    (alg == ChecksumAlgorithm::Md5 && offset == chunk.offset && len == chunk.len).then(|| Checksum::md5(chunk.md5))
+}
+
+/// A checksum computed over the bytes (a server without md5, or a partly sent chunk).
+fn compute_checksum(alg: ChecksumAlgorithm, data: &[u8]) -> Checksum {
+    let mut h = alg.hasher();
+    h.update(data);
+    Checksum {
+        algorithm: alg,
+        digest: h.finish(),
+    }
+}
+
+/// Splits the chunks into `n` contiguous ranges of whole chunks, as even as possible.
+fn plan_parts(m: &Manifest, n: usize) -> Vec<Part> {
+    let chunks = m.chunks.len();
+    if chunks == 0 || n <= 1 {
+        return vec![Part {
+            start: 0,
+            end: m.archive.size,
+            url: None,
+        }];
+    }
+    let n = n.min(chunks);
+    (0..n)
+        .map(|i| {
+            let first = i * chunks / n;
+            let last = (i + 1) * chunks / n; // exclusive
+            let start = m.chunks[first].offset;
+            let end = m.chunks[last - 1].offset + m.chunks[last - 1].len;
+            Part { start, end, url: None }
+        })
+        .collect()
+}
+
+/// How a part's loop ended.
+enum PartEnd {
+    Done,
+    Paused,
+}
+
+struct Job<'a> {
+    opts: &'a SendOptions,
+    progress: &'a dyn Progress,
+    session: Session,
+    caps: Capabilities,
+    manifest: Manifest,
+    file: Arc<File>,
+    journal: tokio::sync::Mutex<Journal>,
+    /// Bytes the server holds, per part.
+    acked: Mutex<Vec<u64>>,
+    deadline: Option<Instant>,
+    multi: bool,
+}
+
+fn file_name(opts: &SendOptions) -> String {
+    opts.name.clone().unwrap_or_else(|| {
+        opts.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload".into())
+    })
+}
+
+impl Job<'_> {
+    fn metadata(&self, whole: bool) -> Metadata {
+        let mut m = Metadata::default();
+        m.insert(meta::FILENAME, &file_name(self.opts));
+        m.insert(meta::CHUNK_SIZE, &self.manifest.chunk_size.to_string());
+        if whole {
+            m.insert(meta::CHECKSUM, &Checksum::md5(self.manifest.archive.md5).to_header());
+        }
+        m
+    }
+
+    fn total_acked(&self) -> u64 {
+        self.acked.lock().map(|a| a.iter().sum()).unwrap_or(0)
+    }
+
+    fn set_acked(&self, part: usize, offset: u64) {
+        if let Ok(mut a) = self.acked.lock()
+            && let Some(slot) = a.get_mut(part)
+        {
+            *slot = offset;
+        }
+    }
+
+    async fn part_url(&self, part: usize) -> Option<Url> {
+        let j = self.journal.lock().await;
+        let url = j.state.as_ref()?.parts.get(part)?.url.clone()?;
+        self.opts.recorded_url(&url)
+    }
+
+    /// Updates the journal under its lock and writes it atomically.
+    async fn record(&self, change: impl FnOnce(&mut JournalState)) -> Result<(), SendError> {
+        let mut j = self.journal.lock().await;
+        if let Some(s) = j.state.as_mut() {
+            change(s);
+        }
+        // The journal is a few hundred bytes: write it on the blocking pool, holding the async
+        // lock so that two parts never write it at once.
+        let snapshot = j.snapshot();
+        tokio::task::spawn_blocking(move || snapshot.save())
+            .await
+            .map_err(|e| SendError::Io {
+                path: j.path().to_path_buf(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(())
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, SendError> {
+        let file = self.file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        read.map_err(|source| SendError::Io {
+            path: self.opts.file.clone(),
+            source,
+        })
+    }
+
+    /// The checksum header for bytes `offset..offset+data.len()`: the manifest's MD5 for a whole
+    /// chunk, else computed on the fly (a resumed partial chunk, or a server without md5).
+    async fn checksum_for(&self, chunk: &ChunkDigest, offset: u64, data: &Bytes) -> Option<Checksum> {
+        let alg = self.caps.checksum?;
+        if let Some(known) = manifest_checksum(alg, chunk, offset, data.len() as u64) {
+            return Some(known);
+        }
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || compute_checksum(alg, &data))
+            .await
+            .ok()
+    }
+
+    fn chunk_at(&self, offset: u64) -> Option<(usize, &ChunkDigest)> {
+        let i = (offset / self.manifest.chunk_size) as usize;
+        self.manifest.chunks.get(i).map(|c| (i, c))
+    }
+
+    /// One failure counted against the chunk: wait and return `Ok`, or give up.
+    async fn backoff(&self, budget: &mut Budget, url: Option<&Url>, reason: String) -> Result<(), SendError> {
+        let Some(delay) = budget.fail(&self.opts.retry) else {
+            return Err(SendError::RetriesExhausted {
+                url: url.map(|u| u.to_string()),
+                attempts: budget.used(),
+                reason,
+            });
+        };
+        self.progress.event(&Event::Retry {
+            attempt: budget.used(),
+            retries: self.opts.retry.retries,
+            delay_ms: delay.as_millis() as u64,
+            reason,
+        });
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn fatal(url: &Url, source: SessionError) -> SendError {
+        SendError::Server {
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Creates the upload of part `index` (with its first chunk when it is the only one and the
+    /// server offers creation-with-upload) and records its URL.
+    async fn create(&self, index: usize, part: &Part, budget: &mut Budget) -> Result<(Url, u64), SendError> {
+        let len = part.end - part.start;
+        let with_upload = !self.multi
+            && len > 0
+            && len <= self.manifest.chunk_size
+            && self.caps.has("creation-with-upload")
+            && !self.past_deadline();
+        loop {
+            let body = if with_upload {
+                let data = self.read(0, len).await?;
+                let sum = match self.manifest.chunks.first() {
+                    Some(c) => self.checksum_for(c, 0, &data).await,
+                    None => None,
+                };
+                Some((data, sum))
+            } else {
+                None
+            };
+            let creation = Creation {
+                length: Some(len),
+                metadata: self.metadata(!self.multi),
+                concat: self.multi.then(|| "partial".to_string()),
+                body,
+            };
+            match self.session.create(&self.opts.target, creation).await {
+                Ok(created) => {
+                    let url = created.url.to_string();
+                    self.record(|s| s.parts[index].url = Some(url)).await?;
+                    tracing::debug!("created {}", created.url);
+                    if created.offset > 0 {
+                        budget.reset();
+                        self.set_acked(index, created.offset);
+                        self.progress.event(&Event::ChunkSent {
+                            index: 0,
+                            offset: 0,
+                            len: created.offset,
+                            sent_bytes: self.total_acked(),
+                            total_bytes: self.manifest.archive.size,
+                        });
+                    }
+                    return Ok((created.url, created.offset));
+                }
+                Err(SessionError::Transient(reason)) => self.backoff(budget, None, reason).await?,
+                Err(SessionError::ChecksumMismatch) => {
+                    return Err(SendError::Damaged {
+                        index: 0,
+                        offset: 0,
+                        end: len,
+                        file: self.opts.file.display().to_string(),
+                    });
+                }
+                Err(e) => return Err(Self::fatal(&self.opts.target, e)),
+            }
+        }
+    }
+
+    /// Sends part `index` until the server holds all of it (or the deadline passes).
+    async fn run_part(&self, index: usize, part: Part) -> Result<PartEnd, SendError> {
+        let len = part.end - part.start;
+        let mut budget = Budget::default();
+        let mut checksum_failures = 0u32;
+        let mut known: Option<(Url, Option<u64>)> = self.part_url(index).await.map(|u| (u, None));
+        loop {
+            if self.past_deadline() {
+                return Ok(PartEnd::Paused);
+            }
+            let (url, offset) = match known.take() {
+                None => {
+                    let (url, offset) = self.create(index, &part, &mut budget).await?;
+                    (url, offset)
+                }
+                Some((url, Some(offset))) => (url, offset),
+                Some((url, None)) => match self.session.head(&url).await {
+                    Ok(state) => match (state.offset, state.length) {
+                        (Some(offset), Some(l)) if l == len && offset <= len => {
+                            self.set_acked(index, offset);
+                            if offset > 0 {
+                                self.progress.event(&Event::UploadResumed {
+                                    url: url.to_string(),
+                                    offset,
+                                });
+                            }
+                            (url, offset)
+                        }
+                        _ => {
+                            tracing::warn!(
+                                "{url} does not describe this upload (offset {:?}, length {:?}); starting a fresh one",
+                                state.offset,
+                                state.length
+                            );
+                            self.record(|s| s.parts[index].url = None).await?;
+                            continue;
+                        }
+                    },
+                    Err(SessionError::Gone(status)) => {
+                        tracing::warn!("the server lost {url} ({status}); starting a fresh upload");
+                        self.record(|s| s.parts[index].url = None).await?;
+                        self.set_acked(index, 0);
+                        continue;
+                    }
+                    Err(SessionError::Transient(reason)) => {
+                        self.backoff(&mut budget, Some(&url), reason).await?;
+                        known = Some((url, None));
+                        continue;
+                    }
+                    Err(e) => return Err(Self::fatal(&url, e)),
+                },
+            };
+            if offset >= len {
+                self.set_acked(index, len);
+                return Ok(PartEnd::Done);
+            }
+            if self.past_deadline() {
+                return Ok(PartEnd::Paused);
+            }
+            let abs = part.start + offset;
+            let Some((chunk_index, chunk)) = self.chunk_at(abs) else {
+                return Err(SendError::Server {
+                    url: url.to_string(),
+                    source: SessionError::Protocol(format!("offset {abs} is past the end of the file")),
+                });
+            };
+            let chunk = *chunk;
+            let end = (chunk.offset + chunk.len).min(part.end);
+            let data = self.read(abs, end - abs).await?;
+            let sum = self.checksum_for(&chunk, abs, &data).await;
+            match self.session.patch(&url, offset, data, sum.as_ref()).await {
+                Ok(new) if new > offset && new <= len => {
+                    budget.reset();
+                    checksum_failures = 0;
+                    self.set_acked(index, new);
+                    self.progress.event(&Event::ChunkSent {
+                        index: chunk_index as u64,
+                        offset: abs,
+                        len: new - offset,
+                        sent_bytes: self.total_acked(),
+                        total_bytes: self.manifest.archive.size,
+                    });
+                    known = Some((url, Some(new)));
+                }
+                Ok(new) => {
+                    self.backoff(
+                        &mut budget,
+                        Some(&url),
+                        format!("PATCH at {offset} answered offset {new}"),
+                    )
+                    .await?;
+                    known = Some((url, None));
+                }
+                Err(SessionError::ChecksumMismatch) => {
+                    checksum_failures += 1;
+                    if checksum_failures >= CHECKSUM_FAILURES {
+                        if self.caps.has("termination") {
+                            let _ = self.session.terminate(&url).await;
+                            let _ = self.record(|s| s.parts[index].url = None).await;
+                        }
+                        return Err(SendError::Damaged {
+                            index: chunk_index,
+                            offset: chunk.offset,
+                            end: chunk.offset + chunk.len,
+                            file: self.opts.file.display().to_string(),
+                        });
+                    }
+                    self.progress.event(&Event::Retry {
+                        attempt: checksum_failures,
+                        retries: CHECKSUM_FAILURES - 1,
+                        delay_ms: 0,
+                        reason: format!("chunk {chunk_index} failed the server's checksum; reading it again"),
+                    });
+                    known = Some((url, Some(offset)));
+                }
+                Err(SessionError::OffsetConflict) => {
+                    self.backoff(&mut budget, Some(&url), "offset conflict (409)".into())
+                        .await?;
+                    known = Some((url, None));
+                }
+                Err(SessionError::Gone(status)) => {
+                    tracing::warn!("the server lost {url} ({status}); starting a fresh upload");
+                    self.record(|s| s.parts[index].url = None).await?;
+                    self.set_acked(index, 0);
+                }
+                Err(SessionError::Transient(reason)) => {
+                    self.backoff(&mut budget, Some(&url), reason).await?;
+                    known = Some((url, None));
+                }
+                Err(e) => return Err(Self::fatal(&url, e)),
+            }
+        }
+    }
+
+    /// Creates the final upload of a concatenation (after every part is complete).
+    async fn concatenate(&self) -> Result<Url, SendError> {
+        let mut budget = Budget::default();
+        let parts: Vec<String> = {
+            let j = self.journal.lock().await;
+            j.state
+                .as_ref()
+                .map(|s| s.parts.iter().filter_map(|p| p.url.clone()).collect())
+                .unwrap_or_default()
+        };
+        let paths: Vec<String> = parts
+            .iter()
+            .filter_map(|u| self.opts.recorded_url(u))
+            .map(|u| u.path().to_string())
+            .collect();
+        loop {
+            let creation = Creation {
+                length: None,
+                metadata: self.metadata(true),
+                concat: Some(format!("final;{}", paths.join(" "))),
+                body: None,
+            };
+            match self.session.create(&self.opts.target, creation).await {
+                Ok(created) => {
+                    let url = created.url.to_string();
+                    self.record(|s| s.final_url = Some(url)).await?;
+                    return Ok(created.url);
+                }
+                Err(SessionError::Transient(reason)) => self.backoff(&mut budget, None, reason).await?,
+                Err(SessionError::ChecksumMismatch) => {
+                    return Err(SendError::Damaged {
+                        index: 0,
+                        offset: 0,
+                        end: self.manifest.archive.size,
+                        file: self.opts.file.display().to_string(),
+                    });
+                }
+                Err(e) => return Err(Self::fatal(&self.opts.target, e)),
+            }
+        }
+    }
+}
+
+/// OPTIONS, retried within the budget.
+async fn discover(opts: &SendOptions, session: &Session, progress: &dyn Progress) -> Result<Capabilities, SendError> {
+    let mut budget = Budget::default();
+    loop {
+        match session.discover(&opts.target).await {
+            Ok(c) => return Ok(c),
+            Err(SessionError::Transient(reason)) => {
+                let Some(delay) = budget.fail(&opts.retry) else {
+                    return Err(SendError::RetriesExhausted {
+                        url: None,
+                        attempts: budget.used(),
+                        reason,
+                    });
+                };
+                progress.event(&Event::Retry {
+                    attempt: budget.used(),
+                    retries: opts.retry.retries,
+                    delay_ms: delay.as_millis() as u64,
+                    reason,
+                });
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                return Err(SendError::Server {
+                    url: opts.target.to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+/// Runs a send job to completion, to the deadline, or to an error.
+pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOutcome, SendError> {
+    let started = Instant::now();
+    let manifest = manifest_for(&opts.file, opts.chunk_size, &opts.state_dir).await?;
+    let mut journal = Journal::open(&opts.state_dir, &manifest.archive.md5, &opts.journal_target())?;
+    let throttle = opts.bwlimit.clone().map(|t| Arc::new(Throttle::new(t)));
+    let session = Session::new(
+        SessionConfig {
+            stall_timeout: opts.stall_timeout,
+            token: opts.token.clone(),
+        },
+        throttle,
+    )
+    .map_err(|e| SendError::Server {
+        url: opts.target.to_string(),
+        source: e,
+    })?;
+    let caps = discover(opts, &session, progress).await?;
+    tracing::debug!("server offers {:?}, checksum {:?}", caps.extensions, caps.checksum);
+    if !caps.has("creation") {
+        return Err(SendError::Server {
+            url: opts.target.to_string(),
+            source: SessionError::Protocol("the server does not offer the creation extension".into()),
+        });
+    }
+    let size = manifest.archive.size;
+    if let Some(max) = caps.max_size
+        && size > max
+    {
+        return Err(SendError::Server {
+            url: opts.target.to_string(),
+            source: SessionError::Rejected {
+                status: reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("the server accepts at most {max} bytes, the file has {size}"),
+            },
+        });
+    }
+
+    // A job the server already confirmed: check that it still has it, else start afresh.
+    if let Some(state) = journal.state.as_ref().filter(|s| s.complete) {
+        let url = state
+            .final_url
+            .clone()
+            .or_else(|| state.parts.first().and_then(|p| p.url.clone()));
+        if let Some(url) = url.and_then(|u| opts.recorded_url(&u)) {
+            match session.head(&url).await {
+                Ok(h) if h.offset == Some(size) => {
+                    progress.event(&Event::Complete {
+                        url: url.to_string(),
+                        bytes: size,
+                    });
+                    return Ok(SendOutcome::Complete { url: url.to_string() });
+                }
+                Ok(_) | Err(SessionError::Gone(_)) => journal.state = None,
+                Err(e) => {
+                    return Err(SendError::Server {
+                        url: url.to_string(),
+                        source: e,
+                    });
+                }
+            }
+        } else {
+            journal.state = None;
+        }
+    }
+
+    let want = if opts.parallel > 1 && !caps.has("concatenation") {
+        tracing::warn!("the server does not offer concatenation: sending over one connection");
+        1
+    } else {
+        opts.parallel.max(1)
+    };
+    if journal.state.is_none() {
+        journal.state = Some(JournalState {
+            version: journal::VERSION,
+            file: opts.file.display().to_string(),
+            target: opts.journal_target(),
+            size,
+            md5: manifest.archive.md5,
+            chunk_size: manifest.chunk_size,
+            parts: plan_parts(&manifest, want),
+            final_url: None,
+            complete: false,
+        });
+        journal.save()?;
+    }
+    let parts = journal.state.as_ref().map(|s| s.parts.clone()).unwrap_or_default();
+    let final_url = journal.state.as_ref().and_then(|s| s.final_url.clone());
+    let multi = parts.len() > 1;
+    if multi && parts.len() != want {
+        tracing::info!("continuing with the {} partial uploads already started", parts.len());
+    }
+    let file = File::open(&opts.file).map_err(|source| SendError::Io {
+        path: opts.file.clone(),
+        source,
+    })?;
+    progress.event(&Event::SendStarted {
+        file: opts.file.display().to_string(),
+        total_bytes: size,
+        chunks: manifest.chunks.len() as u64,
+        parallel: parts.len() as u32,
+    });
+    let job = Job {
+        opts,
+        progress,
+        session,
+        caps,
+        acked: Mutex::new(vec![0; parts.len()]),
+        manifest,
+        file: Arc::new(file),
+        journal: tokio::sync::Mutex::new(journal),
+        deadline: opts.max_duration.map(|d| started + d),
+        multi,
+    };
+
+    let ends =
+        futures_util::future::try_join_all(parts.into_iter().enumerate().map(|(i, p)| job.run_part(i, p))).await?;
+    if ends.iter().any(|e| matches!(e, PartEnd::Paused)) {
+        let url = job.part_url(0).await.map(|u| u.to_string());
+        return Ok(SendOutcome::Paused { url });
+    }
+    let url = if multi {
+        match final_url.and_then(|u| opts.recorded_url(&u)) {
+            Some(u) => u,
+            None => job.concatenate().await?,
+        }
+    } else {
+        job.part_url(0).await.ok_or_else(|| SendError::Server {
+            url: opts.target.to_string(),
+            source: SessionError::Protocol("no upload URL after the upload".into()),
+        })?
+    };
+    job.record(|s| s.complete = true).await?;
+    progress.event(&Event::Complete {
+        url: url.to_string(),
+        bytes: size,
+    });
+    Ok(SendOutcome::Complete { url: url.to_string() })
+}
+
+/// The manifest path of `file` (re-exported for the push job's clean-up).
+pub fn manifest_path(file: &Path) -> PathBuf {
+    manifest::path_for(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::fingerprint_reader;
+
+    fn manifest(size: usize, chunk: u64) -> Manifest {
+        let data = vec![7u8; size];
+        let fp = fingerprint_reader(&data[..], chunk).unwrap();
+        Manifest::new(Path::new("x"), "raw", "none", None, fp, SourceInfo::default())
+    }
+
+    #[test]
+    fn parts_are_contiguous_whole_chunk_ranges() {
+        let m = manifest(10 * 100 + 1, 100);
+        let parts = plan_parts(&m, 4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].start, 0);
+        assert_eq!(parts.last().unwrap().end, 1001);
+        for w in parts.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+            assert_eq!(w[1].start % 100, 0, "parts start on chunk boundaries");
+        }
+        assert_eq!(plan_parts(&m, 40).len(), 11, "never more parts than chunks");
+        assert_eq!(plan_parts(&manifest(0, 100), 4).len(), 1, "an empty file is one upload");
+    }
+
+    #[test]
+    fn checksums_come_from_the_manifest_or_are_computed() {
+        let m = manifest(250, 100);
+        let c = m.chunks[1];
+        let md5 = manifest_checksum(ChecksumAlgorithm::Md5, &c, 100, 100).unwrap();
+        assert_eq!(md5, Checksum::md5(c.md5));
+        assert_eq!(md5, compute_checksum(ChecksumAlgorithm::Md5, &[7u8; 100]));
+        assert!(
+            manifest_checksum(ChecksumAlgorithm::Md5, &c, 150, 50).is_none(),
+            "a resumed half chunk"
+        );
+        assert!(manifest_checksum(ChecksumAlgorithm::Sha1, &c, 100, 100).is_none());
+        let sha = compute_checksum(ChecksumAlgorithm::Sha256, &[7u8; 100]);
+        assert_eq!(sha.digest.len(), 32);
+        assert!(sha.to_header().starts_with("sha256 "));
+    }
+
+    #[test]
+    fn recorded_urls_follow_a_local_folder_to_its_new_port() {
+        let mut opts = SendOptions {
+            file: "x".into(),
+            target: Url::parse("http://127.0.0.1:4000/files/").unwrap(),
+            chunk_size: 1,
+            parallel: 1,
+            bwlimit: None,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(1),
+            max_duration: None,
+            token: None,
+            state_dir: "s".into(),
+            name: None,
+            job_key: None,
+        };
+        let old = "http://127.0.0.1:3000/files/abc";
+        assert_eq!(opts.recorded_url(old).unwrap().as_str(), old);
+        opts.job_key = Some("dir:/data".into());
+        assert_eq!(
+            opts.recorded_url(old).unwrap().as_str(),
+            "http://127.0.0.1:4000/files/abc"
+        );
+        assert_eq!(opts.journal_target(), "dir:/data");
+    }
+}

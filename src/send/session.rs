@@ -1,0 +1,521 @@
+//! tus 1.0.0 on reqwest: discovery (OPTIONS), creation (optionally with the first bytes),
+//! PATCH with `Upload-Checksum`, HEAD to learn the server's offset, concatenation and
+//! termination. Every request is guarded by a stall watchdog: no progress for the stall timeout
+//! (nothing sent, nothing answered) fails the request as a retryable fault.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Url};
+
+use super::throttle::Throttle;
+use crate::protocol::{self, Checksum, ChecksumAlgorithm, Metadata, StatusReport, header};
+
+/// Bytes handed to the connection at a time when throttled (the throttle's grain).
+const SLICE: usize = 64 << 10;
+/// Bytes handed to the connection at a time when not throttled.
+const BIG_SLICE: usize = 512 << 10;
+
+/// What went wrong with one request, grouped by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A network fault, a stall, or a server that is busy or failing (5xx, 423, 429): try again
+    /// after a backoff, then ask the server (HEAD) where it stands.
+    #[error("{0}")]
+    Transient(String),
+    /// The server's checksum of the body did not match `Upload-Checksum` (460).
+    #[error("the server's checksum of the chunk did not match (460)")]
+    ChecksumMismatch,
+    /// The offset we sent is not the server's (409): ask again with HEAD.
+    #[error("the server's offset differs from ours (409)")]
+    OffsetConflict,
+    /// The upload is unknown or expired on the server (404, 410): start a fresh one.
+    #[error("the server no longer has this upload ({0})")]
+    Gone(StatusCode),
+    /// The server refused the request for a reason that retrying will not change.
+    #[error("the server refused the request: {status} {message}")]
+    Rejected {
+        /// The status code.
+        status: StatusCode,
+        /// The response body, shortened.
+        message: String,
+    },
+    /// The server's answer does not follow the protocol.
+    #[error("the server's answer does not follow tus 1.0.0: {0}")]
+    Protocol(String),
+}
+
+impl SessionError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_builder() {
+            SessionError::Protocol(format!("cannot build the request: {e}"))
+        } else {
+            SessionError::Transient(format!("{e}"))
+        }
+    }
+}
+
+/// What the server announced in its OPTIONS answer.
+#[derive(Clone, Debug, Default)]
+pub struct Capabilities {
+    /// `Tus-Extension`, lowercase.
+    pub extensions: Vec<String>,
+    /// The checksum algorithm to use: md5 when offered, else sha1, else sha256, else none.
+    pub checksum: Option<ChecksumAlgorithm>,
+    /// `Tus-Max-Size`.
+    pub max_size: Option<u64>,
+}
+
+impl Capabilities {
+    /// Whether the server announced `extension`.
+    pub fn has(&self, extension: &str) -> bool {
+        self.extensions.iter().any(|e| e == extension)
+    }
+
+    /// Parses the OPTIONS answer's headers.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let list = |name: &str| -> Vec<String> {
+            header_str(headers, name)
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_ascii_lowercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let extensions = list(header::TUS_EXTENSION);
+        let algorithms: Vec<ChecksumAlgorithm> = list(header::TUS_CHECKSUM_ALGORITHM)
+            .iter()
+            .filter_map(|a| ChecksumAlgorithm::parse(a).ok())
+            .collect();
+        let checksum = if extensions.iter().any(|e| e == "checksum") {
+            [
+                ChecksumAlgorithm::Md5,
+                ChecksumAlgorithm::Sha1,
+                ChecksumAlgorithm::Sha256,
+            ]
+            .into_iter()
+            .find(|a| algorithms.contains(a))
+        } else {
+            None
+        };
+        Capabilities {
+            extensions,
+            checksum,
+            max_size: header_u64(headers, header::TUS_MAX_SIZE),
+        }
+    }
+}
+
+/// An upload's state as HEAD reports it.
+#[derive(Clone, Debug, Default)]
+pub struct UploadState {
+    /// `Upload-Offset` (absent for an unfinished final upload).
+    pub offset: Option<u64>,
+    /// `Upload-Length` (absent while deferred).
+    pub length: Option<u64>,
+    /// `Upload-Metadata`, if the server returns it.
+    pub metadata: Option<Metadata>,
+    /// `Upload-Concat`, if any.
+    pub concat: Option<String>,
+}
+
+/// A creation request.
+#[derive(Clone, Debug, Default)]
+pub struct Creation {
+    /// `Upload-Length`; `None` for a final concatenation (the server sums the partials).
+    pub length: Option<u64>,
+    /// `Upload-Metadata`.
+    pub metadata: Metadata,
+    /// `Upload-Concat` (`partial` or `final;URL URL…`).
+    pub concat: Option<String>,
+    /// The first bytes (creation-with-upload) and their checksum.
+    pub body: Option<(Bytes, Option<Checksum>)>,
+}
+
+/// A created upload.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The upload's absolute URL.
+    pub url: Url,
+    /// The offset after the creation request (bytes it carried that the server kept).
+    pub offset: u64,
+}
+
+/// Time of the last sign of life of a request, for the stall watchdog.
+#[derive(Clone)]
+struct Stamp {
+    origin: Instant,
+    millis: Arc<AtomicU64>,
+}
+
+impl Stamp {
+    fn new() -> Self {
+        Stamp {
+            origin: Instant::now(),
+            millis: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Marks progress, or a planned pause (throttling) lasting until `now + ahead`.
+    fn touch(&self, ahead: Duration) {
+        let t = self.now_millis() + ahead.as_millis() as u64;
+        self.millis.fetch_max(t, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(self.now_millis().saturating_sub(self.millis.load(Ordering::Relaxed)))
+    }
+}
+
+/// Settings of a [`Session`].
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// No progress for this long fails a request (`--stall-timeout`).
+    pub stall_timeout: Duration,
+    /// Bearer token for `Authorization`.
+    pub token: Option<String>,
+}
+
+/// A tus client for one server.
+#[derive(Clone)]
+pub struct Session {
+    client: reqwest::Client,
+    config: SessionConfig,
+    throttle: Option<Arc<Throttle>>,
+    /// Body bytes handed to the connection, all requests together.
+    wire_bytes: Arc<AtomicU64>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(headers, name).and_then(|v| v.trim().parse().ok())
+}
+
+fn classify(status: StatusCode, message: String) -> SessionError {
+    match status.as_u16() {
+        protocol::STATUS_CHECKSUM_MISMATCH => SessionError::ChecksumMismatch,
+        409 => SessionError::OffsetConflict,
+        404 | 410 => SessionError::Gone(status),
+        408 | 423 | 429 => SessionError::Transient(format!("server answered {status}")),
+        s if s >= 500 => SessionError::Transient(format!("server answered {status} {message}")),
+        _ => SessionError::Rejected { status, message },
+    }
+}
+
+impl Session {
+    /// A session; `throttle` paces every request body.
+    pub fn new(config: SessionConfig, throttle: Option<Arc<Throttle>>) -> Result<Self, SessionError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("robusto/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.stall_timeout.min(Duration::from_secs(15)))
+            // Servers commonly drop idle keep-alive connections after 5 s (node's default);
+            // reusing one they just closed costs a retry.
+            .pool_idle_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| SessionError::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Session {
+            client,
+            config,
+            throttle,
+            wire_bytes: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Body bytes handed to the network so far (retries included).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Ordering::Relaxed)
+    }
+
+    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, url)
+            .header(header::TUS_RESUMABLE, protocol::TUS_VERSION);
+        if let Some(token) = &self.config.token {
+            rb = rb.bearer_auth(token);
+        }
+        rb
+    }
+
+    /// A streaming body over `data` that paces itself with the throttle and marks progress.
+    fn body(&self, data: Bytes, stamp: &Stamp) -> reqwest::Body {
+        let throttle = self.throttle.clone();
+        let wire = self.wire_bytes.clone();
+        let stamp = stamp.clone();
+        let slice = if throttle.is_some() { SLICE } else { BIG_SLICE };
+        let stream = futures_util::stream::unfold(data, move |mut rest| {
+            let throttle = throttle.clone();
+            let wire = wire.clone();
+            let stamp = stamp.clone();
+            async move {
+                if rest.is_empty() {
+                    return None;
+                }
+                let piece = rest.split_to(rest.len().min(slice));
+                if let Some(t) = &throttle {
+                    let wait = t.reserve(piece.len() as u64);
+                    if !wait.is_zero() {
+                        stamp.touch(wait);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                stamp.touch(Duration::ZERO);
+                wire.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                Some((Ok::<Bytes, std::io::Error>(piece), rest))
+            }
+        });
+        reqwest::Body::wrap_stream(stream)
+    }
+
+    /// Sends a request and waits for the answer's head, failing with a stall when neither side
+    /// makes progress for the stall timeout.
+    async fn send(&self, rb: reqwest::RequestBuilder, stamp: &Stamp) -> Result<reqwest::Response, SessionError> {
+        stamp.touch(Duration::ZERO);
+        let limit = self.config.stall_timeout;
+        let watchdog = async {
+            loop {
+                let idle = stamp.idle();
+                if idle >= limit {
+                    return;
+                }
+                tokio::time::sleep((limit - idle).max(Duration::from_millis(50))).await;
+            }
+        };
+        tokio::select! {
+            r = rb.send() => r.map_err(SessionError::from_reqwest),
+            _ = watchdog => Err(SessionError::Transient(format!("stalled: no progress for {}s", limit.as_secs_f32()))),
+        }
+    }
+
+    /// Reads a (short) response body, within the stall timeout.
+    async fn text(&self, resp: reqwest::Response) -> String {
+        match tokio::time::timeout(self.config.stall_timeout, resp.text()).await {
+            Ok(Ok(t)) => t.chars().take(300).collect::<String>().trim().to_string(),
+            _ => String::new(),
+        }
+    }
+
+    async fn fail(&self, resp: reqwest::Response) -> SessionError {
+        let status = resp.status();
+        let message = self.text(resp).await;
+        classify(status, message)
+    }
+
+    /// OPTIONS: what the server supports. A server that does not answer OPTIONS with
+    /// `Tus-Version` is assumed to offer creation only.
+    pub async fn discover(&self, endpoint: &Url) -> Result<Capabilities, SessionError> {
+        let stamp = Stamp::new();
+        let resp = self
+            .send(self.request(Method::OPTIONS, endpoint.clone()), &stamp)
+            .await?;
+        let status = resp.status();
+        if status.is_server_error() || matches!(status.as_u16(), 408 | 423 | 429) {
+            return Err(self.fail(resp).await);
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.fail(resp).await);
+        }
+        if !status.is_success() || resp.headers().get(header::TUS_VERSION).is_none() {
+            tracing::debug!("OPTIONS {endpoint} answered {status} without Tus-Version; assuming creation only");
+            return Ok(Capabilities {
+                extensions: vec!["creation".into()],
+                ..Capabilities::default()
+            });
+        }
+        Ok(Capabilities::from_headers(resp.headers()))
+    }
+
+    /// POST: creates an upload (partial, final or plain), optionally with its first bytes.
+    pub async fn create(&self, endpoint: &Url, creation: Creation) -> Result<Created, SessionError> {
+        let stamp = Stamp::new();
+        let mut rb = self.request(Method::POST, endpoint.clone());
+        if let Some(len) = creation.length {
+            rb = rb.header(header::UPLOAD_LENGTH, len);
+        }
+        if !creation.metadata.0.is_empty() {
+            rb = rb.header(header::UPLOAD_METADATA, creation.metadata.to_header());
+        }
+        if let Some(concat) = &creation.concat {
+            rb = rb.header(header::UPLOAD_CONCAT, concat);
+        }
+        if let Some((data, checksum)) = creation.body {
+            rb = rb
+                .header(reqwest::header::CONTENT_TYPE, protocol::OFFSET_OCTET_STREAM)
+                .header(reqwest::header::CONTENT_LENGTH, data.len());
+            if let Some(c) = checksum {
+                rb = rb.header(header::UPLOAD_CHECKSUM, c.to_header());
+            }
+            rb = rb.body(self.body(data, &stamp));
+        }
+        let resp = self.send(rb, &stamp).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.fail(resp).await);
+        }
+        let location = header_str(resp.headers(), "location")
+            .ok_or_else(|| SessionError::Protocol("201 Created without Location".into()))?;
+        let url = endpoint
+            .join(location)
+            .map_err(|e| SessionError::Protocol(format!("Location '{location}' is not a URL: {e}")))?;
+        let offset = header_u64(resp.headers(), header::UPLOAD_OFFSET).unwrap_or(0);
+        Ok(Created { url, offset })
+    }
+
+    /// HEAD: the server's offset (and length, metadata) of an upload.
+    pub async fn head(&self, url: &Url) -> Result<UploadState, SessionError> {
+        let stamp = Stamp::new();
+        let resp = self.send(self.request(Method::HEAD, url.clone()), &stamp).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let h = resp.headers();
+        Ok(UploadState {
+            offset: header_u64(h, header::UPLOAD_OFFSET),
+            length: header_u64(h, header::UPLOAD_LENGTH),
+            metadata: header_str(h, header::UPLOAD_METADATA).and_then(|m| Metadata::parse(m).ok()),
+            concat: header_str(h, header::UPLOAD_CONCAT).map(str::to_string),
+        })
+    }
+
+    /// PATCH: appends `data` at `offset`; returns the server's new offset.
+    pub async fn patch(
+        &self,
+        url: &Url,
+        offset: u64,
+        data: Bytes,
+        checksum: Option<&Checksum>,
+    ) -> Result<u64, SessionError> {
+        let stamp = Stamp::new();
+        let mut rb = self
+            .request(Method::PATCH, url.clone())
+            .header(reqwest::header::CONTENT_TYPE, protocol::OFFSET_OCTET_STREAM)
+            .header(reqwest::header::CONTENT_LENGTH, data.len())
+            .header(header::UPLOAD_OFFSET, offset);
+        if let Some(c) = checksum {
+            rb = rb.header(header::UPLOAD_CHECKSUM, c.to_header());
+        }
+        let rb = rb.body(self.body(data, &stamp));
+        let resp = self.send(rb, &stamp).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        header_u64(resp.headers(), header::UPLOAD_OFFSET)
+            .ok_or_else(|| SessionError::Protocol(format!("PATCH answered {} without Upload-Offset", resp.status())))
+    }
+
+    /// DELETE (termination extension).
+    pub async fn terminate(&self, url: &Url) -> Result<(), SessionError> {
+        let stamp = Stamp::new();
+        let resp = self.send(self.request(Method::DELETE, url.clone()), &stamp).await?;
+        if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(self.fail(resp).await)
+        }
+    }
+
+    /// `GET {url}/status` of a robusto server; `Ok(None)` when the server has no such endpoint.
+    pub async fn status(&self, url: &Url) -> Result<Option<StatusReport>, SessionError> {
+        let mut status_url = url.clone();
+        let path = format!("{}/status", status_url.path().trim_end_matches('/'));
+        status_url.set_path(&path);
+        let stamp = Stamp::new();
+        let resp = self.send(self.request(Method::GET, status_url), &stamp).await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let body = self.text(resp).await;
+        Ok(serde_json::from_str(&body).ok())
+    }
+
+    /// GET of a byte range `from..` of a completed upload; the caller streams the body.
+    /// Returns the response (200 for the whole file, 206 for the range asked).
+    pub async fn get_from(&self, url: &Url, from: u64) -> Result<reqwest::Response, SessionError> {
+        let stamp = Stamp::new();
+        let mut rb = self.request(Method::GET, url.clone());
+        if from > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = self.send(rb, &stamp).await?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => Ok(resp),
+            StatusCode::RANGE_NOT_SATISFIABLE => Err(SessionError::Rejected {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                message: format!("bytes from {from} are past the end"),
+            }),
+            _ => Err(self.fail(resp).await),
+        }
+    }
+
+    /// The stall timeout in force.
+    pub fn stall_timeout(&self) -> Duration {
+        self.config.stall_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn capabilities_pick_md5_then_fall_back() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TUS_EXTENSION,
+            HeaderValue::from_static("creation, checksum,concatenation"),
+        );
+        h.insert(header::TUS_CHECKSUM_ALGORITHM, HeaderValue::from_static("sha1,md5"));
+        let c = Capabilities::from_headers(&h);
+        assert!(c.has("concatenation") && c.has("checksum") && !c.has("termination"));
+        assert_eq!(c.checksum, Some(ChecksumAlgorithm::Md5));
+        h.insert(header::TUS_CHECKSUM_ALGORITHM, HeaderValue::from_static("sha256,crc32"));
+        assert_eq!(Capabilities::from_headers(&h).checksum, Some(ChecksumAlgorithm::Sha256));
+        h.insert(header::TUS_EXTENSION, HeaderValue::from_static("creation"));
+        assert_eq!(
+            Capabilities::from_headers(&h).checksum,
+            None,
+            "no checksum extension, no header"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_what_the_caller_does() {
+        assert!(matches!(
+            classify(StatusCode::from_u16(460).unwrap(), String::new()),
+            SessionError::ChecksumMismatch
+        ));
+        assert!(matches!(
+            classify(StatusCode::CONFLICT, String::new()),
+            SessionError::OffsetConflict
+        ));
+        assert!(matches!(
+            classify(StatusCode::GONE, String::new()),
+            SessionError::Gone(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            SessionError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::LOCKED, String::new()),
+            SessionError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()),
+            SessionError::Rejected { .. }
+        ));
+    }
+}
