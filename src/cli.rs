@@ -38,6 +38,16 @@ pub struct GlobalArgs {
     /// Progress as one JSON event per line on stderr instead of bars or log lines.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Also append the log to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Take settings from profile NAME of the configuration file (push, config check).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The configuration file [default: $XDG_CONFIG_HOME/robusto/robusto.toml, then
+    /// /etc/robusto/robusto.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// The commands.
@@ -59,6 +69,21 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Receive tus uploads: check every chunk and whole file, store durably, report status.
     Serve(ServeArgs),
+    /// List the completed uploads on a robusto server (those of this token).
+    List(ListArgs),
+    /// Delete older completed uploads, keeping the newest by a last/daily/weekly policy.
+    Prune(PruneArgs),
+    /// Check the configuration file and show the settings a profile resolves to.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `robusto config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file; with --profile, print what `push --profile` would use
+    /// (tokens redacted) and where each value comes from.
+    Check,
 }
 
 /// `robusto push PATH… --to URL|DIR`
@@ -441,11 +466,88 @@ impl PackArgs {
     }
 }
 
-/// `robusto restore FILE --into DIR`
+/// A robusto server to talk to (list, prune, restore by name).
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The server's upload endpoint, e.g. https://backup.example.org/files/.
+    #[arg(long = "from", value_name = "URL", env = "ROBUSTO_URL")]
+    pub from: Option<String>,
+    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Failed attempts in a row allowed before giving up (exit 75).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub retries: u32,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub stall_timeout: String,
+}
+
+impl RemoteArgs {
+    /// Options for requests to `url` (an upload, or the endpoint itself when `None`).
+    pub fn options(&self, url: Option<&str>) -> Result<robusto::send::get::GetOptions, UsageError> {
+        let url = match (url, &self.from) {
+            (Some(u), _) => u.to_string(),
+            (None, Some(f)) => f.clone(),
+            (None, None) => return Err(UsageError("--from URL is needed (or ROBUSTO_URL)".into())),
+        };
+        get_options(&url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+    }
+}
+
+/// `robusto list --from URL`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The server.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `robusto prune --from URL --keep-…`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The server.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Keep the newest N uploads of each name group.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest upload of each of the last N days.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+    /// Keep the newest upload of each of the last N ISO weeks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// Print what would be kept and removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl PruneArgs {
+    /// The policy; at least one --keep-… is required.
+    pub fn policy(&self) -> Result<robusto::retention::Policy, UsageError> {
+        if self.keep_last + self.keep_daily + self.keep_weekly == 0 {
+            return Err(UsageError(
+                "say what to keep: --keep-last, --keep-daily and/or --keep-weekly".into(),
+            ));
+        }
+        Ok(robusto::retention::Policy {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+        })
+    }
+}
+
+/// `robusto restore FILE|URL|NAME --into DIR`
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The archive (zip, tar, tar.gz or tar.zst); its manifest FILE.manifest.json is checked first.
+    /// A local archive (checked against FILE.manifest.json), an upload's URL, or the name of an
+    /// upload on the server named by --from (the newest of that name, or starting with it).
     pub file: PathBuf,
+    /// Where to fetch uploads from.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// The folder to extract into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
@@ -455,18 +557,6 @@ pub struct RestoreArgs {
     /// Extract even without a manifest to check the archive against.
     #[arg(long)]
     pub no_verify: bool,
-}
-
-impl RestoreArgs {
-    /// The validated options.
-    pub fn to_options(&self) -> robusto::restore::RestoreOptions {
-        robusto::restore::RestoreOptions {
-            archive: self.file.clone(),
-            into: self.into.clone(),
-            dry_run: self.dry_run,
-            verify: !self.no_verify,
-        }
-    }
 }
 
 /// `robusto serve`

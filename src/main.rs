@@ -24,8 +24,16 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+use robusto::config::{self, Profile};
+use robusto::hooks::{self, JobOutcome};
 
 use cli::{Cli, Command, UsageError};
 use robusto::progress::{Event, Human, JsonLines, Progress, Silent};
@@ -55,25 +63,169 @@ fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
     }
 }
 
-fn init_logging(global: &cli::GlobalArgs) {
+fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let level = match (global.quiet, global.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .without_time()
-        .init();
+    match log_file {
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_target(false)
+            .without_time()
+            .init(),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--log-file {}", path.display()))?;
+            // the file gets timestamps (it outlives the run), and no colour codes
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_writer(std::io::stderr.and(std::sync::Mutex::new(file)))
+                .with_ansi(false)
+                .with_target(false)
+                .init()
+        }
+    }
+    Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Counts retries on their way to the real reporter, for the job summary.
+struct Counting<'a> {
+    inner: &'a dyn Progress,
+    retries: AtomicU64,
+}
+
+impl Progress for Counting<'_> {
+    fn event(&self, event: &Event) {
+        if matches!(event, Event::Retry { .. }) {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.event(event);
+    }
+}
+
+/// The command line, with a `--profile` of the configuration file put in front of the user's own
+/// arguments (flags > environment > profile > defaults), and every flag's `ROBUSTO_*` variable.
+fn parse_command_line(mut argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
+    let cmd = config::with_env(Cli::command());
+    let lenient = cmd.clone().ignore_errors(true).try_get_matches_from(&argv).ok();
+    let name = lenient.as_ref().and_then(|m| m.get_one::<String>("profile").cloned());
+    let file = lenient
+        .as_ref()
+        .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned());
+    let sub = lenient.as_ref().and_then(|m| m.subcommand_name().map(str::to_string));
+    let mut profile = None;
+    if let (Some(name), Some("push" | "config")) = (name, sub.as_deref()) {
+        let usage = |e: config::ConfigError| ParseFailure::Usage(e.to_string());
+        let path = config::locate(file.as_deref()).map_err(usage)?;
+        let push = cmd
+            .find_subcommand("push")
+            .ok_or_else(|| ParseFailure::Usage("no push command".into()))?;
+        let p = config::load_profile(&path, &name, push).map_err(usage)?;
+        let at = argv
+            .iter()
+            .position(|a| a == "push" || a == "config")
+            .unwrap_or(argv.len().min(1));
+        if sub.as_deref() == Some("push") {
+            let user_gave_paths = lenient
+                .as_ref()
+                .and_then(|m| m.subcommand_matches("push"))
+                .is_some_and(|m| {
+                    m.get_many::<std::path::PathBuf>("paths")
+                        .is_some_and(|mut v| v.next().is_some())
+                });
+            argv.splice(at + 1..at + 1, p.flags.iter().cloned());
+            if !user_gave_paths {
+                argv.extend(p.paths.iter().cloned());
+            }
+        }
+        profile = Some(p);
+    }
+    let matches = cmd.try_get_matches_from(&argv).map_err(ParseFailure::Clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(ParseFailure::Clap)?;
+    Ok((cli, profile))
+}
+
+/// Why the command line could not be taken.
+enum ParseFailure {
+    Clap(clap::Error),
+    Usage(String),
+}
+
+/// `robusto config check`: the resolved settings of `push --profile P`, with their sources.
+fn config_check(global: &cli::GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<u8> {
+    let Some(p) = profile else {
+        let path = config::locate(global.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        text.parse::<toml::Table>()
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        println!(
+            "{}: valid (name a profile with --profile to see its settings)",
+            path.display()
+        );
+        return Ok(exit::OK);
+    };
+    let cmd = config::with_env(Cli::command());
+    let mut argv: Vec<OsString> = vec!["robusto".into(), "push".into()];
+    argv.extend(p.flags.iter().cloned());
+    argv.extend(p.paths.iter().cloned());
+    let matches = cmd.clone().try_get_matches_from(&argv).map_err(|e| {
+        UsageError(format!(
+            "{}: [profile.{}]: {}",
+            p.file.display(),
+            p.name,
+            e.render().to_string().trim()
+        ))
+    })?;
+    let Some(push) = matches.subcommand_matches("push") else {
+        return Ok(exit::FAILED);
+    };
+    let push_cmd = cmd
+        .find_subcommand("push")
+        .ok_or_else(|| anyhow::anyhow!("no push command"))?;
+    println!("# {} [profile.{}]", p.file.display(), p.name);
+    for arg in push_cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(source) = push.value_source(id) else { continue };
+        let values: Vec<String> = push
+            .get_raw(id)
+            .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let from = match source {
+            clap::parser::ValueSource::CommandLine => "profile",
+            clap::parser::ValueSource::EnvVariable => "environment",
+            _ => "default",
+        };
+        let key = arg.get_long().unwrap_or(id);
+        println!("{key} = {:?}  # {from}", values.join(" "));
+    }
+    if std::env::var_os("ROBUSTO_TOKEN").is_some() {
+        println!("token = \"<redacted>\"  # environment");
+    }
+    for (key, value) in [
+        ("run-before", &p.hooks.before),
+        ("run-after", &p.hooks.after),
+        ("run-failed", &p.hooks.failed),
+        ("run-finally", &p.hooks.finally),
+    ] {
+        if let Some(v) = value {
+            println!("{key} = {v:?}  # profile");
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
     let progress = reporter(&cli.global);
     match cli.command {
         Command::Pack(args) => {
@@ -92,19 +244,65 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(exit::SKIPPED)
             }
         }
-        Command::Restore(args) => {
-            let report = robusto::restore::restore(&args.to_options())?;
-            for e in &report.listing {
-                println!("{}", listing_line(e));
+        Command::Restore(args) => restore(&args),
+        Command::List(args) => {
+            let opts = args.remote.options(None)?;
+            let uploads = runtime()?.block_on(robusto::send::get::list(&opts))?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&uploads)?);
+            } else {
+                for u in &uploads {
+                    println!(
+                        "{}  {:>12}  {}  {}  {}",
+                        u.completed_at.as_deref().unwrap_or("-"),
+                        u.size,
+                        u.md5.as_deref().unwrap_or("-"),
+                        u.name,
+                        opts.url
+                            .join(&u.url)
+                            .map(|x| x.to_string())
+                            .unwrap_or_else(|_| u.url.clone())
+                    );
+                }
             }
-            if !args.dry_run {
-                tracing::info!(
-                    "restored {} entries ({}) into {}",
-                    report.entries,
-                    robusto::units::format_bytes(report.bytes),
-                    args.into.display()
-                );
+            Ok(exit::OK)
+        }
+        Command::Prune(args) => {
+            let policy = args.policy()?;
+            let opts = args.remote.options(None)?;
+            let rt = runtime()?;
+            let uploads = rt.block_on(robusto::send::get::list(&opts))?;
+            let (mut kept, mut removed) = (0, 0);
+            for d in robusto::retention::decide(uploads, policy) {
+                let url = opts.url.join(&d.upload.url)?;
+                if d.keep() {
+                    kept += 1;
+                    println!(
+                        "keep    {}  {}  ({})",
+                        d.upload.completed_at.as_deref().unwrap_or("-"),
+                        d.upload.name,
+                        d.reasons.join(", ")
+                    );
+                } else if args.dry_run {
+                    println!(
+                        "would remove  {}  {}",
+                        d.upload.completed_at.as_deref().unwrap_or("-"),
+                        d.upload.name
+                    );
+                } else {
+                    rt.block_on(robusto::send::get::delete(&opts, &url))?;
+                    removed += 1;
+                    println!(
+                        "removed {}  {}",
+                        d.upload.completed_at.as_deref().unwrap_or("-"),
+                        d.upload.name
+                    );
+                }
             }
+            tracing::info!(
+                "kept {kept}, removed {removed}{}",
+                if args.dry_run { " (dry run)" } else { "" }
+            );
             Ok(exit::OK)
         }
         Command::Verify(args) => {
@@ -124,33 +322,45 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let dest = cli::destination(&args.send.to)?;
             let opts = args.send.options(args.file, dest.endpoint(), args.name)?;
             let progress = send_reporter(&cli.global);
-            runtime()?.block_on(send_to(dest, opts, progress.as_ref()))
+            Ok(runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?.code)
         }
         Command::Push(args) => {
-            let dest = cli::destination(&args.send.to)?;
-            let (pack_opts, mut opts) = args.options(dest.endpoint())?;
-            let staged =
-                robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress.as_ref())?;
-            opts.file = staged.archive.clone();
-            opts.name = Some(staged.name.clone());
-            let progress = send_reporter(&cli.global);
-            let code = runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?;
-            if code != exit::OK {
-                return Ok(code);
-            }
-            let skipped = staged.skipped().len();
-            if args.keep_staging {
-                tracing::info!("kept the staging archive {}", staged.archive.display());
-            } else {
-                staged.remove()?;
-            }
-            if skipped > 0 {
-                tracing::warn!("{skipped} file(s) were skipped while packing (named above)");
-                Ok(exit::SKIPPED)
-            } else {
-                Ok(exit::OK)
-            }
+            let hooks = profile.as_ref().map(|p| p.hooks.clone()).unwrap_or_default();
+            hooks::before(&hooks)?;
+            let started = Instant::now();
+            let mut summary = PushSummary::default();
+            let result = push(&cli.global, &args, progress.as_ref(), &mut summary);
+            let exit = match &result {
+                Ok(code) => *code,
+                Err(e) if e.downcast_ref::<UsageError>().is_some() => exit::USAGE,
+                Err(_) => exit::FAILED,
+            };
+            hooks::after(
+                &hooks,
+                &JobOutcome {
+                    exit,
+                    url: summary.url.clone(),
+                    bytes: summary.archive_size,
+                },
+            );
+            let (files, bytes_in, archive_size) = (summary.files, summary.bytes_in, summary.archive_size.unwrap_or(0));
+            progress.event(&Event::Summary {
+                exit,
+                files,
+                bytes_in,
+                archive_size,
+                ratio: if bytes_in == 0 {
+                    0.0
+                } else {
+                    archive_size as f64 / bytes_in as f64
+                },
+                duration_s: started.elapsed().as_secs_f64(),
+                retries: summary.retries,
+                url: summary.url,
+            });
+            result
         }
+        Command::Config(cli::ConfigCommand::Check) => config_check(&cli.global, profile.as_ref()),
         Command::Status(args) => {
             let opts = args.options()?;
             let v = runtime()?.block_on(robusto::send::get::status(&opts))?;
@@ -202,7 +412,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Sends to a URL, or to a local folder served in-process for the length of the job.
-async fn send_to(dest: cli::Destination, mut opts: SendOptions, progress: &dyn Progress) -> anyhow::Result<u8> {
+async fn send_to(dest: cli::Destination, mut opts: SendOptions, progress: &dyn Progress) -> anyhow::Result<Sent> {
     use anyhow::Context as _;
     match dest {
         cli::Destination::Url(_) => send(&opts, progress, None).await,
@@ -221,13 +431,139 @@ async fn send_to(dest: cli::Destination, mut opts: SendOptions, progress: &dyn P
 
 /// Runs a send job, stopping cleanly (resumable) on Ctrl-C; prints the URL on success (for a
 /// local folder, the path of the received file).
-async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalServer>) -> anyhow::Result<u8> {
+/// `robusto restore`: a local archive is checked against its manifest; an upload (by URL, or by
+/// name on the `--from` server) is downloaded resumably and checked against the server's MD5.
+fn restore(args: &cli::RestoreArgs) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    let text = args.file.to_string_lossy().into_owned();
+    let remote_url = if text.starts_with("http://") || text.starts_with("https://") {
+        Some(text.clone())
+    } else if args.remote.from.is_some() && !args.file.exists() {
+        let opts = args.remote.options(None)?;
+        let uploads = runtime()?.block_on(robusto::send::get::list(&opts))?;
+        let found = uploads
+            .iter()
+            .rev()
+            .find(|u| u.name == text)
+            .or_else(|| uploads.iter().rev().find(|u| u.name.starts_with(&text)))
+            .ok_or_else(|| anyhow::anyhow!("no completed upload named '{text}' at {}", opts.url))?;
+        Some(opts.url.join(&found.url)?.to_string())
+    } else {
+        None
+    };
+    let (archive, downloaded, verify) = match remote_url {
+        None => (args.file.clone(), false, !args.no_verify),
+        Some(url) => {
+            let opts = args.remote.options(Some(&url))?;
+            let id = opts
+                .url
+                .path_segments()
+                .and_then(|mut s| s.next_back().map(str::to_string))
+                .unwrap_or_default();
+            let dir = robusto::send::journal::default_state_dir().join("restore");
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let file = dir.join(format!("{id}.download"));
+            let report = runtime()?.block_on(robusto::send::get::get(&opts, &file))?;
+            if !report.verified && !args.no_verify {
+                anyhow::bail!(
+                    "{url} carries no whole-file checksum to verify against (use --no-verify to extract anyway)"
+                );
+            }
+            tracing::info!(
+                "downloaded {url}: {} bytes, md5 {} (matches the server's record)",
+                report.bytes,
+                report.md5
+            );
+            (file, true, false)
+        }
+    };
+    let opts = robusto::restore::RestoreOptions {
+        archive: archive.clone(),
+        into: args.into.clone(),
+        dry_run: args.dry_run,
+        verify,
+    };
+    let report = robusto::restore::restore(&opts)?;
+    for e in &report.listing {
+        println!("{}", listing_line(e));
+    }
+    if !args.dry_run {
+        tracing::info!(
+            "restored {} entries ({}) into {}",
+            report.entries,
+            robusto::units::format_bytes(report.bytes),
+            args.into.display()
+        );
+    }
+    if downloaded {
+        let _ = std::fs::remove_file(&archive);
+    }
+    Ok(exit::OK)
+}
+
+/// What a push job did, for its hooks and its summary.
+#[derive(Default)]
+struct PushSummary {
+    files: u64,
+    bytes_in: u64,
+    archive_size: Option<u64>,
+    retries: u64,
+    url: Option<String>,
+}
+
+/// `robusto push`: pack into the state dir (or reuse what a killed run packed), send, clean up.
+fn push(
+    global: &cli::GlobalArgs,
+    args: &cli::PushArgs,
+    progress: &dyn Progress,
+    summary: &mut PushSummary,
+) -> anyhow::Result<u8> {
+    let dest = cli::destination(&args.send.to)?;
+    let (pack_opts, mut opts) = args.options(dest.endpoint())?;
+    let staged = robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress)?;
+    summary.files = staged.manifest.source.files;
+    summary.bytes_in = staged.manifest.source.bytes;
+    summary.archive_size = Some(staged.manifest.archive.size);
+    opts.file = staged.archive.clone();
+    opts.name = Some(staged.name.clone());
+    let sending = send_reporter(global);
+    let counting = Counting {
+        inner: sending.as_ref(),
+        retries: AtomicU64::new(0),
+    };
+    let sent = runtime()?.block_on(send_to(dest, opts, &counting))?;
+    summary.retries = counting.retries.load(Ordering::Relaxed);
+    summary.url = sent.url;
+    if sent.code != exit::OK {
+        return Ok(sent.code);
+    }
+    let skipped = staged.skipped().len();
+    if args.keep_staging {
+        tracing::info!("kept the staging archive {}", staged.archive.display());
+    } else {
+        staged.remove()?;
+    }
+    if skipped > 0 {
+        tracing::warn!("{skipped} file(s) were skipped while packing (named above)");
+        Ok(exit::SKIPPED)
+    } else {
+        Ok(exit::OK)
+    }
+}
+
+/// How a send ended: the exit code, and the upload's URL when known.
+struct Sent {
+    code: u8,
+    url: Option<String>,
+}
+
+async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalServer>) -> anyhow::Result<Sent> {
     let result = tokio::select! {
         r = robusto::send::send(opts, progress) => r,
         _ = tokio::signal::ctrl_c() => {
             progress.event(&Event::Error { message: "interrupted".into(), resumable: true });
             tracing::warn!("interrupted: run the same command again to continue");
-            return Ok(exit::INTERRUPTED);
+            return Ok(Sent { code: exit::INTERRUPTED, url: None });
         }
     };
     match result {
@@ -239,9 +575,13 @@ async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalS
                 },
                 None => println!("{url}"),
             }
-            Ok(exit::OK)
+            Ok(Sent {
+                code: exit::OK,
+                url: Some(url),
+            })
         }
         Ok(SendOutcome::Paused { url }) => {
+            let resume_url = url.clone();
             let message = format!(
                 "--max-duration reached: stopped at a chunk boundary{}; run the same command again to continue",
                 url.map(|u| format!(" (upload {u})")).unwrap_or_default()
@@ -251,7 +591,10 @@ async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalS
                 resumable: true,
             });
             tracing::warn!("{message}");
-            Ok(exit::RESUMABLE)
+            Ok(Sent {
+                code: exit::RESUMABLE,
+                url: resume_url,
+            })
         }
         Err(e) => {
             progress.event(&Event::Error {
@@ -260,7 +603,10 @@ async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalS
             });
             if e.is_resumable() {
                 tracing::error!("{e}");
-                Ok(exit::RESUMABLE)
+                Ok(Sent {
+                    code: exit::RESUMABLE,
+                    url: None,
+                })
             } else {
                 Err(e.into())
             }
@@ -347,15 +693,27 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     return_freed_memory_promptly();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
+    let (cli, profile) = match parse_command_line(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseFailure::Clap(e)) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
+        Err(ParseFailure::Usage(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(exit::USAGE);
+        }
     };
-    init_logging(&cli.global);
-    match run(cli) {
+    let log_file = cli
+        .global
+        .log_file
+        .clone()
+        .or_else(|| profile.as_ref().and_then(|p| p.log_file.clone()));
+    if let Err(e) = init_logging(&cli.global, log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(exit::USAGE);
+    }
+    match run(cli, profile) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = if e.downcast_ref::<UsageError>().is_some() {

@@ -89,6 +89,25 @@ pub enum Event {
         /// Its size.
         bytes: u64,
     },
+    /// The end of a push job (`--json`): what went in, what went out, how long it took.
+    Summary {
+        /// The exit code.
+        exit: u8,
+        /// Files packed.
+        files: u64,
+        /// Bytes of file content packed.
+        bytes_in: u64,
+        /// Size of the archive uploaded.
+        archive_size: u64,
+        /// archive_size / bytes_in.
+        ratio: f64,
+        /// Seconds from start to end.
+        duration_s: f64,
+        /// Requests retried.
+        retries: u64,
+        /// The upload URL, when known.
+        url: Option<String>,
+    },
     /// The job stopped with an error (emitted by the command line).
     Error {
         /// What went wrong.
@@ -307,6 +326,8 @@ impl Progress for Human {
                     bar.abandon();
                 }
             }
+            // the summary is for machines (--json); people have had the log lines
+            Event::Summary { .. } => {}
         }
     }
 }

@@ -303,3 +303,40 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
         verified: expected.is_some(),
     })
 }
+
+/// The completed uploads at `opts.url` (a robusto server's `/files/`) this token may see,
+/// oldest first.
+pub async fn list(opts: &GetOptions) -> Result<Vec<crate::protocol::Listed>, GetError> {
+    let s = session(opts)?;
+    let mut budget = Budget::default();
+    loop {
+        match s.list(&opts.url).await {
+            Ok(l) => return Ok(l),
+            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
+            Err(source) => {
+                return Err(GetError::Server {
+                    url: opts.url.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Deletes (tus termination) the upload at `url`.
+pub async fn delete(opts: &GetOptions, url: &Url) -> Result<(), GetError> {
+    let s = session(opts)?;
+    let mut budget = Budget::default();
+    loop {
+        match s.terminate(url).await {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
+            Err(source) => {
+                return Err(GetError::Server {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}

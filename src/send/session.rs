@@ -459,6 +459,23 @@ impl Session {
         }
     }
 
+    /// `GET {endpoint}` of a robusto server: the completed uploads this token may see.
+    pub async fn list(&self, endpoint: &Url) -> Result<Vec<protocol::Listed>, SessionError> {
+        let stamp = Stamp::new();
+        let resp = self.send(self.request(Method::GET, endpoint.clone()), &stamp).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let body = tokio::time::timeout(self.config.stall_timeout, resp.bytes())
+            .await
+            .map_err(|_| SessionError::Transient("stalled reading the listing".into()))?
+            .map_err(SessionError::from_reqwest)?;
+        serde_json::from_slice(&body).map_err(|e| SessionError::Rejected {
+            status: StatusCode::OK,
+            message: format!("not a robusto listing (is this a robusto server?): {e}"),
+        })
+    }
+
     /// The stall timeout in force.
     pub fn stall_timeout(&self) -> Duration {
         self.config.stall_timeout

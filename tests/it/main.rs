@@ -3,6 +3,7 @@
 mod cli_send;
 mod faults;
 mod interop_serve;
+mod nightly;
 mod pack;
 mod peers;
 mod proxy;
