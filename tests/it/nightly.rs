@@ -66,6 +66,10 @@ async fn profile_push_list_prune_restore_cycle() {
     // three nights, the tree changing each time (an unchanged tree is the same archive: no new upload)
     let mut urls = Vec::new();
     for night in 0..3 {
+        if night > 0 {
+            // completion times are kept to the second: nights must be told apart
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
         fs::write(tree.join("changes.log"), format!("night {night}\n")).unwrap();
         let r = run_async(vec![
             "--config".into(),
