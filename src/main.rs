@@ -10,14 +10,34 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v2 and v3 headers alike).
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (the v3 header this build compiles).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the system at once instead of after 10 ms: the bound on memory
-/// (chunk size × parallelism, never the archive size) holds for RSS too, at no measurable cost.
+/// Freed memory is given back at once (instead of after 10 ms), so the bound on memory (chunk
+/// size × parallelism, never the archive size) holds for RSS too.
 fn return_freed_memory_promptly() {
-    // SAFETY: mi_option_set only stores an integer option; any value is valid for this one.
+    // SAFETY: mi_option_set only stores an integer option; 0 is valid for this one.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+/// mimalloc commits its arenas eagerly unless told otherwise in the environment, which it reads
+/// once, before `main`: a server receiving 1 GiB then holds 46 MiB instead of 26, `pack` 70
+/// instead of 45. So the process starts itself again, once, with the variable set (same pid,
+/// same arguments); if that fails it simply carries on.
+fn commit_memory_lazily() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "robusto".into());
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(VAR, "0")
+        .exec();
+    tracing::debug!("could not restart with lazy memory commit: {err}");
 }
 
 use std::io::IsTerminal;
@@ -692,6 +712,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    commit_memory_lazily();
     return_freed_memory_promptly();
     let (cli, profile) = match parse_command_line(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
