@@ -111,6 +111,23 @@ pub struct Profile {
     pub log_file: Option<PathBuf>,
 }
 
+/// Warns, like ssh does for keys, when a file holding tokens can be read by its group or others.
+/// Returns whether it warned.
+pub fn check_secret_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            tracing::warn!(
+                "{} holds tokens but is readable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                m.permissions().mode() & 0o777
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
 /// The environment variable that sets the flag `--long`: `ROBUSTO_CHUNK_SIZE` for `chunk-size`.
 pub fn env_name(long: &str) -> String {
     format!("ROBUSTO_{}", long.replace('-', "_").to_ascii_uppercase())
@@ -331,6 +348,16 @@ mod tests {
         assert!(e.contains("no [profile.b]") && e.contains("profiles here: a"), "{e}");
         let (_d, p) = write("[profile.a\n");
         assert!(matches!(load_profile(&p, "a", &push()), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn token_files_readable_by_others_are_flagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, p) = write("secret\n");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_secret_file(&p));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!check_secret_file(&p));
     }
 
     #[test]

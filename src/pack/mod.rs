@@ -105,6 +105,19 @@ fn spill_path(output: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+std::thread_local! {
+    static COMPRESSION_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is one of the zip compression workers. The binary's allocator
+/// serves these threads from a separate arena: each file's short-lived compression buffers,
+/// interleaved with the long-lived entry records kept for the zip's central directory, fragment
+/// glibc's heaps without bound (2.7 GB RSS for 48,000 files). Safe to call inside an allocator
+/// (no allocation, no destructor).
+pub fn on_compression_worker() -> bool {
+    COMPRESSION_WORKER.with(|w| w.get())
+}
+
 /// The number of cores, the default for `--threads`.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -329,6 +342,7 @@ fn spawn_workers(n: usize) -> io::Result<(Sender<Job>, Vec<std::thread::JoinHand
         let handle = std::thread::Builder::new()
             .name(format!("zip-worker-{i}"))
             .spawn(move || {
+                COMPRESSION_WORKER.with(|w| w.set(true));
                 loop {
                     let job = match rx.lock() {
                         Ok(guard) => match guard.recv() {
