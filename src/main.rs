@@ -10,6 +10,16 @@ mod cli;
 /// block is always freed by the allocator that owns it, whichever thread frees it.
 struct Allocator;
 
+/// Set (before any worker thread exists) for the commands that pack; until then, and for every
+/// other command, all blocks are glibc's and freeing them needs no ownership check.
+static PACKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `ptr` belongs to mimalloc (only possible once packing started).
+fn mimalloc_owns(ptr: *mut u8) -> bool {
+    // SAFETY: mi_is_in_heap_region only compares the address with mimalloc's own regions.
+    PACKING.load(std::sync::atomic::Ordering::Relaxed) && unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) }
+}
+
 // SAFETY: every block is allocated by exactly one of two allocators and returned to the one that
 // owns it (mimalloc answers mi_is_in_heap_region for its own blocks only).
 unsafe impl std::alloc::GlobalAlloc for Allocator {
@@ -38,7 +48,7 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: ptr came from one of the two; each gets back only its own blocks.
         unsafe {
-            if libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) {
+            if mimalloc_owns(ptr) {
                 mimalloc::MiMalloc.dealloc(ptr, layout)
             } else {
                 std::alloc::System.dealloc(ptr, layout)
@@ -49,7 +59,7 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as for dealloc; the block stays with the allocator that owns it.
         unsafe {
-            if libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) {
+            if mimalloc_owns(ptr) {
                 mimalloc::MiMalloc.realloc(ptr, layout, new_size)
             } else {
                 std::alloc::System.realloc(ptr, layout, new_size)
@@ -743,7 +753,6 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_promptly();
     let (cli, profile) = match parse_command_line(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(ParseFailure::Clap(e)) => {
@@ -755,6 +764,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    if matches!(cli.command, Command::Pack(_) | Command::Push(_)) {
+        PACKING.store(true, std::sync::atomic::Ordering::Relaxed);
+        return_freed_memory_promptly();
+    }
     let log_file = cli
         .global
         .log_file
