@@ -556,6 +556,12 @@ fn restore(args: &cli::RestoreArgs) -> anyhow::Result<u8> {
             args.into.display()
         );
     }
+    if !report.left_out.is_empty() {
+        tracing::warn!(
+            "{} entries of kinds robusto does not restore (devices, fifos) were left out",
+            report.left_out.len()
+        );
+    }
     if downloaded {
         let _ = std::fs::remove_file(&archive);
     }

@@ -109,20 +109,29 @@ fn session(opts: &GetOptions) -> Result<Session, GetError> {
     })
 }
 
-async fn head(opts: &GetOptions, s: &Session) -> Result<UploadState, GetError> {
+/// Runs `attempt` until it succeeds, retrying transient failures within the retry budget.
+async fn retrying<T>(
+    opts: &GetOptions,
+    url: &Url,
+    mut attempt: impl AsyncFnMut() -> Result<T, SessionError>,
+) -> Result<T, GetError> {
     let mut budget = Budget::default();
     loop {
-        match s.head(&opts.url).await {
-            Ok(h) => return Ok(h),
+        match attempt().await {
+            Ok(v) => return Ok(v),
             Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
             Err(source) => {
                 return Err(GetError::Server {
-                    url: opts.url.to_string(),
+                    url: url.to_string(),
                     source,
                 });
             }
         }
     }
+}
+
+async fn head(opts: &GetOptions, s: &Session) -> Result<UploadState, GetError> {
+    retrying(opts, &opts.url, async || s.head(&opts.url).await).await
 }
 
 async fn wait(policy: &RetryPolicy, budget: &mut Budget, reason: String) -> Result<(), GetError> {
@@ -148,19 +157,8 @@ async fn wait(policy: &RetryPolicy, budget: &mut Budget, reason: String) -> Resu
 /// report derived from HEAD with `offset` and `length` beside it.
 pub async fn status(opts: &GetOptions) -> Result<serde_json::Value, GetError> {
     let s = session(opts)?;
-    let mut budget = Budget::default();
-    loop {
-        match s.status(&opts.url).await {
-            Ok(Some(report)) => return Ok(serde_json::to_value(report).unwrap_or_default()),
-            Ok(None) => break,
-            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
-            Err(source) => {
-                return Err(GetError::Server {
-                    url: opts.url.to_string(),
-                    source,
-                });
-            }
-        }
+    if let Some(report) = retrying(opts, &opts.url, async || s.status(&opts.url).await).await? {
+        return Ok(serde_json::to_value(report).unwrap_or_default());
     }
     let h = head(opts, &s).await?;
     let chunk_size = h
@@ -308,35 +306,11 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
 /// oldest first.
 pub async fn list(opts: &GetOptions) -> Result<Vec<crate::protocol::Listed>, GetError> {
     let s = session(opts)?;
-    let mut budget = Budget::default();
-    loop {
-        match s.list(&opts.url).await {
-            Ok(l) => return Ok(l),
-            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
-            Err(source) => {
-                return Err(GetError::Server {
-                    url: opts.url.to_string(),
-                    source,
-                });
-            }
-        }
-    }
+    retrying(opts, &opts.url, async || s.list(&opts.url).await).await
 }
 
 /// Deletes (tus termination) the upload at `url`.
 pub async fn delete(opts: &GetOptions, url: &Url) -> Result<(), GetError> {
     let s = session(opts)?;
-    let mut budget = Budget::default();
-    loop {
-        match s.terminate(url).await {
-            Ok(()) => return Ok(()),
-            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
-            Err(source) => {
-                return Err(GetError::Server {
-                    url: url.to_string(),
-                    source,
-                });
-            }
-        }
-    }
+    retrying(opts, url, async || s.terminate(url).await).await
 }
