@@ -100,9 +100,9 @@ pub struct Profile {
     pub file: PathBuf,
     /// Its name.
     pub name: String,
-    /// Flags, as command-line arguments (keys whose environment variable is set are left out:
-    /// the environment wins over the profile).
-    pub flags: Vec<OsString>,
+    /// Flag values by flag id (`true`/`false` for switches), applied as the command's defaults
+    /// so that flags and environment variables still win.
+    pub values: BTreeMap<String, Vec<String>>,
     /// The `paths` key, if any.
     pub paths: Vec<OsString>,
     /// The hooks.
@@ -247,32 +247,42 @@ pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Prof
                         key: key.clone(),
                     });
                 };
-                if std::env::var_os(env_name(key)).is_some() {
-                    continue; // the environment wins over the profile
-                }
-                let flag = format!("--{key}");
-                match value {
-                    toml::Value::Boolean(true) if !arg.get_action().takes_values() => p.flags.push(flag.into()),
-                    toml::Value::Boolean(false) if !arg.get_action().takes_values() => {}
+                let values = match value {
+                    toml::Value::Boolean(b) if !arg.get_action().takes_values() => vec![b.to_string()],
                     toml::Value::Boolean(_) => return Err(bad(key, "expected a value, not true/false".into())),
                     _ if !arg.get_action().takes_values() => {
                         return Err(bad(key, "this is a switch: write true or false".into()));
                     }
-                    toml::Value::Array(items) => {
-                        for item in items {
-                            p.flags.push(flag.clone().into());
-                            p.flags.push(text_of(key, item)?.into());
-                        }
-                    }
-                    other => {
-                        p.flags.push(flag.into());
-                        p.flags.push(text_of(key, other)?.into());
-                    }
-                }
+                    toml::Value::Array(items) => items.iter().map(|i| text_of(key, i)).collect::<Result<_, _>>()?,
+                    other => vec![text_of(key, other)?],
+                };
+                p.values.insert(arg.get_id().as_str().to_string(), values);
             }
         }
     }
     Ok(p)
+}
+
+impl Profile {
+    /// The push command with this profile's values as its defaults: a flag on the command line
+    /// or its environment variable still wins (flags > environment > profile > defaults).
+    pub fn apply(&self, push: clap::Command) -> clap::Command {
+        let mut cmd = push;
+        for (id, values) in &self.values {
+            let values: Vec<clap::builder::OsStr> = values.iter().map(|v| v.clone().into()).collect();
+            // a required flag is satisfied by the profile
+            cmd = cmd.mut_arg(id, |a| a.required(false).default_values(values));
+        }
+        if !self.paths.is_empty() {
+            let paths: Vec<clap::builder::OsStr> = self
+                .paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned().into())
+                .collect();
+            cmd = cmd.mut_arg("paths", |a| a.required(false).default_values(paths));
+        }
+        cmd
+    }
 }
 
 #[cfg(test)]
@@ -307,22 +317,25 @@ mod tests {
              exclude = [\"*.tmp\", \"cache\"]\none-file-system = true\nrun-failed = \"echo failed\"\nlog-file = \"/var/log/r.log\"\n",
         );
         let prof = load_profile(&p, "nightly", &push()).unwrap();
-        let flags: Vec<String> = prof.flags.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-        assert_eq!(
-            flags,
-            [
-                "--exclude",
-                "*.tmp",
-                "--exclude",
-                "cache",
-                "--level",
-                "9",
-                "--one-file-system",
-                "--to",
-                "http://h/files/"
-            ]
-        );
+        assert_eq!(prof.values["exclude"], ["*.tmp", "cache"]);
+        assert_eq!(prof.values["level"], ["9"]);
+        assert_eq!(prof.values["one-file-system"], ["true"]);
+        assert_eq!(prof.values["to"], ["http://h/files/"]);
         assert_eq!(prof.paths, [OsString::from("/etc"), OsString::from("/home")]);
+        // the profile's values are defaults: flags and the environment win
+        let cmd = prof.apply(push());
+        let m = cmd.clone().try_get_matches_from(["push"]).unwrap();
+        assert_eq!(m.get_one::<String>("level").map(String::as_str), Some("9"));
+        assert_eq!(
+            m.get_many::<String>("paths").unwrap().collect::<Vec<_>>(),
+            ["/etc", "/home"]
+        );
+        let m = cmd
+            .try_get_matches_from(["push", "--level", "3", "--exclude", "x", "/srv"])
+            .unwrap();
+        assert_eq!(m.get_one::<String>("level").map(String::as_str), Some("3"));
+        assert_eq!(m.get_many::<String>("exclude").unwrap().collect::<Vec<_>>(), ["x"]);
+        assert_eq!(m.get_many::<String>("paths").unwrap().collect::<Vec<_>>(), ["/srv"]);
         assert_eq!(prof.hooks.failed.as_deref(), Some("echo failed"));
         assert_eq!(prof.log_file, Some(PathBuf::from("/var/log/r.log")));
     }

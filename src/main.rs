@@ -124,8 +124,9 @@ fn reporter(global: &cli::GlobalArgs) -> Box<dyn Progress> {
     }
 }
 
-fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use anyhow::Context as _;
+/// Logs to stderr, and to `log_file` as well when given. A log file that cannot be opened is
+/// reported and skipped: losing the file must not lose the night's backup (or its hooks).
+fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) {
     let level = match (global.quiet, global.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -134,20 +135,9 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) ->
     };
     let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    match log_file {
-        None => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .with_target(false)
-            .without_time()
-            .init(),
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--log-file {}", path.display()))?;
+    let opened = log_file.map(|path| (path, std::fs::OpenOptions::new().create(true).append(true).open(path)));
+    match opened {
+        Some((_, Ok(file))) => {
             // the file gets timestamps (it outlives the run), and no colour codes
             tracing_subscriber::fmt()
                 .with_env_filter(filter())
@@ -156,8 +146,22 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) ->
                 .with_target(false)
                 .init()
         }
+        other => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_target(false)
+                .without_time()
+                .init();
+            if let Some((path, Err(e))) = other {
+                tracing::warn!(
+                    "cannot append to the log file {}: {e}; logging to stderr only",
+                    path.display()
+                );
+            }
+        }
     }
-    Ok(())
 }
 
 /// Counts retries on their way to the real reporter, for the job summary.
@@ -177,8 +181,8 @@ impl Progress for Counting<'_> {
 
 /// The command line, with a `--profile` of the configuration file put in front of the user's own
 /// arguments (flags > environment > profile > defaults), and every flag's `ROBUSTO_*` variable.
-fn parse_command_line(mut argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
-    let cmd = config::with_env(Cli::command());
+fn parse_command_line(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
+    let mut cmd = config::with_env(Cli::command());
     let lenient = cmd.clone().ignore_errors(true).try_get_matches_from(&argv).ok();
     let name = lenient.as_ref().and_then(|m| m.get_one::<String>("profile").cloned());
     let file = lenient
@@ -186,33 +190,33 @@ fn parse_command_line(mut argv: Vec<OsString>) -> Result<(Cli, Option<Profile>),
         .and_then(|m| m.get_one::<std::path::PathBuf>("config").cloned());
     let sub = lenient.as_ref().and_then(|m| m.subcommand_name().map(str::to_string));
     let mut profile = None;
-    if let (Some(name), Some("push" | "config")) = (name, sub.as_deref()) {
+    if let Some(name) = name {
+        if !matches!(sub.as_deref(), Some("push" | "config")) {
+            return Err(ParseFailure::Usage("--profile applies to push and config check".into()));
+        }
         let usage = |e: config::ConfigError| ParseFailure::Usage(e.to_string());
         let path = config::locate(file.as_deref()).map_err(usage)?;
         let push = cmd
             .find_subcommand("push")
             .ok_or_else(|| ParseFailure::Usage("no push command".into()))?;
-        let p = config::load_profile(&path, &name, push).map_err(usage)?;
-        let at = argv
-            .iter()
-            .position(|a| a == "push" || a == "config")
-            .unwrap_or(argv.len().min(1));
-        if sub.as_deref() == Some("push") {
-            let user_gave_paths = lenient
-                .as_ref()
-                .and_then(|m| m.subcommand_matches("push"))
-                .is_some_and(|m| {
-                    m.get_many::<std::path::PathBuf>("paths")
-                        .is_some_and(|mut v| v.next().is_some())
-                });
-            argv.splice(at + 1..at + 1, p.flags.iter().cloned());
-            if !user_gave_paths {
-                argv.extend(p.paths.iter().cloned());
-            }
+        let mut p = config::load_profile(&path, &name, push).map_err(usage)?;
+        // the environment's token wins over the profile's token file
+        if std::env::var_os("ROBUSTO_TOKEN").is_some() {
+            p.values.remove("token_file");
         }
+        cmd = cmd.mut_subcommand("push", |s| p.apply(s));
         profile = Some(p);
     }
-    let matches = cmd.try_get_matches_from(&argv).map_err(ParseFailure::Clap)?;
+    let matches = cmd.try_get_matches_from(&argv).map_err(|e| match &profile {
+        // a bad value may come from the profile: say where to look
+        Some(p) if e.use_stderr() => ParseFailure::Usage(format!(
+            "{} (values may come from [profile.{}] of {})",
+            e.render().to_string().trim().trim_start_matches("error: "),
+            p.name,
+            p.file.display()
+        )),
+        _ => ParseFailure::Clap(e),
+    })?;
     let cli = Cli::from_arg_matches(&matches).map_err(ParseFailure::Clap)?;
     Ok((cli, profile))
 }
@@ -236,11 +240,8 @@ fn config_check(global: &cli::GlobalArgs, profile: Option<&Profile>) -> anyhow::
         );
         return Ok(exit::OK);
     };
-    let cmd = config::with_env(Cli::command());
-    let mut argv: Vec<OsString> = vec!["robusto".into(), "push".into()];
-    argv.extend(p.flags.iter().cloned());
-    argv.extend(p.paths.iter().cloned());
-    let matches = cmd.clone().try_get_matches_from(&argv).map_err(|e| {
+    let cmd = config::with_env(Cli::command()).mut_subcommand("push", |s| p.apply(s));
+    let matches = cmd.clone().try_get_matches_from(["robusto", "push"]).map_err(|e| {
         UsageError(format!(
             "{}: [profile.{}]: {}",
             p.file.display(),
@@ -263,8 +264,8 @@ fn config_check(global: &cli::GlobalArgs, profile: Option<&Profile>) -> anyhow::
             .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let from = match source {
-            clap::parser::ValueSource::CommandLine => "profile",
             clap::parser::ValueSource::EnvVariable => "environment",
+            _ if p.values.contains_key(id) || (id == "paths" && !p.paths.is_empty()) => "profile",
             _ => "default",
         };
         let key = arg.get_long().unwrap_or(id);
@@ -387,8 +388,34 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
         }
         Command::Push(args) => {
             let hooks = profile.as_ref().map(|p| p.hooks.clone()).unwrap_or_default();
-            hooks::before(&hooks)?;
+            // A profile's job holds its lock around its hooks too: an overlapping run must not
+            // run run-before (a dump, say) under the running one, nor its cleanup after.
+            let _job = match &profile {
+                Some(p) => {
+                    let state = args
+                        .send
+                        .state_dir
+                        .clone()
+                        .unwrap_or_else(robusto::send::journal::default_state_dir);
+                    Some(robusto::send::journal::lock(
+                        &state.join(format!("profile-{}.lock", p.name)),
+                    )?)
+                }
+                None => None,
+            };
             let started = Instant::now();
+            if let Err(e) = hooks::before(&hooks) {
+                // the job does not start; the failure hooks still run
+                hooks::after(
+                    &hooks,
+                    &JobOutcome {
+                        exit: exit::FAILED,
+                        url: None,
+                        bytes: None,
+                    },
+                );
+                return Err(e.into());
+            }
             let mut summary = PushSummary::default();
             let result = push(&cli.global, &args, progress.as_ref(), &mut summary);
             let exit = match &result {
@@ -779,10 +806,7 @@ fn main() -> ExitCode {
         .log_file
         .clone()
         .or_else(|| profile.as_ref().and_then(|p| p.log_file.clone()));
-    if let Err(e) = init_logging(&cli.global, log_file.as_deref()) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(exit::USAGE);
-    }
+    init_logging(&cli.global, log_file.as_deref());
     match run(cli, profile) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
