@@ -320,10 +320,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
                         u.size,
                         u.md5.as_deref().unwrap_or("-"),
                         u.name,
-                        opts.url
-                            .join(&u.url)
-                            .map(|x| x.to_string())
-                            .unwrap_or_else(|_| u.url.clone())
+                        upload_url(&opts.url, &u.id)
                     );
                 }
             }
@@ -336,7 +333,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
             let uploads = rt.block_on(robusto::send::get::list(&opts))?;
             let (mut kept, mut removed) = (0, 0);
             for d in robusto::retention::decide(uploads, policy) {
-                let url = opts.url.join(&d.upload.url)?;
+                let url = robusto::send::Url::parse(&upload_url(&opts.url, &d.upload.id))?;
                 if d.keep() {
                     kept += 1;
                     println!(
@@ -535,7 +532,7 @@ fn restore(args: &cli::RestoreArgs) -> anyhow::Result<u8> {
             .find(|u| u.name == text)
             .or_else(|| uploads.iter().rev().find(|u| u.name.starts_with(&text)))
             .ok_or_else(|| anyhow::anyhow!("no completed upload named '{text}' at {}", opts.url))?;
-        Some(opts.url.join(&found.url)?.to_string())
+        Some(upload_url(&opts.url, &found.id))
     } else {
         None
     };
@@ -593,6 +590,12 @@ fn restore(args: &cli::RestoreArgs) -> anyhow::Result<u8> {
         let _ = std::fs::remove_file(&archive);
     }
     Ok(exit::OK)
+}
+
+/// The URL of upload `id` under `endpoint` (`…/files/`), kept relative to the endpoint so that a
+/// server behind a path prefix (`https://host/backup/files/`) is addressed right.
+fn upload_url(endpoint: &robusto::send::Url, id: &str) -> String {
+    format!("{}/{id}", endpoint.as_str().trim_end_matches('/'))
 }
 
 /// What a push job did, for its hooks and its summary.
