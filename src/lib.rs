@@ -30,3 +30,4 @@ pub mod retention;
 pub mod send;
 pub mod serve;
 pub mod units;
+pub mod writeback;

@@ -29,6 +29,7 @@ use super::{
 use crate::durable;
 use crate::serve::uploads::is_valid_id;
 use crate::serve::verify::ChunkVerifier;
+use crate::writeback::Writeback;
 
 /// Body bytes gathered before one write to disk.
 const BATCH: usize = 1 << 20;
@@ -67,26 +68,6 @@ fn write_batch(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Asks the kernel to start writing `len` bytes at `offset` to disk now, so that the fsync at
-/// the end of the chunk has little left to wait for. Only a hint: errors surface at the fsync.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: sync_file_range only reads its integer arguments; the fd is open for `file`'s lifetime.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
 }
 
 impl FsStore {
@@ -244,22 +225,18 @@ impl Store for FsStore {
                     Ok(f) => f,
                     Err(e) => return (verifier, None, Err(e)),
                 };
-                let mut at = committed;
+                let mut writeback = Writeback::new(committed, BATCH as u64);
                 while let Some(batch) = rx.blocking_recv() {
                     for bytes in &batch {
                         if let Err(refused) = verifier.feed(bytes) {
-                            return (verifier, Some(refused), Ok(file));
+                            return (verifier, Some(refused), Ok((file, writeback)));
                         }
                     }
-                    match write_batch(&mut file, &batch) {
-                        Ok(n) => {
-                            start_writeback(&file, at, n);
-                            at += n;
-                        }
-                        Err(e) => return (verifier, None, Err(e)),
+                    if let Err(e) = write_batch(&mut file, &batch).and_then(|n| writeback.wrote(&file, n)) {
+                        return (verifier, None, Err(e));
                     }
                 }
-                (verifier, None, Ok(file))
+                (verifier, None, Ok((file, writeback)))
             });
             let mut ended: Option<BodyError> = None;
             let mut batch = Vec::new();
@@ -318,13 +295,14 @@ impl Store for FsStore {
                     }
                     Err(e)
                 };
-                let (file, verdict) = match outcome {
+                let ((file, mut writeback), verdict) = match outcome {
                     Ok(ok) => ok,
                     Err(e) => return truncate(e),
                 };
                 if let Err(e) = file.sync_data() {
                     return truncate(e.into());
                 }
+                writeback.release_all(&file);
                 drop(file);
                 info.offset = committed + verdict.received;
                 info.expires = append.expires;
