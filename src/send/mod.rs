@@ -262,6 +262,13 @@ enum PartEnd {
     Paused,
 }
 
+/// A chunk being read from disk ahead of its PATCH.
+struct ReadAhead {
+    offset: u64,
+    len: u64,
+    task: tokio::task::JoinHandle<std::io::Result<Bytes>>,
+}
+
 struct Job<'a> {
     opts: &'a SendOptions,
     progress: &'a dyn Progress,
@@ -333,13 +340,22 @@ impl Job<'_> {
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Bytes, SendError> {
+        self.read_done(self.start_read(offset, len)).await
+    }
+
+    /// Starts reading `len` bytes at `offset` on a blocking thread (see [`Self::read_done`]).
+    fn start_read(&self, offset: u64, len: u64) -> ReadAhead {
         let file = self.file.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        });
+        ReadAhead { offset, len, task }
+    }
+
+    /// The bytes a [`Self::start_read`] read.
+    async fn read_done(&self, ahead: ReadAhead) -> Result<Bytes, SendError> {
+        let read = ahead.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         read.map_err(|source| SendError::Io {
             path: self.opts.file.clone(),
             source,
@@ -458,6 +474,8 @@ impl Job<'_> {
         let mut budget = Budget::default();
         let mut checksum_failures = 0u32;
         let mut known: Option<(Url, Option<u64>)> = self.part_url(index).await.map(|u| (u, None));
+        // The next chunk, read from disk while this one is on the wire.
+        let mut ahead: Option<ReadAhead> = None;
         loop {
             if self.past_deadline() {
                 return Ok(PartEnd::Paused);
@@ -520,7 +538,19 @@ impl Job<'_> {
             };
             let chunk = *chunk;
             let end = (chunk.offset + chunk.len).min(part.end);
-            let data = self.read(abs, end - abs).await?;
+            let data = match ahead.take() {
+                Some(a) if a.offset == abs && a.len == end - abs => self.read_done(a).await?,
+                _ => self.read(abs, end - abs).await?,
+            };
+            // One part reads ahead (one more chunk in memory); parallel parts already keep the
+            // link busy, and memory stays within parallel × chunk.
+            if !self.multi
+                && end < part.end
+                && let Some((_, next)) = self.chunk_at(end)
+            {
+                let next_end = (next.offset + next.len).min(part.end);
+                ahead = Some(self.start_read(end, next_end - end));
+            }
             let sum = self.checksum_for(&chunk, abs, &data).await;
             match self.session.patch(&url, offset, data, sum.as_ref()).await {
                 Ok(new) if new > offset && new <= len => {

@@ -6,6 +6,7 @@
 //! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`].
 
 pub mod auth;
+pub mod digest;
 pub mod error;
 pub mod routes;
 pub mod store;

@@ -10,13 +10,12 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::digest::RunningDigest;
 use super::error::ServeError;
 use super::store::{Append, BodyStream, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
 use crate::protocol::Listed;
-use crate::protocol::{
-    ChecksumAlgorithm, ChecksumHasher, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta,
-};
+use crate::protocol::{ChecksumAlgorithm, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -82,7 +81,7 @@ pub struct Lease {
 #[derive(Default)]
 pub struct Uploads {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    running: Mutex<HashMap<String, (u64, ChecksumHasher)>>,
+    running: Mutex<HashMap<String, RunningDigest>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,31 +108,24 @@ impl Uploads {
             .is_some_and(|slot| slot.writer.try_lock().is_err())
     }
 
-    /// A copy of the running digest of `id` if it covers exactly `offset` bytes.
-    fn running_at(&self, id: &str, offset: u64, algorithm: ChecksumAlgorithm) -> Option<ChecksumHasher> {
-        if offset == 0 {
-            return Some(algorithm.hasher());
-        }
-        match lock(&self.running).get(id) {
-            Some((at, h)) if *at == offset => Some(h.clone()),
+    /// Takes the running digest of `id` if it covers exactly `offset` bytes; an upload at
+    /// offset 0 gets a new one. `None` when the digest was lost (a restart): the file is then
+    /// hashed at its end.
+    fn take_running(&self, id: &str, offset: u64, algorithm: Option<ChecksumAlgorithm>) -> Option<RunningDigest> {
+        let found = lock(&self.running).remove(id).filter(|d| d.offset() == offset);
+        match (found, algorithm) {
+            (Some(d), _) => Some(d),
+            (None, Some(alg)) if offset == 0 => Some(RunningDigest::start(alg)),
             _ => None,
         }
     }
 
-    /// Takes the running digest of `id` if it covers exactly `offset` bytes.
-    fn take_running(&self, id: &str, offset: u64) -> Option<ChecksumHasher> {
-        lock(&self.running)
-            .remove(id)
-            .filter(|(at, _)| *at == offset)
-            .map(|(_, h)| h)
+    fn put_running(&self, id: &str, digest: RunningDigest) {
+        lock(&self.running).insert(id.to_string(), digest);
     }
 
-    fn set_running(&self, id: &str, offset: u64, h: Option<ChecksumHasher>) {
-        let mut running = lock(&self.running);
-        match h {
-            Some(h) => running.insert(id.to_string(), (offset, h)),
-            None => running.remove(id),
-        };
+    fn drop_running(&self, id: &str) {
+        lock(&self.running).remove(id);
     }
 
     /// Tells every request holding an upload to give up (the server is shutting down): a chunk
@@ -239,7 +231,16 @@ pub async fn concatenate(
     info.metadata = metadata;
     info.concat = Some(concat);
     info.owner = owner.0.clone();
-    let info = state.store.concatenate(info, &parts).await?;
+    let mut running = expected_whole(info.metadata.as_deref()).map(|c| RunningDigest::start(c.algorithm));
+    let concatenated = state
+        .store
+        .concatenate(info, &parts, running.as_ref().map(RunningDigest::feed))
+        .await;
+    let info = concatenated?;
+    if let Some(mut digest) = running.take() {
+        digest.commit(info.offset).await;
+        state.uploads.put_running(&info.id, digest);
+    }
     tracing::info!(id = %info.id, parts = parts.len(), length = ?info.length, "final upload concatenated");
     finish(state, info).await
 }
@@ -260,17 +261,24 @@ pub async fn append(
     let whole = expected_whole(info.metadata.as_deref())
         .filter(|_| !info.is_partial())
         .map(|c| c.algorithm);
-    let running = whole.and_then(|alg| state.uploads.running_at(&info.id, info.offset, alg));
+    let mut running = whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg)));
     let append = Append {
         offset: info.offset,
         max_len,
         checksum,
-        running,
+        running: running.as_ref().map(RunningDigest::feed),
         expires: expiry(state),
     };
-    let appended = state.store.append(&info.id, append, body).await?;
+    let appended = state.store.append(&info.id, append, body).await;
+    if let Some(mut digest) = running.take() {
+        match &appended {
+            Ok(a) => digest.commit(a.info.offset).await,
+            Err(_) => digest.rollback().await,
+        }
+        state.uploads.put_running(&info.id, digest);
+    }
+    let appended = appended?;
     let info = appended.info;
-    state.uploads.set_running(&info.id, info.offset, appended.running);
     if let Some(cut) = &appended.interrupted {
         tracing::info!(id = %info.id, offset = info.offset, "{cut}; kept the bytes received");
     }
@@ -289,8 +297,12 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     if !info.is_partial()
         && let Some(expected) = expected_whole(info.metadata.as_deref())
     {
-        let digest = match state.uploads.take_running(&id, length) {
-            Some(h) => h.finish(),
+        let running = match state.uploads.take_running(&id, length, None) {
+            Some(d) => d.finish().await,
+            None => None,
+        };
+        let digest = match running {
+            Some(digest) => digest,
             None => {
                 tracing::debug!(%id, "no running digest (server restarted?); re-reading the file");
                 let stream = state.store.read(&id, 0..length).await?;
@@ -319,7 +331,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             return Err(ServeError::ChecksumMismatch(reason));
         }
     }
-    state.uploads.set_running(&id, 0, None);
+    state.uploads.drop_running(&id);
     if !info.is_partial() {
         let meta = info
             .metadata

@@ -131,7 +131,6 @@ pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToke
 pub struct ChunkVerifier {
     expected: Option<Checksum>,
     hasher: Option<ChecksumHasher>,
-    running: Option<ChecksumHasher>,
     received: u64,
     max_len: u64,
 }
@@ -142,17 +141,14 @@ pub struct Verdict {
     pub received: u64,
     /// Why the body ended early, if it did (only without a checksum).
     pub interrupted: Option<BodyError>,
-    /// The running whole-file digest, extended by the committed bytes.
-    pub running: Option<ChecksumHasher>,
 }
 
 impl ChunkVerifier {
-    /// A verifier for `append` (takes its running digest).
-    pub fn new(append: &mut Append) -> Self {
+    /// A verifier for `append`.
+    pub fn new(append: &Append) -> Self {
         ChunkVerifier {
             hasher: append.checksum.as_ref().map(|c| c.algorithm.hasher()),
             expected: append.checksum.clone(),
-            running: append.running.take(),
             received: 0,
             max_len: append.max_len,
         }
@@ -167,17 +163,8 @@ impl ChunkVerifier {
         if let Some(h) = &mut self.hasher {
             h.update(bytes);
         }
-        if let Some(h) = &mut self.running {
-            h.update(bytes);
-        }
         self.received += n;
         Ok(())
-    }
-
-    /// Takes the running whole-file digest out, for a caller that feeds it on another thread
-    /// (and puts the result into the [`Verdict`]).
-    pub fn take_running(&mut self) -> Option<ChecksumHasher> {
-        self.running.take()
     }
 
     /// Bytes accepted so far.
@@ -209,7 +196,6 @@ impl ChunkVerifier {
         Ok(Verdict {
             received: self.received,
             interrupted: ended,
-            running: self.running,
         })
     }
 }
@@ -263,26 +249,26 @@ mod tests {
     #[test]
     fn verifier_commits_only_matching_whole_chunks() {
         let good = Checksum::md5(Md5::of(b"hello"));
-        let mut v = ChunkVerifier::new(&mut append(Some(good.clone()), 10));
+        let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
         v.feed(b"hel").unwrap();
         v.feed(b"lo").unwrap();
         assert_eq!(v.finish(None).unwrap().received, 5);
 
-        let mut v = ChunkVerifier::new(&mut append(Some(good.clone()), 10));
+        let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
         v.feed(b"help!").unwrap();
         assert!(matches!(v.finish(None), Err(StoreError::ChecksumMismatch { .. })));
 
-        let mut v = ChunkVerifier::new(&mut append(Some(good), 10));
+        let mut v = ChunkVerifier::new(&append(Some(good), 10));
         v.feed(b"hel").unwrap();
         assert!(v.finish(Some(BodyError::Interrupted("cut".into()))).is_err());
 
-        let mut v = ChunkVerifier::new(&mut append(None, 10));
+        let mut v = ChunkVerifier::new(&append(None, 10));
         v.feed(b"hel").unwrap();
         let verdict = v.finish(Some(BodyError::Interrupted("cut".into()))).unwrap();
         assert_eq!(verdict.received, 3);
         assert!(verdict.interrupted.is_some());
 
-        let mut v = ChunkVerifier::new(&mut append(None, 4));
+        let mut v = ChunkVerifier::new(&append(None, 4));
         assert_eq!(v.feed(b"hello"), Err(BodyError::TooLong));
     }
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use robusto::fingerprint::Md5;
 use robusto::protocol::{Checksum, ChecksumAlgorithm};
+use robusto::serve::digest::RunningDigest;
 use robusto::serve::store::fs::FsStore;
 use robusto::serve::store::memory::MemoryStore;
 use robusto::serve::store::{Append, BodyError, BodyStream, Store, StoreError, UploadInfo, UploadState};
@@ -59,13 +60,15 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(matches!(s.info(&new_id()).await, Err(StoreError::NotFound)));
     assert!(matches!(s.info("../etc").await, Err(StoreError::NotFound)));
 
-    // A whole matching chunk is committed, with the running digest extended.
+    // A whole matching chunk is committed, and its bytes went to the running digest.
     let mut a = append(0, 10, Some(b"hello"));
-    a.running = Some(ChecksumAlgorithm::Md5.hasher());
+    let mut digest = RunningDigest::start(ChecksumAlgorithm::Md5);
+    a.running = Some(digest.feed());
     let done = s.append(&id, a, body(&[b"he", b"llo"], None)).await.unwrap();
     assert_eq!(done.info.offset, 5);
     assert_eq!(done.info.expires, Some(42));
-    assert_eq!(done.running.unwrap().finish(), Md5::of(b"hello").0.to_vec());
+    digest.commit(done.info.offset).await;
+    assert_eq!(digest.finish().await.unwrap(), Md5::of(b"hello").0.to_vec());
 
     // Refused: wrong offset, mismatch, cut off with checksum, too long. Nothing moves.
     assert!(matches!(
@@ -114,15 +117,19 @@ async fn suite(store: Arc<dyn Store>) {
     // Concatenation: the final holds the parts in order.
     let p1 = new_upload(s, 3).await;
     s.append(&p1, append(0, 3, None), body(&[b"abc"], None)).await.unwrap();
+    let mut digest = RunningDigest::start(ChecksumAlgorithm::Md5);
     let fin = s
         .concatenate(
             UploadInfo::new(new_id(), None, 1),
             &[p1.clone(), id.clone(), p1.clone()],
+            Some(digest.feed()),
         )
         .await
         .unwrap();
     assert_eq!((fin.offset, fin.length), (16, Some(16)));
     assert_eq!(read_all(s, &fin.id, 0..16).await, b"abchelloworldabc");
+    digest.commit(fin.offset).await;
+    assert_eq!(digest.finish().await.unwrap(), Md5::of(b"abchelloworldabc").0.to_vec());
 
     // Expire frees bytes and keeps the record; delete removes it.
     let e = new_upload(s, 5).await;

@@ -27,6 +27,7 @@ use super::{
     suffixed,
 };
 use crate::durable;
+use crate::serve::digest::DigestFeed;
 use crate::serve::uploads::is_valid_id;
 use crate::serve::verify::ChunkVerifier;
 use crate::writeback::Writeback;
@@ -185,12 +186,7 @@ impl Store for FsStore {
         .boxed()
     }
 
-    fn append<'a>(
-        &'a self,
-        id: &'a str,
-        mut append: Append,
-        mut body: BodyStream,
-    ) -> BoxFuture<'a, StoreResult<Appended>> {
+    fn append<'a>(&'a self, id: &'a str, append: Append, mut body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>> {
         async move {
             let data = self.data_path(id)?;
             let info_path = self.info_path(id)?;
@@ -202,91 +198,104 @@ impl Store for FsStore {
                 });
             }
             let committed = info.offset;
-            let mut verifier = ChunkVerifier::new(&mut append);
-            // The whole-file digest runs on its own thread, beside the chunk digest and the
-            // writes: two MD5 streams need not share one core.
-            let running = verifier.take_running().map(|mut h| {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
-                let hashing = tokio::task::spawn_blocking(move || {
-                    while let Some(batch) = rx.blocking_recv() {
-                        batch.iter().for_each(|b| h.update(b));
-                    }
-                    h
-                });
-                (tx, hashing)
-            });
-
-            // The writer thread hashes and writes; this task reads the network. Frames travel
-            // in batches of about 1 MiB, without copying, and are written with one writev each.
+            let mut verifier = ChunkVerifier::new(&append);
+            // Three stages run side by side: this task reads the network and hands batches of
+            // about 1 MiB (frames, not copies) to a writer thread (one writev each) and, when the
+            // chunk carries a checksum, to a hashing thread; the whole-file digest (if any)
+            // follows on its own task (see `serve::digest`).
+            let running = append.running.clone();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
             let path = data.clone();
             let writer = tokio::task::spawn_blocking(move || {
-                let mut file = match Self::open_at(&path, committed) {
-                    Ok(f) => f,
-                    Err(e) => return (verifier, None, Err(e)),
-                };
+                let mut file = Self::open_at(&path, committed)?;
                 let mut writeback = Writeback::new(committed, BATCH as u64);
                 while let Some(batch) = rx.blocking_recv() {
-                    for bytes in &batch {
-                        if let Err(refused) = verifier.feed(bytes) {
-                            return (verifier, Some(refused), Ok((file, writeback)));
+                    let n = write_batch(&mut file, &batch)?;
+                    writeback.wrote(&file, n)?;
+                }
+                Ok::<_, io::Error>((file, writeback))
+            });
+            let hashing = append.checksum.is_some().then(|| {
+                let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
+                let mut v = ChunkVerifier::new(&append);
+                let task = tokio::task::spawn_blocking(move || {
+                    while let Some(batch) = hrx.blocking_recv() {
+                        for bytes in &batch {
+                            v.feed(bytes)?;
                         }
                     }
-                    if let Err(e) = write_batch(&mut file, &batch).and_then(|n| writeback.wrote(&file, n)) {
-                        return (verifier, None, Err(e));
-                    }
-                }
-                (verifier, None, Ok((file, writeback)))
+                    Ok::<_, BodyError>(v)
+                });
+                (htx, task)
             });
+            let started = std::time::Instant::now();
+            let mut first_byte = None;
             let mut ended: Option<BodyError> = None;
             let mut batch = Vec::new();
             let mut batched = 0;
-            while let Some(next) = body.next().await {
-                match next {
-                    Ok(bytes) => {
+            let mut total = 0u64;
+            loop {
+                let next = body.next().await;
+                let last = match next {
+                    None => true,
+                    Some(Err(e)) => {
+                        ended = Some(e);
+                        true
+                    }
+                    Some(Ok(bytes)) => {
+                        first_byte.get_or_insert_with(|| started.elapsed());
+                        total += bytes.len() as u64;
+                        if total > append.max_len {
+                            // Refused whole before a byte of the excess is written.
+                            ended = Some(BodyError::TooLong);
+                            break;
+                        }
+                        if hashing.is_none() {
+                            // No checksum: the verifier only counts (it cannot refuse here).
+                            let _ = verifier.feed(&bytes);
+                        }
                         batched += bytes.len();
                         batch.push(bytes);
-                        if batched >= BATCH {
-                            batched = 0;
-                            if let Some((rtx, _)) = &running {
-                                let _ = rtx.send(batch.clone()).await;
-                            }
-                            if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                                break;
-                            }
-                        }
+                        false
                     }
-                    Err(e) => {
-                        ended = Some(e);
-                        break;
+                };
+                if (last || batched >= BATCH) && !batch.is_empty() {
+                    batched = 0;
+                    if let Some(feed) = &running {
+                        feed.feed(batch.clone()).await;
+                    }
+                    if let Some((htx, _)) = &hashing {
+                        let _ = htx.send(batch.clone()).await;
+                    }
+                    if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                        break; // the writer failed; its error is collected below
                     }
                 }
-            }
-            if !batch.is_empty() {
-                if let Some((rtx, _)) = &running {
-                    let _ = rtx.send(batch.clone()).await;
+                if last {
+                    break;
                 }
-                let _ = tx.send(batch).await;
             }
             drop(tx);
-            // Every byte the writer commits went to the running digest too (and on any refusal
-            // or failure nothing is committed and the digest is dropped).
-            let running = match running {
-                Some((rtx, hashing)) => {
-                    drop(rtx);
-                    hashing.await.ok()
+            let body_end = started.elapsed();
+            // Every byte the writer commits went to the running digest too; on any refusal or
+            // failure nothing is committed and the caller rolls the digest back.
+            drop(running);
+            let failed =
+                |e: tokio::task::JoinError| StoreError::Io(io::Error::other(format!("storage task failed: {e}")));
+            let verifier = match hashing {
+                None => Ok(verifier),
+                Some((htx, task)) => {
+                    drop(htx);
+                    task.await.map_err(failed)?
                 }
-                None => None,
             };
-            let (verifier, refused, file) = writer
-                .await
-                .map_err(|e| StoreError::Io(io::Error::other(format!("writer task failed: {e}"))))?;
-            let outcome = match file {
-                Err(e) => Err(StoreError::from(e)),
-                Ok(file) => verifier.finish(refused.or(ended)).map(|mut v| {
-                    v.running = running;
-                    (file, v)
-                }),
+            let hashed = started.elapsed();
+            let written = writer.await.map_err(failed)?;
+            let stored = started.elapsed();
+            let outcome = match (written, verifier) {
+                (Err(e), _) => Err(StoreError::from(e)),
+                (Ok(_), Err(refused)) => Err(StoreError::from(refused)),
+                (Ok(file), Ok(verifier)) => verifier.finish(ended).map(|v| (file, v)),
             };
             blocking(move || {
                 let truncate = |e: StoreError| {
@@ -304,15 +313,26 @@ impl Store for FsStore {
                 }
                 writeback.release_all(&file);
                 drop(file);
+                let synced = started.elapsed();
                 info.offset = committed + verdict.received;
                 info.expires = append.expires;
                 if let Err(e) = Self::write_info(&info_path, &info) {
                     return truncate(e);
                 }
+                tracing::trace!(
+                    id = %info.id,
+                    bytes = verdict.received,
+                    first_byte = ?first_byte,
+                    body_end = ?body_end,
+                    hashed = ?hashed,
+                    stored = ?stored,
+                    synced = ?synced,
+                    recorded = ?started.elapsed(),
+                    "append committed"
+                );
                 Ok(Appended {
                     info,
                     interrupted: verdict.interrupted,
-                    running: verdict.running,
                 })
             })
             .await
@@ -320,12 +340,18 @@ impl Store for FsStore {
         .boxed()
     }
 
-    fn concatenate<'a>(&'a self, mut info: UploadInfo, parts: &'a [String]) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+    fn concatenate<'a>(
+        &'a self,
+        mut info: UploadInfo,
+        parts: &'a [String],
+        running: Option<DigestFeed>,
+    ) -> BoxFuture<'a, StoreResult<UploadInfo>> {
         let store = self.clone();
         let parts = parts.to_vec();
         async move {
             let data = store.data_path(&info.id)?;
             let info_path = store.info_path(&info.id)?;
+            let runtime = tokio::runtime::Handle::current();
             blocking(move || {
                 let mut sources = Vec::with_capacity(parts.len());
                 for p in &parts {
@@ -337,19 +363,34 @@ impl Store for FsStore {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists),
                     Err(e) => return Err(e.into()),
                 };
+                // One pass: each block read from a part is written to the final upload and
+                // handed to its whole-file digest, so the check at the end need not read the
+                // file again.
                 let r = (|| {
+                    let mut writeback = Writeback::new(0, BATCH as u64);
                     let mut total = 0u64;
                     for (path, len) in &sources {
-                        let copied = io::copy(&mut File::open(path)?.take(*len), &mut out)?;
-                        if copied != *len {
-                            return Err(StoreError::Io(io::Error::other(format!(
-                                "{} is shorter than its offset",
-                                path.display()
-                            ))));
+                        let mut part = File::open(path)?;
+                        let mut left = *len;
+                        while left > 0 {
+                            let mut block = vec![0u8; left.min(BATCH as u64) as usize];
+                            part.read_exact(&mut block).map_err(|e| {
+                                StoreError::Io(io::Error::new(
+                                    e.kind(),
+                                    format!("{} is shorter than its offset: {e}", path.display()),
+                                ))
+                            })?;
+                            out.write_all(&block)?;
+                            writeback.wrote(&out, block.len() as u64)?;
+                            left -= block.len() as u64;
+                            total += block.len() as u64;
+                            if let Some(feed) = &running {
+                                runtime.block_on(feed.feed(vec![Bytes::from(block)]));
+                            }
                         }
-                        total += copied;
                     }
                     out.sync_all()?;
+                    writeback.release_all(&out);
                     info.length = Some(total);
                     info.offset = total;
                     Self::write_info(&info_path, &info)?;

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::{Append, Appended, BodyStream, ByteStream, Store, StoreError, StoreResult, UploadInfo, UploadState};
+use crate::serve::digest::DigestFeed;
 use crate::serve::verify::ChunkVerifier;
 
 #[derive(Default)]
@@ -68,12 +69,7 @@ impl Store for MemoryStore {
         futures_util::future::ready(r).boxed()
     }
 
-    fn append<'a>(
-        &'a self,
-        id: &'a str,
-        mut append: Append,
-        mut body: BodyStream,
-    ) -> BoxFuture<'a, StoreResult<Appended>> {
+    fn append<'a>(&'a self, id: &'a str, append: Append, mut body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>> {
         async move {
             let actual = self.info(id).await?.offset;
             if actual != append.offset {
@@ -82,7 +78,7 @@ impl Store for MemoryStore {
                     actual,
                 });
             }
-            let mut verifier = ChunkVerifier::new(&mut append);
+            let mut verifier = ChunkVerifier::new(&append);
             let mut buf = Vec::new();
             let mut ended = None;
             while let Some(next) = body.next().await {
@@ -95,6 +91,10 @@ impl Store for MemoryStore {
                 }
             }
             let verdict = verifier.finish(ended)?;
+            let buf = Bytes::from(buf);
+            if let Some(feed) = &append.running {
+                feed.feed(vec![buf.clone()]).await;
+            }
             self.with(id, |(info, data)| {
                 data.truncate(info.offset as usize);
                 data.extend_from_slice(&buf); // exactly the bytes the verifier accepted
@@ -103,14 +103,18 @@ impl Store for MemoryStore {
                 Ok(Appended {
                     info: info.clone(),
                     interrupted: verdict.interrupted,
-                    running: verdict.running,
                 })
             })
         }
         .boxed()
     }
 
-    fn concatenate<'a>(&'a self, mut info: UploadInfo, parts: &'a [String]) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+    fn concatenate<'a>(
+        &'a self,
+        mut info: UploadInfo,
+        parts: &'a [String],
+        running: Option<DigestFeed>,
+    ) -> BoxFuture<'a, StoreResult<UploadInfo>> {
         let r = (|| {
             let mut inner = self.lock();
             let mut data = Vec::new();
@@ -123,10 +127,17 @@ impl Store for MemoryStore {
             }
             info.length = Some(data.len() as u64);
             info.offset = data.len() as u64;
-            inner.uploads.insert(info.id.clone(), (info.clone(), data));
-            Ok(info)
+            inner.uploads.insert(info.id.clone(), (info.clone(), data.clone()));
+            Ok((info, Bytes::from(data)))
         })();
-        futures_util::future::ready(r).boxed()
+        async move {
+            let (info, data) = r?;
+            if let Some(feed) = running {
+                feed.feed(vec![data]).await;
+            }
+            Ok(info)
+        }
+        .boxed()
     }
 
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {

@@ -14,7 +14,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Checksum, ChecksumHasher};
+use crate::protocol::Checksum;
+use crate::serve::digest::DigestFeed;
 
 /// Where an upload stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +124,9 @@ pub struct Append {
     pub max_len: u64,
     /// `Upload-Checksum`: when set, the chunk is committed only whole and matching.
     pub checksum: Option<Checksum>,
-    /// A running digest of the upload up to `offset`, extended by the committed bytes.
-    pub running: Option<ChecksumHasher>,
+    /// Where to send the bytes as they are written, for the upload's running whole-file digest
+    /// (the caller commits or rolls it back by the outcome).
+    pub running: Option<DigestFeed>,
     /// The expiry to record with the new offset.
     pub expires: Option<u64>,
 }
@@ -135,8 +137,6 @@ pub struct Appended {
     pub info: UploadInfo,
     /// Whether the body was cut off (the bytes before the cut were kept; no checksum).
     pub interrupted: Option<BodyError>,
-    /// The running digest, extended by exactly the committed bytes.
-    pub running: Option<ChecksumHasher>,
 }
 
 /// What a store can fail with, grouped by what the caller answers.
@@ -221,8 +221,14 @@ pub trait Store: Send + Sync + 'static {
     fn append<'a>(&'a self, id: &'a str, append: Append, body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>>;
 
     /// Creates `info` (a final upload) holding the bytes of `parts` in order; its offset and
-    /// length are their total length.
-    fn concatenate<'a>(&'a self, info: UploadInfo, parts: &'a [String]) -> BoxFuture<'a, StoreResult<UploadInfo>>;
+    /// length are their total length. The bytes also go to `running` (the final's whole-file
+    /// digest), if given, in order.
+    fn concatenate<'a>(
+        &'a self,
+        info: UploadInfo,
+        parts: &'a [String],
+        running: Option<DigestFeed>,
+    ) -> BoxFuture<'a, StoreResult<UploadInfo>>;
 
     /// Streams bytes `range` of the upload.
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>>;

@@ -1,0 +1,221 @@
+//! The running whole-file digest of an upload, computed beside the upload rather than in its way.
+//!
+//! An upload whose metadata carries a `checksum` must be hashed whole before its last byte is
+//! acknowledged. Hashing each chunk's bytes into that digest before answering the chunk would put
+//! a second MD5 stream on every chunk's critical path, while the client waits and the CPU idles
+//! between chunks. Instead a background task follows the committed bytes: the store hands it
+//! each batch it writes ([`DigestFeed`]), the chunk is acknowledged as soon as its own checksum
+//! and fsync allow, and the task catches up while the next chunk is on the wire. Only the last
+//! chunk waits for it. The queue between them is bounded, so a lagging digest slows the writer
+//! instead of holding memory.
+//!
+//! The digest work runs on a few threads of its own at a lower scheduling priority (nice 10), so
+//! that on a busy machine it yields to the work the client is waiting for (the chunk's own
+//! checksum, the network, the writes) and uses the time between chunks instead.
+//!
+//! A chunk that is refused (checksum mismatch, cut off, disk full) is rolled back: the task
+//! returns to the state of the last committed byte. If anything goes out of step the digest
+//! reports nothing and the caller re-reads the file, which is always correct.
+
+use std::sync::{Mutex, OnceLock, mpsc as std_mpsc};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{ChecksumAlgorithm, ChecksumHasher};
+
+/// Batches (of about 1 MiB) that may wait for the digest task: bounds the lag, and the memory
+/// it holds, to about 8 MiB per upload.
+const QUEUE: usize = 8;
+
+enum Msg {
+    Data(Vec<Bytes>),
+    Commit(u64),
+    Rollback,
+    Finish(oneshot::Sender<Option<(u64, Vec<u8>)>>),
+}
+
+/// Hands the bytes an append writes to the running digest, in order.
+#[derive(Clone)]
+pub struct DigestFeed {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl DigestFeed {
+    /// Queues a batch of bytes (waits while the digest is [`QUEUE`] batches behind).
+    pub async fn feed(&self, batch: Vec<Bytes>) {
+        // A closed task only means the digest is gone; the file will be re-read at the end.
+        let _ = self.tx.send(Msg::Data(batch)).await;
+    }
+}
+
+/// One upload's running digest: the bytes `0..offset()` once the task has caught up.
+pub struct RunningDigest {
+    tx: mpsc::Sender<Msg>,
+    committed: u64,
+}
+
+impl RunningDigest {
+    /// Starts a digest of an upload that has no bytes yet.
+    pub fn start(algorithm: ChecksumAlgorithm) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, algorithm.hasher()));
+        RunningDigest { tx, committed: 0 }
+    }
+
+    /// The upload offset the digest covers once its queue is drained.
+    pub fn offset(&self) -> u64 {
+        self.committed
+    }
+
+    /// Where an append sends its bytes.
+    pub fn feed(&self) -> DigestFeed {
+        DigestFeed { tx: self.tx.clone() }
+    }
+
+    /// The append that fed the digest committed the upload up to `offset`.
+    pub async fn commit(&mut self, offset: u64) {
+        self.committed = offset;
+        let _ = self.tx.send(Msg::Commit(offset)).await;
+    }
+
+    /// The append that fed the digest committed nothing: forget what it fed.
+    pub async fn rollback(&mut self) {
+        let _ = self.tx.send(Msg::Rollback).await;
+    }
+
+    /// Waits for the task to catch up and returns the digest of `0..offset()`, or `None` when
+    /// it lost step (the caller then hashes the stored file).
+    pub async fn finish(self) -> Option<Vec<u8>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Msg::Finish(reply)).await.ok()?;
+        match answer.await.ok()? {
+            Some((at, digest)) if at == self.committed => Some(digest),
+            _ => None,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on a background hashing thread; `None` if that thread is gone.
+async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static POOL: OnceLock<Option<Mutex<std_mpsc::Sender<Job>>>> = OnceLock::new();
+    let pool = POOL.get_or_init(start_pool).as_ref()?;
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    pool.lock().unwrap_or_else(|p| p.into_inner()).send(job).ok()?;
+    rx.await.ok()
+}
+
+/// Half the machine's cores (at least one) of low-priority threads sharing one queue.
+fn start_pool() -> Option<Mutex<std_mpsc::Sender<Job>>> {
+    let (tx, rx) = std_mpsc::channel::<Job>();
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let mut started = 0;
+    for i in 0..threads {
+        let rx = std::sync::Arc::clone(&rx);
+        let spawned = std::thread::Builder::new()
+            .name(format!("robusto-digest-{i}"))
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if spawned.is_ok() {
+            started += 1;
+        }
+    }
+    (started > 0).then(|| Mutex::new(tx))
+}
+
+/// Gives the calling thread nice 10 (Linux schedules threads individually).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; `0` names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher) {
+    let mut hasher = Some(start.clone());
+    let mut checkpoint = start;
+    let mut hashed = 0u64;
+    let mut at_checkpoint = 0u64;
+    let mut in_step = true;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Data(batch) => {
+                hashed += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+                let Some(mut h) = hasher.take() else { continue };
+                hasher = in_background(move || {
+                    batch.iter().for_each(|b| h.update(b));
+                    h
+                })
+                .await;
+                in_step &= hasher.is_some();
+            }
+            Msg::Commit(offset) => match &hasher {
+                Some(h) if in_step && hashed == offset => {
+                    checkpoint = h.clone();
+                    at_checkpoint = offset;
+                }
+                _ => in_step = false,
+            },
+            Msg::Rollback => {
+                hasher = Some(checkpoint.clone());
+                hashed = at_checkpoint;
+            }
+            Msg::Finish(reply) => {
+                let _ = reply.send(in_step.then(|| (at_checkpoint, checkpoint.finish())));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Md5;
+
+    fn batch(parts: &[&'static [u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
+    }
+
+    #[tokio::test]
+    async fn follows_committed_bytes_and_forgets_refused_ones() {
+        let mut d = RunningDigest::start(ChecksumAlgorithm::Md5);
+        d.feed().feed(batch(&[b"hello ", b"wor"])).await;
+        d.commit(9).await;
+        d.feed().feed(batch(&[b"XXXX"])).await; // a refused chunk
+        d.rollback().await;
+        d.feed().feed(batch(&[b"ld"])).await;
+        d.commit(11).await;
+        assert_eq!(d.offset(), 11);
+        assert_eq!(d.finish().await.unwrap(), Md5::of(b"hello world").0.to_vec());
+    }
+
+    #[tokio::test]
+    async fn out_of_step_reports_nothing() {
+        let mut d = RunningDigest::start(ChecksumAlgorithm::Md5);
+        d.feed().feed(batch(&[b"abc"])).await;
+        d.commit(4).await; // four bytes committed, three hashed
+        assert_eq!(d.finish().await, None);
+    }
+
+    #[tokio::test]
+    async fn empty_upload() {
+        let d = RunningDigest::start(ChecksumAlgorithm::Md5);
+        assert_eq!(d.finish().await.unwrap(), Md5::of(b"").0.to_vec());
+    }
+}
