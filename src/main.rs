@@ -788,6 +788,18 @@ fn error_chain(e: &anyhow::Error) -> String {
     line
 }
 
+/// The sender holds a few chunk-sized buffers at a time, allocated on whichever blocking thread
+/// reads them. glibc gives each thread its own arena, and freed chunk buffers stranded in
+/// several arenas took `send --parallel 4` from ~43 to ~69 MiB peak RSS; one arena keeps the
+/// client within its bound (32 MiB + parallel × chunk). Its few large allocations do not contend.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
     let (cli, profile) = match parse_command_line(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
@@ -803,6 +815,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Pack(_) | Command::Push(_)) {
         PACKING.store(true, std::sync::atomic::Ordering::Relaxed);
         return_freed_memory_promptly();
+    }
+    if matches!(cli.command, Command::Send(_) | Command::Push(_) | Command::Get(_)) {
+        one_malloc_arena();
     }
     let log_file = cli
         .global

@@ -25,6 +25,7 @@ pub struct Writeback {
     requested: u64,
     released: u64,
     enabled: bool,
+    keep: bool,
 }
 
 impl Writeback {
@@ -36,7 +37,15 @@ impl Writeback {
             requested: at,
             released: at,
             enabled: cfg!(target_os = "linux"),
+            keep: false,
         }
+    }
+
+    /// Starts writeback early but leaves the pages cached: for bytes that will be read again
+    /// soon (a partial upload, copied into its final upload when all parts are in).
+    pub fn keeping_cache(mut self) -> Self {
+        self.keep = true;
+        self
     }
 
     /// Records `n` more bytes written at the end of `file`. Each time a step is complete its
@@ -50,7 +59,7 @@ impl Writeback {
         let behind = self.requested;
         self.start(file, behind, self.written - behind)?;
         self.requested = self.written;
-        if behind > self.released {
+        if behind > self.released && !self.keep {
             self.wait(file, self.released, behind - self.released)?;
             drop_cached(file, self.released, behind - self.released);
             self.released = behind;
@@ -60,7 +69,7 @@ impl Writeback {
 
     /// After the caller's fsync: drops everything written through this tracker from the cache.
     pub fn release_all(&mut self, file: &File) {
-        if self.enabled && self.written > self.released {
+        if self.enabled && !self.keep && self.written > self.released {
             drop_cached(file, self.released, self.written - self.released);
         }
         self.released = self.written;

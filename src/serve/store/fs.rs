@@ -206,9 +206,13 @@ impl Store for FsStore {
             let running = append.running.clone();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
             let path = data.clone();
+            let partial = info.is_partial();
             let writer = tokio::task::spawn_blocking(move || {
                 let mut file = Self::open_at(&path, committed)?;
                 let mut writeback = Writeback::new(committed, BATCH as u64);
+                if partial {
+                    writeback = writeback.keeping_cache();
+                }
                 while let Some(batch) = rx.blocking_recv() {
                     let n = write_batch(&mut file, &batch)?;
                     writeback.wrote(&file, n)?;
