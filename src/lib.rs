@@ -14,7 +14,8 @@
 //! 4. The server ([`serve`]) checks every chunk and the whole file, stores durably, and reports
 //!    status.
 //!
-//! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`units`] parses
+//! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`writeback`]
+//! streams big writes to disk through a small, recycled piece of page cache; [`units`] parses
 //! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
 
 pub mod config;

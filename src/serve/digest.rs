@@ -42,7 +42,7 @@ pub struct DigestFeed {
 }
 
 impl DigestFeed {
-    /// Queues a batch of bytes (waits while the digest is [`QUEUE`] batches behind).
+    /// Queues a batch of bytes (waits while the digest is `QUEUE` batches behind).
     pub async fn feed(&self, batch: Vec<Bytes>) {
         // A closed task only means the digest is gone; the file will be re-read at the end.
         let _ = self.tx.send(Msg::Data(batch)).await;
