@@ -352,6 +352,31 @@ async fn whole_file_mismatch_is_460_error_status_and_not_published() {
 }
 
 #[tokio::test]
+async fn refused_chunks_do_not_spoil_the_whole_file_check() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let data = bytes(3 << 20, 4);
+    let meta = metadata(&[("filename", "rb.bin"), ("checksum", &md5_header(&data))]);
+    let loc = c.create(data.len() as u64, &meta).await;
+    let (one, two, three) = (&data[..1 << 20], &data[1 << 20..2 << 20], &data[2 << 20..]);
+    assert_eq!(c.patch(&loc, 0, one, Some(&md5_header(one))).await.status(), 204);
+    // A damaged chunk (its bytes reach the digest before the mismatch is known) is refused…
+    let mut bad = two.to_vec();
+    bad[1000] ^= 1;
+    assert_eq!(c.patch(&loc, 1 << 20, &bad, Some(&md5_header(two))).await.status(), 460);
+    // … and so is a body longer than the upload.
+    let mut long = two.to_vec();
+    long.extend_from_slice(&data[..(2 << 20) + 1]);
+    assert_eq!(c.patch(&loc, 1 << 20, &long, None).await.status(), 413);
+    assert_eq!(c.offset(&loc).await, 1 << 20);
+    assert_eq!(c.patch(&loc, 1 << 20, two, Some(&md5_header(two))).await.status(), 204);
+    let r = c.patch(&loc, 2 << 20, three, Some(&md5_header(three))).await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert_eq!(std::fs::read(s.data().join("files/rb.bin")).unwrap(), data);
+    assert_eq!(c.status(&loc).await["status"], "complete");
+}
+
+#[tokio::test]
 async fn whole_file_check_after_a_restart_rereads_the_file() {
     let s = Server::start(|_| {}).await;
     let c = s.client();
