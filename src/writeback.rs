@@ -160,6 +160,19 @@ mod tests {
     }
 
     #[test]
+    fn keeping_cache_never_releases() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = File::create(d.path().join("k.bin")).unwrap();
+        let mut wb = Writeback::new(0, 4096).keeping_cache();
+        for _ in 0..4 {
+            f.write_all(&[3u8; 8192]).unwrap();
+            wb.wrote(&f, 8192).unwrap();
+        }
+        assert_eq!(wb.released, 0);
+        assert_eq!(wb.requested, 4 * 8192);
+    }
+
+    #[test]
     fn starts_at_an_offset() {
         let d = tempfile::tempdir().unwrap();
         let mut f = File::create(d.path().join("o.bin")).unwrap();

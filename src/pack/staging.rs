@@ -4,11 +4,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::durable;
+use crate::writeback::Writeback;
 
 /// An archive being written.
 pub struct Staging {
@@ -63,13 +63,11 @@ impl Drop for Staging {
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// The staging file's writer: asks the kernel to start writing each 8 MiB back to disk as soon as
-/// it is written (`sync_file_range`), so the disk works while the pipeline computes and the
-/// final fsync has little left to do. Purely an optimisation: where the call is not supported the
-/// data is written back by the final fsync as usual.
+/// it is written ([`Writeback`]), so the disk works while the pipeline computes and the final
+/// fsync has little left to do. The pages stay cached: `push` reads the file again to send it.
 pub struct WritebackFile {
     file: File,
-    written: u64,
-    requested: u64,
+    writeback: Writeback,
 }
 
 impl WritebackFile {
@@ -77,8 +75,7 @@ impl WritebackFile {
     pub fn new(file: File) -> Self {
         WritebackFile {
             file,
-            written: 0,
-            requested: 0,
+            writeback: Writeback::new(0, WRITEBACK_STEP).keeping_cache(),
         }
     }
 
@@ -86,30 +83,12 @@ impl WritebackFile {
     pub fn into_inner(self) -> File {
         self.file
     }
-
-    fn start_writeback(&mut self) {
-        let len = self.written - self.requested;
-        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by
-        // self.file and open for the duration of the call.
-        let _ = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                self.requested as i64,
-                len as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        self.requested = self.written;
-    }
 }
 
 impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.requested >= WRITEBACK_STEP {
-            self.start_writeback();
-        }
+        self.writeback.wrote(&self.file, n as u64)?;
         Ok(n)
     }
 
