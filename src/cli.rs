@@ -112,7 +112,8 @@ impl PushArgs {
     /// the staging archive, known once packed).
     pub fn options(&self, target: robusto::send::Url) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
         let chunk_size = parse_chunk_size(&self.send.chunk_size)?;
-        let pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
+        let mut pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
+        pack.keep_cached = true; // sent right after
         let send = self.send.options(PathBuf::new(), target, None)?;
         Ok((pack, send))
     }
@@ -422,6 +423,7 @@ impl PackFlags {
                 follow_symlinks: self.follow_symlinks,
                 never: Vec::new(),
             },
+            keep_cached: false,
         })
     }
 }

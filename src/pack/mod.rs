@@ -56,6 +56,9 @@ pub struct PackOptions {
     pub threads: usize,
     /// What to include.
     pub walk: WalkOptions,
+    /// Keep the archive's pages in the page cache, for a caller about to read it again (`push`
+    /// sends it next). Otherwise they are dropped once on disk (see [`crate::writeback`]).
+    pub keep_cached: bool,
 }
 
 /// What `pack` made.
@@ -188,7 +191,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
         source,
     };
     let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
-    let out = WritebackFile::new(file);
+    let out = WritebackFile::new(file, opts.keep_cached);
     let (out, fp) = match opts.format {
         Format::Zip => {
             let sink = PatchingHashingWriter::new(out, opts.chunk_size);

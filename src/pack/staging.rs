@@ -64,18 +64,24 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// The staging file's writer: asks the kernel to start writing each 8 MiB back to disk as soon as
 /// it is written ([`Writeback`]), so the disk works while the pipeline computes and the final
-/// fsync has little left to do. The pages stay cached: `push` reads the file again to send it.
+/// fsync has little left to do. Written pages are dropped from the cache once on disk, unless the
+/// file is about to be read again (`push` sends it next).
 pub struct WritebackFile {
     file: File,
     writeback: Writeback,
 }
 
 impl WritebackFile {
-    /// Wraps an open, empty staging file.
-    pub fn new(file: File) -> Self {
+    /// Wraps an open, empty staging file; `keep_cached` leaves its pages in the page cache.
+    pub fn new(file: File, keep_cached: bool) -> Self {
+        let writeback = Writeback::new(0, WRITEBACK_STEP);
         WritebackFile {
             file,
-            writeback: Writeback::new(0, WRITEBACK_STEP).keeping_cache(),
+            writeback: if keep_cached {
+                writeback.keeping_cache()
+            } else {
+                writeback
+            },
         }
     }
 
@@ -107,7 +113,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("w.bin");
         let (s, f) = Staging::create(&target).unwrap();
-        let mut w = WritebackFile::new(f);
+        let mut w = WritebackFile::new(f, false);
         let block = vec![7u8; 3 << 20];
         for _ in 0..6 {
             w.write_all(&block).unwrap();
