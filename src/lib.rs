@@ -30,5 +30,6 @@ pub mod restore;
 pub mod retention;
 pub mod send;
 pub mod serve;
+pub mod stop;
 pub mod units;
 pub mod writeback;

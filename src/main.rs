@@ -384,6 +384,11 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
             Ok(runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?.code)
         }
         Command::Push(args) => {
+            // Ctrl-C or SIGTERM (systemctl stop) ends the job at a point it resumes from, and the
+            // hooks still run (exit 130).
+            if let Err(e) = robusto::stop::watch_signals() {
+                tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will end the job without its hooks");
+            }
             let hooks = profile.as_ref().map(|p| p.hooks.clone()).unwrap_or_default();
             // A profile's job holds its lock around its hooks too: an overlapping run must not
             // run run-before (a dump, say) under the running one, nor its cleanup after.
@@ -617,12 +622,22 @@ fn push(
 ) -> anyhow::Result<u8> {
     let dest = cli::destination(&args.send.to)?;
     let (pack_opts, mut opts) = args.options(dest.endpoint())?;
-    let staged = robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress)?;
+    let staged = match robusto::send::push::stage(&opts.state_dir, &pack_opts, &dest.key(), &args.name, progress) {
+        Err(robusto::send::push::PushError::Pack(robusto::pack::PackError::Interrupted)) => {
+            tracing::warn!("interrupted while packing: run the same command again to start over");
+            return Ok(exit::INTERRUPTED);
+        }
+        staged => staged?,
+    };
     summary.files = staged.manifest.source.files;
     summary.bytes_in = staged.manifest.source.bytes;
     summary.archive_size = Some(staged.manifest.archive.size);
     opts.file = staged.archive.clone();
     opts.name = Some(staged.name.clone());
+    if robusto::stop::requested() {
+        tracing::warn!("interrupted: the archive is packed; run the same command again to send it");
+        return Ok(exit::INTERRUPTED);
+    }
     let sending = send_reporter(global);
     let counting = Counting {
         inner: sending.as_ref(),
@@ -655,9 +670,10 @@ struct Sent {
 }
 
 async fn send(opts: &SendOptions, progress: &dyn Progress, local: Option<&LocalServer>) -> anyhow::Result<Sent> {
+    let stop = robusto::stop::signalled()?;
     let result = tokio::select! {
         r = robusto::send::send(opts, progress) => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = stop => {
             progress.event(&Event::Error { message: "interrupted".into(), resumable: true });
             tracing::warn!("interrupted: run the same command again to continue");
             return Ok(Sent { code: exit::INTERRUPTED, url: None });

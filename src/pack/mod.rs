@@ -99,7 +99,15 @@ pub enum PackError {
     /// The manifest could not be written.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// A stop was requested ([`crate::stop`]); no archive was left behind.
+    #[error("packing was interrupted")]
+    Interrupted,
 }
+
+/// What the tar writer stops with when a stop is requested (carried inside an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("stop requested")]
+struct Stopped;
 
 /// Where large zip entries are compressed before being copied into the archive.
 fn spill_path(output: &Path) -> PathBuf {
@@ -203,7 +211,10 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
         Format::Tar => {
             let sink = HashingWriter::new(out, opts.chunk_size);
             write_tar(sink, walk, opts, &mut tally, progress)
-                .map_err(out_err)?
+                .map_err(|e| match e.get_ref().is_some_and(|inner| inner.is::<Stopped>()) {
+                    true => PackError::Interrupted,
+                    false => out_err(e),
+                })?
                 .finish()
         }
     }
@@ -253,6 +264,9 @@ fn write_tar(
     let mut builder = tar::Builder::new(enc);
     builder.follow_symlinks(false);
     for item in walk {
+        if crate::stop::requested() {
+            return Err(io::Error::other(Stopped));
+        }
         let Some(e) = tally.take(item, progress) else { continue };
         match &e.kind {
             Kind::Dir => builder.append_data(&mut archive::tar_header(&e), format!("{}/", e.name), io::empty())?,
@@ -396,6 +410,9 @@ fn write_zip(
     };
     let result = (|| -> Result<(), PackError> {
         for item in walk {
+            if crate::stop::requested() {
+                return Err(PackError::Interrupted);
+            }
             let Some(e) = tally.take(item, progress) else { continue };
             let pending = match e.kind {
                 Kind::File { size } if size <= PARALLEL_MAX_FILE => {

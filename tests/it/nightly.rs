@@ -221,6 +221,120 @@ async fn hooks_a_failing_before_aborts_and_failed_runs_on_75() {
     assert_eq!(fs::read_to_string(&log).unwrap(), "failed failed 1\nfinally\n");
 }
 
+/// Sends `signal` to the child, as `systemctl stop` (SIGTERM) or Ctrl-C (SIGINT) would.
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: kill only reads its integer arguments; the pid is our own live child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_job_resumably_and_runs_the_hooks() {
+    let s = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("nightly-secret\n")).await;
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    let log = d.path().join("hooks.log");
+    let l = log.display();
+    let config = write_profile(
+        d.path(),
+        &tree,
+        &s.endpoint(),
+        &format!(
+            "bwlimit = \"64K\"\nrun-failed = \"echo failed $ROBUSTO_RESULT $ROBUSTO_EXIT >> {l}\"\nrun-finally = \"echo finally >> {l}\"\n"
+        ),
+    );
+    let cfg = config.display().to_string();
+    let job = Command::new(bin())
+        .args(["--config", &cfg, "--profile", "nightly", "push"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the job is sending (its upload exists on the server), then stop it
+    let uploads = s.data().join("uploads");
+    for _ in 0..100 {
+        if fs::read_dir(&uploads).map(|r| r.count() > 0).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    signal(&job, libc::SIGTERM);
+    let out = tokio::task::spawn_blocking(move || job.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "failed interrupted 130\nfinally\n");
+
+    // the next run continues the same upload and completes
+    let mut text = fs::read_to_string(&config).unwrap();
+    text = text.replace("bwlimit = \"64K\"\n", "");
+    fs::write(&config, text).unwrap();
+    fs::remove_file(&log).unwrap();
+    let again = run_async(vec![
+        "--config".into(),
+        cfg,
+        "--profile".into(),
+        "nightly".into(),
+        "push".into(),
+    ])
+    .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "finally\n");
+    let into = d.path().join("back");
+    let r = run_async(vec![
+        "restore".into(),
+        again.stdout.trim().to_string(),
+        "--into".into(),
+        into.display().to_string(),
+        "--token-file".into(),
+        d.path().join("token").display().to_string(),
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_tree(&tree, &into.join(tree.file_name().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_packing_leaves_no_archive_and_runs_the_hooks() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = awkward_tree(d.path());
+    let log = d.path().join("hooks.log");
+    let l = log.display();
+    // run-before stops the job itself (as `systemctl stop` would) just before it packs
+    let config = write_profile(
+        d.path(),
+        &tree,
+        "http://127.0.0.1:1/files/",
+        &format!(
+            "run-before = \"kill -TERM $PPID; sleep 0.5\"\nrun-failed = \"echo failed $ROBUSTO_RESULT $ROBUSTO_EXIT >> {l}\"\n"
+        ),
+    );
+    let r = run_async(vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--profile".into(),
+        "nightly".into(),
+        "push".into(),
+    ])
+    .await;
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert!(r.stderr.contains("interrupted while packing"), "{}", r.stderr);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "failed interrupted 130\n");
+    // nothing half-packed is left to be mistaken for an archive
+    let staged: Vec<_> = walkdir::WalkDir::new(d.path().join("state"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("archive"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
 #[test]
 fn config_errors_name_the_key_and_the_file_and_check_shows_sources() {
     let d = tempfile::tempdir().unwrap();
