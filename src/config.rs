@@ -139,10 +139,16 @@ pub fn env_name(long: &str) -> String {
 pub fn with_env(cmd: clap::Command) -> clap::Command {
     fn add(cmd: clap::Command) -> clap::Command {
         cmd.args_override_self(true)
-            .mut_args(|a| match (a.get_long(), a.get_env(), a.get_action().takes_values()) {
-                (Some(long), None, true) if long != "help" && long != "version" => {
+            .mut_args(|a| match (a.get_long(), a.get_env(), a.get_action()) {
+                (Some("help" | "version"), _, _) | (_, Some(_), _) | (None, _, _) => a,
+                (Some(long), None, action) if action.takes_values() => {
                     let name = env_name(long);
                     a.env(name)
+                }
+                // a switch: ROBUSTO_JSON=1 / =true sets it, =0 / =false / =no / =off leaves it off
+                (Some(long), None, clap::ArgAction::SetTrue) => {
+                    let name = env_name(long);
+                    a.env(name).value_parser(clap::builder::FalseyValueParser::new())
                 }
                 _ => a,
             })

@@ -230,25 +230,33 @@ enum ParseFailure {
 /// `robusto config check`: the resolved settings of `push --profile P`, with their sources.
 fn config_check(global: &cli::GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<u8> {
     let Some(p) = profile else {
+        // No profile named: every profile in the file must resolve to a valid push.
         let path = config::locate(global.config.as_deref()).map_err(|e| UsageError(e.to_string()))?;
         let text = std::fs::read_to_string(&path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-        text.parse::<toml::Table>()
+        let doc = text
+            .parse::<toml::Table>()
             .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let names: Vec<String> = match doc.get("profile") {
+            Some(toml::Value::Table(t)) => t.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let cmd = config::with_env(Cli::command());
+        let push = cmd
+            .find_subcommand("push")
+            .ok_or_else(|| anyhow::anyhow!("no push command"))?;
+        for name in &names {
+            let p = config::load_profile(&path, name, push).map_err(|e| UsageError(e.to_string()))?;
+            resolve_profile(&p)?;
+            println!("[profile.{name}]: valid");
+        }
         println!(
-            "{}: valid (name a profile with --profile to see its settings)",
-            path.display()
+            "{}: valid, {} profile(s) (name one with --profile to see its settings)",
+            path.display(),
+            names.len()
         );
         return Ok(exit::OK);
     };
-    let cmd = config::with_env(Cli::command()).mut_subcommand("push", |s| p.apply(s));
-    let matches = cmd.clone().try_get_matches_from(["robusto", "push"]).map_err(|e| {
-        UsageError(format!(
-            "{}: [profile.{}]: {}",
-            p.file.display(),
-            p.name,
-            e.render().to_string().trim()
-        ))
-    })?;
+    let (cmd, matches) = resolve_profile(p)?;
     let Some(push) = matches.subcommand_matches("push") else {
         return Ok(exit::FAILED);
     };
@@ -285,6 +293,24 @@ fn config_check(global: &cli::GlobalArgs, profile: Option<&Profile>) -> anyhow::
         }
     }
     Ok(exit::OK)
+}
+
+/// `push --profile P` as it would run: parsed with the profile's values as defaults and the
+/// environment over them, then validated the way `push` validates its options (sizes, rates,
+/// durations, the destination). Errors name the profile and its file.
+fn resolve_profile(p: &Profile) -> anyhow::Result<(clap::Command, clap::ArgMatches)> {
+    let in_profile = |what: String| UsageError(format!("{}: [profile.{}]: {what}", p.file.display(), p.name));
+    let cmd = config::with_env(Cli::command()).mut_subcommand("push", |s| p.apply(s));
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(["robusto", "push"])
+        .map_err(|e| in_profile(e.render().to_string().trim().trim_start_matches("error: ").to_string()))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| in_profile(e.to_string()))?;
+    if let Command::Push(args) = &cli.command {
+        let dest = cli::destination(&args.send.to).map_err(|e| in_profile(e.to_string()))?;
+        args.options(dest.endpoint()).map_err(|e| in_profile(e.to_string()))?;
+    }
+    Ok((cmd, matches))
 }
 
 fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {

@@ -384,6 +384,53 @@ fn config_errors_name_the_key_and_the_file_and_check_shows_sources() {
     );
     assert!(check.stdout.contains("token = \"<redacted>\""), "{}", check.stdout);
     assert!(!check.stdout.contains("hunter2"));
+
+    // switches have their variables too
+    let check = run(
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--profile",
+            "nightly",
+            "config",
+            "check",
+        ],
+        &[("ROBUSTO_KEEP_STAGING", "1"), ("ROBUSTO_ONE_FILE_SYSTEM", "false")],
+    );
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(
+        check.stdout.contains("keep-staging = \"1\"  # environment"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("one-file-system = \"false\"  # environment"),
+        "{}",
+        check.stdout
+    );
+
+    // a value only push itself would refuse (a rate, a duration) is caught by the check, with
+    // or without --profile, naming the profile and the file
+    let config = write_profile(d.path(), &tree, "http://127.0.0.1:9/files/", "bwlimit = \"fast\"\n");
+    for with_profile in [true, false] {
+        let cfg = config.display().to_string();
+        let mut args = vec!["--config", cfg.as_str()];
+        if with_profile {
+            args.extend(["--profile", "nightly"]);
+        }
+        args.extend(["config", "check"]);
+        let check = run(&args, &[]);
+        assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+        assert!(
+            check.stderr.contains("[profile.nightly]") && check.stderr.contains("fast"),
+            "{}",
+            check.stderr
+        );
+    }
+    let config = write_profile(d.path(), &tree, "http://127.0.0.1:9/files/", "");
+    let check = run(&["--config", &config.display().to_string(), "config", "check"], &[]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(check.stdout.contains("[profile.nightly]: valid"), "{}", check.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
