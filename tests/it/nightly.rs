@@ -29,6 +29,39 @@ async fn run_async(args: Vec<String>) -> Run {
         .unwrap()
 }
 
+/// `robusto --config CFG --profile nightly push`, to the end.
+async fn push_profile(cfg: &str) -> Run {
+    run_async(vec![
+        "--config".into(),
+        cfg.into(),
+        "--profile".into(),
+        "nightly".into(),
+        "push".into(),
+    ])
+    .await
+}
+
+/// Starts `push --profile nightly` in the background and returns once it is sending (its upload
+/// exists on the server).
+async fn spawn_push_until_sending(cfg: &str, s: &Server) -> std::process::Child {
+    let job = Command::new(bin())
+        .args(["--config", cfg, "--profile", "nightly", "push"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let uploads = s.data().join("uploads");
+    for _ in 0..100 {
+        if fs::read_dir(&uploads).map(|r| r.count() > 0).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    job
+}
+
 fn write_profile(dir: &Path, tree: &Path, endpoint: &str, extra: &str) -> std::path::PathBuf {
     fs::write(dir.join("token"), "nightly-secret\n").unwrap();
     let config = dir.join("robusto.toml");
@@ -71,14 +104,7 @@ async fn profile_push_list_prune_restore_cycle() {
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         }
         fs::write(tree.join("changes.log"), format!("night {night}\n")).unwrap();
-        let r = run_async(vec![
-            "--config".into(),
-            cfg.clone(),
-            "--profile".into(),
-            "nightly".into(),
-            "push".into(),
-        ])
-        .await;
+        let r = push_profile(&cfg).await;
         assert_eq!(r.code, 0, "night {night}: {}", r.stderr);
         urls.push(r.stdout.trim().to_string());
     }
@@ -192,14 +218,7 @@ async fn hooks_a_failing_before_aborts_and_failed_runs_on_75() {
         ),
     );
     let cfg = config.display().to_string();
-    let r = run_async(vec![
-        "--config".into(),
-        cfg.clone(),
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let r = push_profile(&cfg).await;
     assert_eq!(r.code, 75, "{}", r.stderr);
     assert_eq!(fs::read_to_string(&log).unwrap(), "failed unfinished 75\nfinally\n");
 
@@ -207,14 +226,7 @@ async fn hooks_a_failing_before_aborts_and_failed_runs_on_75() {
     text.push_str("run-before = \"exit 3\"\n");
     fs::write(&config, text).unwrap();
     fs::remove_file(&log).unwrap();
-    let r = run_async(vec![
-        "--config".into(),
-        cfg.clone(),
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let r = push_profile(&cfg).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("run-before hook failed"), "{}", r.stderr);
     // the job did not start, but the failure hooks still ran
@@ -243,22 +255,7 @@ async fn sigterm_stops_the_job_resumably_and_runs_the_hooks() {
         ),
     );
     let cfg = config.display().to_string();
-    let job = Command::new(bin())
-        .args(["--config", &cfg, "--profile", "nightly", "push"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // wait until the job is sending (its upload exists on the server), then stop it
-    let uploads = s.data().join("uploads");
-    for _ in 0..100 {
-        if fs::read_dir(&uploads).map(|r| r.count() > 0).unwrap_or(false) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let job = spawn_push_until_sending(&cfg, &s).await;
     signal(&job, libc::SIGTERM);
     let out = tokio::task::spawn_blocking(move || job.wait_with_output())
         .await
@@ -274,14 +271,7 @@ async fn sigterm_stops_the_job_resumably_and_runs_the_hooks() {
     text = text.replace("bwlimit = \"64K\"\n", "");
     fs::write(&config, text).unwrap();
     fs::remove_file(&log).unwrap();
-    let again = run_async(vec![
-        "--config".into(),
-        cfg,
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let again = push_profile(&cfg).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(fs::read_to_string(&log).unwrap(), "finally\n");
     let into = d.path().join("back");
@@ -313,14 +303,7 @@ async fn sigterm_while_packing_leaves_no_archive_and_runs_the_hooks() {
             "run-before = \"kill -TERM $PPID; sleep 0.5\"\nrun-failed = \"echo failed $ROBUSTO_RESULT $ROBUSTO_EXIT >> {l}\"\n"
         ),
     );
-    let r = run_async(vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let r = push_profile(&config.display().to_string()).await;
     assert_eq!(r.code, 130, "{}", r.stderr);
     assert!(r.stderr.contains("interrupted while packing"), "{}", r.stderr);
     assert_eq!(fs::read_to_string(&log).unwrap(), "failed interrupted 130\n");
@@ -440,30 +423,8 @@ async fn two_nightly_runs_at_once_the_second_names_the_holder() {
     let tree = awkward_tree(d.path());
     let config = write_profile(d.path(), &tree, &s.endpoint(), "bwlimit = \"256K\"\n");
     let cfg = config.display().to_string();
-    let mut first = Command::new(bin())
-        .args(["--config", &cfg, "--profile", "nightly", "push"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // wait until the first run is sending (its upload exists on the server)
-    let uploads = s.data().join("uploads");
-    for _ in 0..100 {
-        if fs::read_dir(&uploads).map(|r| r.count() > 0).unwrap_or(false) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let second = run_async(vec![
-        "--config".into(),
-        cfg.clone(),
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let mut first = spawn_push_until_sending(&cfg, &s).await;
+    let second = push_profile(&cfg).await;
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
         second.stderr.contains(&format!("{}", first.id())),
@@ -476,14 +437,7 @@ async fn two_nightly_runs_at_once_the_second_names_the_holder() {
     let mut text = fs::read_to_string(&config).unwrap();
     text = text.replace("bwlimit = \"256K\"\n", "");
     fs::write(&config, text).unwrap();
-    let again = run_async(vec![
-        "--config".into(),
-        cfg,
-        "--profile".into(),
-        "nightly".into(),
-        "push".into(),
-    ])
-    .await;
+    let again = push_profile(&cfg).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     let into = d.path().join("back");
     let r = run_async(vec![
