@@ -407,7 +407,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
             let dest = cli::destination(&args.send.to)?;
             let opts = args.send.options(args.file, dest.endpoint(), args.name)?;
             let progress = send_reporter(&cli.global);
-            Ok(runtime()?.block_on(send_to(dest, opts, progress.as_ref()))?.code)
+            Ok(block_on_then_drop(send_to(dest, opts, progress.as_ref()))??.code)
         }
         Command::Push(args) => {
             // Ctrl-C or SIGTERM (systemctl stop) ends the job at a point it resumes from, and the
@@ -433,19 +433,32 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<u8> {
             };
             let started = Instant::now();
             if let Err(e) = hooks::before(&hooks) {
-                // the job does not start; the failure hooks still run
+                // the job does not start; the failure hooks still run (a stop during run-before
+                // usually ends the hook too: that is an interruption, not a failure)
+                let stopped = robusto::stop::requested();
                 hooks::after(
                     &hooks,
                     &JobOutcome {
-                        exit: exit::FAILED,
+                        exit: if stopped { exit::INTERRUPTED } else { exit::FAILED },
                         url: None,
                         bytes: None,
                     },
                 );
+                if stopped {
+                    tracing::warn!("interrupted during run-before ({e})");
+                    return Ok(exit::INTERRUPTED);
+                }
                 return Err(e.into());
             }
             let mut summary = PushSummary::default();
-            let result = push(&cli.global, &args, progress.as_ref(), &mut summary);
+            let mut result = push(&cli.global, &args, progress.as_ref(), &mut summary);
+            if let Err(e) = &result
+                && robusto::stop::requested()
+            {
+                // whatever the stop cut short (a read, a write) reports itself as an error
+                tracing::warn!("interrupted ({})", error_chain(e));
+                result = Ok(exit::INTERRUPTED);
+            }
             let exit = match &result {
                 Ok(code) => *code,
                 Err(e) if e.downcast_ref::<UsageError>().is_some() => exit::USAGE,
@@ -525,6 +538,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// Runs `f` on a fresh runtime, then drops the runtime without waiting for blocking work still
+/// running on it: after Ctrl-C or SIGTERM a file being fingerprinted or read must not hold up the
+/// exit (and the hooks) for minutes.
+fn block_on_then_drop<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = runtime()?;
+    let out = rt.block_on(f);
+    rt.shutdown_background();
+    Ok(out)
 }
 
 /// Sends to a URL, or to a local folder served in-process for the length of the job.
@@ -669,7 +692,7 @@ fn push(
         inner: sending.as_ref(),
         retries: AtomicU64::new(0),
     };
-    let sent = runtime()?.block_on(send_to(dest, opts, &counting))?;
+    let sent = block_on_then_drop(send_to(dest, opts, &counting))??;
     summary.retries = counting.retries.load(Ordering::Relaxed);
     summary.url = sent.url;
     if sent.code != exit::OK {

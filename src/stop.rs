@@ -3,13 +3,28 @@
 //! failure hooks, and exit with 130.
 //!
 //! The sender waits for the signals itself (it stops between two network operations); packing
-//! is plain blocking code, so it looks at [`requested`] before each entry and gives up with
-//! [`crate::pack::PackError::Interrupted`], leaving no archive behind. [`watch_signals`] is what
-//! turns the signals into that request.
+//! is plain blocking code, so it looks at [`requested`] before each entry and before each write
+//! of the archive, and gives up with [`crate::pack::PackError::Interrupted`], leaving no archive
+//! behind. [`watch_signals`] is what turns the signals into that request; a second signal ends
+//! the process at once (exit 130, no hooks), for a job that must go now.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The error a blocking stage stops with once a stop is requested (inside an `io::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("stop requested")]
+pub struct Stopped;
+
+/// `Err(Stopped)` once a stop is requested: for blocking loops to call as they go.
+pub fn check() -> std::io::Result<()> {
+    if requested() {
+        Err(std::io::Error::other(Stopped))
+    } else {
+        Ok(())
+    }
+}
 
 /// Asks every stage that can stop cleanly to stop.
 pub fn request() {
@@ -50,6 +65,10 @@ pub fn watch_signals() -> std::io::Result<()> {
                     tokio::select! {
                         _ = interrupt.recv() => {}
                         _ = terminate.recv() => {}
+                    }
+                    if requested() {
+                        tracing::warn!("second signal: stopping now");
+                        std::process::exit(130);
                     }
                     tracing::debug!("stop requested by a signal");
                     request();

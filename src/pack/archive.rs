@@ -229,6 +229,8 @@ impl Read for ExactReader {
         if self.remaining == 0 {
             return Ok(0);
         }
+        // a stop (SIGTERM) must not wait for the end of a large file
+        crate::stop::check()?;
         let want = (buf.len() as u64).min(self.remaining) as usize;
         let n = if self.problem.is_some() {
             0

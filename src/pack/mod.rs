@@ -104,11 +104,6 @@ pub enum PackError {
     Interrupted,
 }
 
-/// What the tar writer stops with when a stop is requested (carried inside an `io::Error`).
-#[derive(Debug, thiserror::Error)]
-#[error("stop requested")]
-struct Stopped;
-
 /// Where large zip entries are compressed before being copied into the archive.
 fn spill_path(output: &Path) -> PathBuf {
     let mut p = crate::durable::partial_path(output).into_os_string();
@@ -180,6 +175,14 @@ impl Tally {
 /// Packs `opts.paths` into `opts.output` and writes its manifest. Files that cannot be read are
 /// skipped and listed in the manifest; the archive is valid either way.
 pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
+    match pack_archive(opts, progress) {
+        // whatever the stop interrupted (a write, the walk), the archive was not committed
+        Err(_) if crate::stop::requested() => Err(PackError::Interrupted),
+        r => r,
+    }
+}
+
+fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
     let manifest_path = manifest::path_for(&opts.output);
     let mut walk_opts = opts.walk.clone();
     walk_opts.never.extend([
@@ -211,10 +214,7 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
         Format::Tar => {
             let sink = HashingWriter::new(out, opts.chunk_size);
             write_tar(sink, walk, opts, &mut tally, progress)
-                .map_err(|e| match e.get_ref().is_some_and(|inner| inner.is::<Stopped>()) {
-                    true => PackError::Interrupted,
-                    false => out_err(e),
-                })?
+                .map_err(out_err)?
                 .finish()
         }
     }
@@ -264,9 +264,7 @@ fn write_tar(
     let mut builder = tar::Builder::new(enc);
     builder.follow_symlinks(false);
     for item in walk {
-        if crate::stop::requested() {
-            return Err(io::Error::other(Stopped));
-        }
+        crate::stop::check()?;
         let Some(e) = tally.take(item, progress) else { continue };
         match &e.kind {
             Kind::Dir => builder.append_data(&mut archive::tar_header(&e), format!("{}/", e.name), io::empty())?,

@@ -93,6 +93,7 @@ impl WritebackFile {
 
 impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::stop::check()?;
         let n = self.file.write(buf)?;
         self.writeback.wrote(&self.file, n as u64)?;
         Ok(n)

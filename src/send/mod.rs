@@ -262,6 +262,9 @@ enum PartEnd {
     Paused,
 }
 
+/// The largest chunk read ahead of its PATCH (the default chunk size).
+const READ_AHEAD_MAX: u64 = 8 << 20;
+
 /// A chunk being read from disk ahead of its PATCH.
 struct ReadAhead {
     offset: u64,
@@ -543,8 +546,10 @@ impl Job<'_> {
                 _ => self.read(abs, end - abs).await?,
             };
             // One part reads ahead (one more chunk in memory); parallel parts already keep the
-            // link busy, and memory stays within parallel × chunk.
+            // link busy. Memory stays within 32 MiB + parallel × chunk: chunks larger than
+            // READ_AHEAD_MAX are not read ahead.
             if !self.multi
+                && self.manifest.chunk_size <= READ_AHEAD_MAX
                 && end < part.end
                 && let Some((_, next)) = self.chunk_at(end)
             {

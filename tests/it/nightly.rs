@@ -264,7 +264,10 @@ async fn sigterm_stops_the_job_resumably_and_runs_the_hooks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert_eq!(fs::read_to_string(&log).unwrap(), "failed interrupted 130\nfinally\n");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}: {stderr}")),
+        "failed interrupted 130\nfinally\n"
+    );
 
     // the next run continues the same upload and completes
     let mut text = fs::read_to_string(&config).unwrap();
@@ -316,6 +319,63 @@ async fn sigterm_while_packing_leaves_no_archive_and_runs_the_hooks() {
         .filter(|n| n.starts_with("archive"))
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_large_file_stops_packing_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("big");
+    fs::create_dir_all(&tree).unwrap();
+    // 8 GiB of zeros (sparse): far longer to pack than the test waits
+    fs::File::create(tree.join("disk.img"))
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    let log = d.path().join("hooks.log");
+    let config = write_profile(
+        d.path(),
+        &tree,
+        "http://127.0.0.1:1/files/",
+        &format!(
+            "run-failed = \"echo failed $ROBUSTO_RESULT $ROBUSTO_EXIT >> {}\"\n",
+            log.display()
+        ),
+    );
+    let cfg = config.display().to_string();
+    let job = Command::new(bin())
+        .args(["--config", &cfg, "--profile", "nightly", "push"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the archive is being written, then stop the job
+    let state = d.path().join("state");
+    let packing = || {
+        walkdir::WalkDir::new(&state)
+            .into_iter()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    };
+    for _ in 0..200 {
+        if packing() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(packing(), "the job started packing");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    signal(&job, libc::SIGTERM);
+    let out = tokio::task::spawn_blocking(move || job.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted while packing"), "{stderr}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "failed interrupted 130\n");
+    assert!(!packing(), "the half-written archive is gone");
 }
 
 #[test]

@@ -286,20 +286,23 @@ impl Store for FsStore {
             drop(running);
             let failed =
                 |e: tokio::task::JoinError| StoreError::Io(io::Error::other(format!("storage task failed: {e}")));
+            // Both tasks are waited for, whatever happened to either: no write may land after
+            // this append gives up the upload.
             let verifier = match hashing {
-                None => Ok(verifier),
+                None => Ok(Ok(verifier)),
                 Some((htx, task)) => {
                     drop(htx);
-                    task.await.map_err(failed)?
+                    task.await
                 }
             };
             let hashed = started.elapsed();
-            let written = writer.await.map_err(failed)?;
+            let written = writer.await;
             let stored = started.elapsed();
             let outcome = match (written, verifier) {
-                (Err(e), _) => Err(StoreError::from(e)),
-                (Ok(_), Err(refused)) => Err(StoreError::from(refused)),
-                (Ok(file), Ok(verifier)) => verifier.finish(ended).map(|v| (file, v)),
+                (Err(e), _) | (_, Err(e)) => Err(failed(e)),
+                (Ok(Err(e)), _) => Err(StoreError::from(e)),
+                (Ok(Ok(_)), Ok(Err(refused))) => Err(StoreError::from(refused)),
+                (Ok(Ok(file)), Ok(Ok(verifier))) => verifier.finish(ended).map(|v| (file, v)),
             };
             blocking(move || {
                 let truncate = |e: StoreError| {
@@ -321,7 +324,13 @@ impl Store for FsStore {
                 info.offset = committed + verdict.received;
                 info.expires = append.expires;
                 if let Err(e) = Self::write_info(&info_path, &info) {
-                    return truncate(e);
+                    // If the new info got in place (only its directory's fsync failed), the bytes
+                    // it counts must stay: cutting them off would leave an info that claims more
+                    // than the file holds.
+                    return match Self::read_info(&info_path) {
+                        Ok(now) if now.offset == info.offset => Err(e),
+                        _ => truncate(e),
+                    };
                 }
                 tracing::trace!(
                     id = %info.id,
