@@ -61,15 +61,19 @@ pub fn watch_signals() -> std::io::Result<()> {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
+                // Counted here, not by the shared flag: the sender's own listener sets that flag
+                // for the same first signal.
+                let mut seen = false;
                 loop {
                     tokio::select! {
                         _ = interrupt.recv() => {}
                         _ = terminate.recv() => {}
                     }
-                    if requested() {
+                    if seen {
                         tracing::warn!("second signal: stopping now");
                         std::process::exit(130);
                     }
+                    seen = true;
                     tracing::debug!("stop requested by a signal");
                     request();
                 }
