@@ -39,6 +39,16 @@ const DEPTH: usize = 4;
 /// Read buffer when streaming a file back.
 const READ_CHUNK: usize = 256 << 10;
 
+/// Where an append's chunk is verified: on a thread of its own when it carries a checksum to
+/// hash, inline (counting bytes) when it does not.
+enum Verifying {
+    Inline(ChunkVerifier),
+    OnThread(
+        tokio::sync::mpsc::Sender<Vec<Bytes>>,
+        tokio::task::JoinHandle<Result<ChunkVerifier, BodyError>>,
+    ),
+}
+
 /// Uploads as files under one directory.
 #[derive(Clone, Debug)]
 pub struct FsStore {
@@ -198,7 +208,6 @@ impl Store for FsStore {
                 });
             }
             let committed = info.offset;
-            let mut verifier = ChunkVerifier::new(&append);
             // Three stages run side by side: this task reads the network and hands batches of
             // about 1 MiB (frames, not copies) to a writer thread (one writev each) and, when the
             // chunk carries a checksum, to a hashing thread; the whole-file digest (if any)
@@ -219,19 +228,23 @@ impl Store for FsStore {
                 }
                 Ok::<_, io::Error>((file, writeback))
             });
-            let hashing = append.checksum.is_some().then(|| {
+            // Without a checksum the verifier only counts bytes (it cannot refuse: the length is
+            // enforced below), which needs no thread of its own.
+            let mut verifier = ChunkVerifier::new(&append);
+            let mut hashing = if append.checksum.is_some() {
                 let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
-                let mut v = ChunkVerifier::new(&append);
                 let task = tokio::task::spawn_blocking(move || {
                     while let Some(batch) = hrx.blocking_recv() {
                         for bytes in &batch {
-                            v.feed(bytes)?;
+                            verifier.feed(bytes)?;
                         }
                     }
-                    Ok::<_, BodyError>(v)
+                    Ok::<_, BodyError>(verifier)
                 });
-                (htx, task)
-            });
+                Verifying::OnThread(htx, task)
+            } else {
+                Verifying::Inline(verifier)
+            };
             let started = std::time::Instant::now();
             let mut first_byte = None;
             let mut ended: Option<BodyError> = None;
@@ -254,9 +267,8 @@ impl Store for FsStore {
                             ended = Some(BodyError::TooLong);
                             break;
                         }
-                        if hashing.is_none() {
-                            // No checksum: the verifier only counts (it cannot refuse here).
-                            let _ = verifier.feed(&bytes);
+                        if let Verifying::Inline(v) = &mut hashing {
+                            let _ = v.feed(&bytes);
                         }
                         batched += bytes.len();
                         batch.push(bytes);
@@ -268,7 +280,7 @@ impl Store for FsStore {
                     if let Some(feed) = &running {
                         feed.feed(batch.clone()).await;
                     }
-                    if let Some((htx, _)) = &hashing {
+                    if let Verifying::OnThread(htx, _) = &hashing {
                         let _ = htx.send(batch.clone()).await;
                     }
                     if tx.send(std::mem::take(&mut batch)).await.is_err() {
@@ -289,8 +301,8 @@ impl Store for FsStore {
             // Both tasks are waited for, whatever happened to either: no write may land after
             // this append gives up the upload.
             let verifier = match hashing {
-                None => Ok(Ok(verifier)),
-                Some((htx, task)) => {
+                Verifying::Inline(v) => Ok(Ok(v)),
+                Verifying::OnThread(htx, task) => {
                     drop(htx);
                     task.await
                 }
