@@ -231,6 +231,19 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
         file.set_len(0).await.map_err(io(&partial))?;
         have = 0;
     }
+    // The MD5 follows the file as it is written, on a thread of its own, so the check at the
+    // end need not read the whole file again: first what an earlier run left, then each piece.
+    let (hash, hashing) = running_md5();
+    if have > 0 {
+        let mut f = tokio::fs::File::open(&partial).await.map_err(io(&partial))?;
+        let mut left = have;
+        while left > 0 {
+            let mut buf = vec![0u8; left.min(1 << 20) as usize];
+            f.read_exact(&mut buf).await.map_err(io(&partial))?;
+            left -= buf.len() as u64;
+            let _ = hash.send(HashMsg::Data(bytes::Bytes::from(buf))).await;
+        }
+    }
     let mut budget = Budget::default();
     while have < length {
         let resp = match s.get_from(&opts.url, have).await {
@@ -250,6 +263,7 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
             tracing::debug!("the server ignores Range: fetching from the start");
             file.set_len(0).await.map_err(io(&partial))?;
             have = 0;
+            let _ = hash.send(HashMsg::Reset).await;
         }
         let mut body = resp.bytes_stream();
         loop {
@@ -257,6 +271,7 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
                 Ok(Some(Ok(bytes))) => {
                     file.write_all(&bytes).await.map_err(io(&partial))?;
                     have += bytes.len() as u64;
+                    let _ = hash.send(HashMsg::Data(bytes)).await;
                     budget.reset();
                 }
                 Ok(None) => break,
@@ -274,19 +289,10 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
     }
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
-    let md5 = {
-        let mut f = tokio::fs::File::open(&partial).await.map_err(io(&partial))?;
-        let mut h = md5::Md5::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).await.map_err(io(&partial))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Md5(h.finalize().into())
-    };
+    drop(hash);
+    let md5 = hashing
+        .await
+        .map_err(|e| io(&partial)(std::io::Error::other(format!("hashing failed: {e}"))))?;
     if let Some(expected) = expected
         && expected != md5
     {
@@ -300,6 +306,30 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
         md5,
         verified: expected.is_some(),
     })
+}
+
+/// What the download hands its running MD5.
+enum HashMsg {
+    /// The next bytes of the file.
+    Data(bytes::Bytes),
+    /// The file was cut back to nothing: start over.
+    Reset,
+}
+
+/// A running MD5 on a blocking thread: feed it, drop the sender, await the digest.
+fn running_md5() -> (tokio::sync::mpsc::Sender<HashMsg>, tokio::task::JoinHandle<Md5>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HashMsg>(16);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut h = md5::Md5::new();
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                HashMsg::Data(b) => h.update(&b),
+                HashMsg::Reset => h = md5::Md5::new(),
+            }
+        }
+        Md5(h.finalize().into())
+    });
+    (tx, task)
 }
 
 /// The completed uploads at `opts.url` (a robusto server's `/files/`) this token may see,
