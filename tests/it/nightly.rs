@@ -41,17 +41,22 @@ async fn push_profile(cfg: &str) -> Run {
     .await
 }
 
-/// Starts `push --profile nightly` in the background and returns once it is sending (its upload
-/// exists on the server).
-async fn spawn_push_until_sending(cfg: &str, s: &Server) -> std::process::Child {
-    let job = Command::new(bin())
+/// Starts `push --profile nightly` in the background (output captured).
+fn spawn_push(cfg: &str) -> std::process::Child {
+    Command::new(bin())
         .args(["--config", cfg, "--profile", "nightly", "push"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts `push --profile nightly` in the background and returns once it is sending (its upload
+/// exists on the server).
+async fn spawn_push_until_sending(cfg: &str, s: &Server) -> std::process::Child {
+    let job = spawn_push(cfg);
     let uploads = s.data().join("uploads");
     for _ in 0..100 {
         if fs::read_dir(&uploads).map(|r| r.count() > 0).unwrap_or(false) {
@@ -342,14 +347,7 @@ async fn sigterm_in_the_middle_of_a_large_file_stops_packing_at_once() {
         ),
     );
     let cfg = config.display().to_string();
-    let job = Command::new(bin())
-        .args(["--config", &cfg, "--profile", "nightly", "push"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = spawn_push(&cfg);
     // wait until the archive is being written, then stop the job
     let state = d.path().join("state");
     let packing = || {
