@@ -262,6 +262,10 @@ enum PartEnd {
     Paused,
 }
 
+/// Most parts a file is cut into for a server that follows an unfinished concatenation: keeps
+/// the final's `Upload-Concat` header within a few KiB (under common 8 KiB header limits).
+const MAX_PARTS: usize = 64;
+
 /// The largest chunk read ahead of its PATCH (the default chunk size).
 const READ_AHEAD_MAX: u64 = 8 << 20;
 
@@ -316,6 +320,12 @@ impl Job<'_> {
         {
             *slot = offset;
         }
+    }
+
+    async fn final_url(&self) -> Option<Url> {
+        let j = self.journal.lock().await;
+        let url = j.state.as_ref()?.final_url.clone()?;
+        self.opts.recorded_url(&url)
     }
 
     async fn part_url(&self, part: usize) -> Option<Url> {
@@ -414,7 +424,7 @@ impl Job<'_> {
     }
 
     /// Creates the upload of part `index` (with its first chunk when it is the only one and the
-    /// server offers creation-with-upload) and records its URL.
+    /// server offers creation-with-upload); the caller records its URL.
     async fn create(&self, index: usize, part: &Part, budget: &mut Budget) -> Result<(Url, u64), SendError> {
         let len = part.end - part.start;
         let with_upload = !self.multi
@@ -441,8 +451,6 @@ impl Job<'_> {
             };
             match self.session.create(&self.opts.target, creation).await {
                 Ok(created) => {
-                    let url = created.url.to_string();
-                    self.record(|s| s.parts[index].url = Some(url)).await?;
                     tracing::debug!("created {}", created.url);
                     if created.offset > 0 {
                         budget.reset();
@@ -486,6 +494,8 @@ impl Job<'_> {
             let (url, offset) = match known.take() {
                 None => {
                     let (url, offset) = self.create(index, &part, &mut budget).await?;
+                    let recorded = url.to_string();
+                    self.record(|s| s.parts[index].url = Some(recorded)).await?;
                     (url, offset)
                 }
                 Some((url, Some(offset))) => (url, offset),
@@ -513,8 +523,7 @@ impl Job<'_> {
                     },
                     Err(SessionError::Gone(status)) => {
                         tracing::warn!("the server lost {url} ({status}); starting a fresh upload");
-                        self.record(|s| s.parts[index].url = None).await?;
-                        self.set_acked(index, 0);
+                        self.forget_part(index).await?;
                         continue;
                     }
                     Err(SessionError::Transient(reason)) => {
@@ -609,8 +618,7 @@ impl Job<'_> {
                 }
                 Err(SessionError::Gone(status)) => {
                     tracing::warn!("the server lost {url} ({status}); starting a fresh upload");
-                    self.record(|s| s.parts[index].url = None).await?;
-                    self.set_acked(index, 0);
+                    self.forget_part(index).await?;
                 }
                 Err(SessionError::Transient(reason)) => {
                     self.backoff(&mut budget, Some(&url), reason).await?;
@@ -621,7 +629,77 @@ impl Job<'_> {
         }
     }
 
-    /// Creates the final upload of a concatenation (after every part is complete).
+    /// Forgets a part's upload (the server lost it) and the final upload naming it, if one was
+    /// created early: a fresh final is created once every part is in.
+    async fn forget_part(&self, index: usize) -> Result<(), SendError> {
+        self.set_acked(index, 0);
+        self.record(|s| {
+            s.parts[index].url = None;
+            s.final_url = None;
+        })
+        .await
+    }
+
+    /// Creates the uploads of every part that has none yet, `parallel` at a time, and records
+    /// their URLs in one journal write (for a final upload created before the parts are sent).
+    async fn create_parts(&self, parts: &[Part], parallel: usize) -> Result<(), SendError> {
+        use futures_util::StreamExt as _;
+        let mut missing = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            if self.part_url(i).await.is_none() {
+                missing.push((i, part.clone()));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let created: Vec<(usize, String)> = futures_util::stream::iter(missing)
+            .map(|(i, part)| async move {
+                let mut budget = Budget::default();
+                let (url, _) = self.create(i, &part, &mut budget).await?;
+                Ok::<_, SendError>((i, url.to_string()))
+            })
+            .buffered(parallel.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        self.record(|s| {
+            for (i, url) in created {
+                s.parts[i].url = Some(url);
+            }
+        })
+        .await
+    }
+
+    /// Waits for the server to finish the final upload at `url` (created before its parts were
+    /// complete, or recorded by an earlier run): `Ok(None)` when the server no longer has it.
+    async fn await_final(&self, url: &Url) -> Result<Option<Url>, SendError> {
+        let mut budget = Budget::default();
+        let size = self.manifest.archive.size;
+        loop {
+            match self.session.head(url).await {
+                Ok(h) if h.offset == Some(size) => return Ok(Some(url.clone())),
+                Ok(h) => {
+                    let reason = match h.offset {
+                        None => "the server has not finished the final upload yet".to_string(),
+                        Some(o) => format!("the final upload holds {o} of {size} bytes"),
+                    };
+                    self.backoff(&mut budget, Some(url), reason).await?;
+                }
+                Err(SessionError::Gone(status)) => {
+                    tracing::warn!("the final upload {url} is gone ({status}); concatenating again");
+                    self.record(|s| s.final_url = None).await?;
+                    return Ok(None);
+                }
+                Err(SessionError::Transient(reason)) => self.backoff(&mut budget, Some(url), reason).await?,
+                Err(e) => return Err(Self::fatal(url, e)),
+            }
+        }
+    }
+
+    /// Creates the final upload of a concatenation: after every part is complete, or (when the
+    /// server offers `concatenation-unfinished`) before any is sent. Records its URL.
     async fn concatenate(&self) -> Result<Url, SendError> {
         let mut budget = Budget::default();
         let parts: Vec<String> = {
@@ -768,6 +846,15 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
     } else {
         opts.parallel.max(1)
     };
+    // A server that takes the final upload before its parts are complete can follow the parts
+    // in file order (its whole-file check keeps pace with them): then the file is cut into many
+    // parts, handed to the connections in order. Otherwise one contiguous part per connection.
+    let early_final = want > 1 && caps.has("concatenation-unfinished");
+    let planned = if early_final {
+        manifest.chunks.len().clamp(want, MAX_PARTS.max(want))
+    } else {
+        want
+    };
     if journal.state.is_none() {
         journal.state = Some(JournalState {
             version: journal::VERSION,
@@ -776,18 +863,18 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             size,
             md5: manifest.archive.md5,
             chunk_size: manifest.chunk_size,
-            parts: plan_parts(&manifest, want),
+            parts: plan_parts(&manifest, planned),
             final_url: None,
             complete: false,
         });
         journal.save()?;
     }
     let parts = journal.state.as_ref().map(|s| s.parts.clone()).unwrap_or_default();
-    let final_url = journal.state.as_ref().and_then(|s| s.final_url.clone());
     let multi = parts.len() > 1;
-    if multi && parts.len() != want {
+    if multi && parts.len() != planned {
         tracing::info!("continuing with the {} partial uploads already started", parts.len());
     }
+    let workers = want.clamp(1, parts.len().max(1));
     let file = File::open(&opts.file).map_err(|source| SendError::Io {
         path: opts.file.clone(),
         source,
@@ -811,14 +898,36 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         multi,
     };
 
-    let ends =
-        futures_util::future::try_join_all(parts.into_iter().enumerate().map(|(i, p)| job.run_part(i, p))).await?;
+    if multi && early_final && job.final_url().await.is_none() && !job.past_deadline() {
+        job.create_parts(&parts, workers).await?;
+        job.concatenate().await?;
+    }
+    // `workers` connections take the parts in file order, each the next one not yet taken.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || async {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(part) = parts.get(i) else {
+                return Ok(PartEnd::Done);
+            };
+            if let PartEnd::Paused = job.run_part(i, part.clone()).await? {
+                return Ok::<_, SendError>(PartEnd::Paused);
+            }
+        }
+    };
+    let ends = futures_util::future::try_join_all((0..workers).map(|_| worker())).await?;
     if ends.iter().any(|e| matches!(e, PartEnd::Paused)) {
         let url = job.part_url(0).await.map(|u| u.to_string());
         return Ok(SendOutcome::Paused { url });
     }
     let url = if multi {
-        match final_url.and_then(|u| opts.recorded_url(&u)) {
+        // A final upload created early (or by an earlier run) is finished by the server when
+        // its last part is in; one that is gone, or was never created, is created now.
+        let recorded = match job.final_url().await {
+            Some(u) => job.await_final(&u).await?,
+            None => None,
+        };
+        match recorded {
             Some(u) => u,
             None => job.concatenate().await?,
         }

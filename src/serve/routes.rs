@@ -53,18 +53,6 @@ pub async fn options(State(state): State<AppState>) -> Response {
     r
 }
 
-/// The id named by a partial upload's URL in `Upload-Concat: final;…`.
-fn part_id(url: &str) -> Result<String> {
-    let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    if uploads::is_valid_id(id) {
-        Ok(id.to_string())
-    } else {
-        Err(ServeError::BadRequest(format!(
-            "'{url}' in Upload-Concat is not an upload URL of this server"
-        )))
-    }
-}
-
 /// `POST /files`: creation, creation-with-upload, creation-defer-length, concatenation.
 pub async fn create(
     State(state): State<AppState>,
@@ -82,7 +70,7 @@ pub async fn create(
                 "a final upload must not carry Upload-Length".into(),
             ));
         }
-        let parts = list.split_whitespace().map(part_id).collect::<Result<Vec<_>>>()?;
+        let parts = uploads::concat_part_ids(list)?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
                 "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
@@ -164,16 +152,33 @@ pub async fn head(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let _lease = state.uploads.acquire(&id).await;
-    let mut info = uploads::load_live(&state, &id, &owner).await?;
-    if info.state == UploadState::Receiving && info.is_full() {
-        // A crash between the last byte and its publication: finish now.
-        info = uploads::finish(&state, info).await?;
+    let mut info = {
+        let _lease = state.uploads.acquire(&id).await;
+        let mut info = uploads::load_live(&state, &id, &owner).await?;
+        if info.state == UploadState::Receiving && info.is_full() && !(info.is_final() && info.offset == 0) {
+            // A crash between the last byte and its publication: finish now.
+            info = uploads::finish(&state, info).await?;
+        }
+        info
+    };
+    if info.is_final() && info.state == UploadState::Receiving {
+        // A final upload created before its parts were complete: finish it if they are now
+        // (normally the last part does; this covers a restart in between).
+        info = uploads::complete_final(&state, &id).await?;
+        if info.state == UploadState::Error {
+            return Err(ServeError::Gone(format!(
+                "the upload failed ({}); start a new upload",
+                info.error.as_deref().unwrap_or("error")
+            )));
+        }
     }
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     h.insert(http::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    set(h, header::UPLOAD_OFFSET, info.offset);
+    // A final upload tells its offset only once it is concatenated (tus concatenation).
+    if !(info.is_final() && info.state == UploadState::Receiving) {
+        set(h, header::UPLOAD_OFFSET, info.offset);
+    }
     match info.length {
         Some(len) => set(h, header::UPLOAD_LENGTH, len),
         None => set(h, header::UPLOAD_DEFER_LENGTH, 1),

@@ -58,6 +58,32 @@ pub fn sanitize_filename(name: Option<&str>, fallback: &str) -> String {
     }
 }
 
+/// The upload ids named by `Upload-Concat: final;<urls>` (each URL's last path segment).
+pub fn concat_part_ids(list: &str) -> Result<Vec<String>, ServeError> {
+    list.split_whitespace()
+        .map(|url| {
+            let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            if is_valid_id(id) {
+                Ok(id.to_string())
+            } else {
+                Err(ServeError::BadRequest(format!(
+                    "'{url}' in Upload-Concat is not an upload URL of this server"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The partial upload ids of a final upload's info.
+fn parts_of(info: &UploadInfo) -> Result<Vec<String>, ServeError> {
+    let list = info
+        .concat
+        .as_deref()
+        .and_then(|c| c.strip_prefix("final;"))
+        .ok_or_else(|| ServeError::BadRequest(format!("{} is not a final upload", info.id)))?;
+    concat_part_ids(list)
+}
+
 /// Who is asking: the hash of the bearer token, or `None` when the server runs without tokens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Owner(pub Option<String>);
@@ -78,10 +104,24 @@ pub struct Lease {
 
 /// Per-upload locks and running whole-file digests (in memory; lost on restart, which only
 /// costs one re-read of the file at its end).
-#[derive(Default)]
 pub struct Uploads {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     running: Mutex<HashMap<String, RunningDigest>>,
+    /// The digest followers of unfinished final uploads, by final upload id.
+    followers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Counts committed appends: followers wait on it for more bytes.
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            slots: Mutex::default(),
+            running: Mutex::default(),
+            followers: Mutex::default(),
+            appended: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +180,14 @@ impl Uploads {
     pub fn forget(&self, id: &str) {
         lock(&self.running).remove(id);
         lock(&self.slots).remove(id);
+        if let Some(follower) = lock(&self.followers).remove(id) {
+            follower.abort();
+        }
+    }
+
+    /// Tells the digest followers that an append committed bytes.
+    fn notify_appended(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -201,7 +249,11 @@ pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<Up
     Ok(info)
 }
 
-/// Creates a final upload from complete partial uploads, then checks and publishes it.
+/// Creates a final upload from partial uploads. When all are complete it is concatenated,
+/// checked and published at once; otherwise (`concatenation-unfinished`) it waits for them: its
+/// parts are linked to it (and, where the store can, write straight into it), a digest
+/// follower hashes their bytes in order as they arrive, and the last part to complete finishes
+/// it.
 pub async fn concatenate(
     state: &AppState,
     owner: &Owner,
@@ -209,16 +261,34 @@ pub async fn concatenate(
     concat: String,
     parts: Vec<String>,
 ) -> Result<UploadInfo, ServeError> {
-    let mut total = 0u64;
+    let mut infos = Vec::with_capacity(parts.len());
     for id in &parts {
         let part = load(state, id, owner).await?;
         if !part.is_partial() {
             return Err(ServeError::BadRequest(format!("{id} is not a partial upload")));
         }
-        if part.state != UploadState::Complete {
-            return Err(ServeError::BadRequest(format!("partial upload {id} is not complete")));
-        }
-        total = total.saturating_add(part.offset);
+        infos.push(part);
+    }
+    let unfinished = infos.iter().any(|p| p.state != UploadState::Complete);
+    let mut total = 0u64;
+    for part in &infos {
+        let len = match (unfinished, part.state, part.length) {
+            (false, _, _) => part.offset,
+            (true, UploadState::Receiving | UploadState::Complete, Some(len)) => len,
+            (true, UploadState::Receiving | UploadState::Complete, None) => {
+                return Err(ServeError::BadRequest(format!(
+                    "partial upload {} has no length yet: it cannot join an unfinished concatenation",
+                    part.id
+                )));
+            }
+            (true, _, _) => {
+                return Err(ServeError::BadRequest(format!(
+                    "partial upload {} has failed or expired",
+                    part.id
+                )));
+            }
+        };
+        total = total.saturating_add(len);
     }
     if let Some(max) = state.config.max_size
         && total > max
@@ -231,6 +301,18 @@ pub async fn concatenate(
     info.metadata = metadata;
     info.concat = Some(concat);
     info.owner = owner.0.clone();
+    if unfinished {
+        let mut unique = parts.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != parts.len() {
+            return Err(ServeError::BadRequest(
+                "an unfinished concatenation names each partial upload once".into(),
+            ));
+        }
+        info.length = Some(total);
+        return begin_unfinished(state, info, infos).await;
+    }
     let mut running = expected_whole(info.metadata.as_deref()).map(|c| RunningDigest::start(c.algorithm));
     let concatenated = state
         .store
@@ -243,6 +325,133 @@ pub async fn concatenate(
     }
     tracing::info!(id = %info.id, parts = parts.len(), length = ?info.length, "final upload concatenated");
     finish(state, info).await
+}
+
+/// Records a final upload whose parts are still arriving, links them to it and starts its
+/// digest follower; finishes it at once if the parts completed meanwhile.
+async fn begin_unfinished(state: &AppState, info: UploadInfo, parts: Vec<UploadInfo>) -> Result<UploadInfo, ServeError> {
+    // No expiry of its own: it lives as long as its parts do (see `sweep`).
+    state.store.create(info.clone()).await?;
+    let mut bases = Vec::with_capacity(parts.len());
+    let mut at = 0u64;
+    for part in &parts {
+        bases.push((part.id.clone(), at, part.length.unwrap_or(0)));
+        at = at.saturating_add(part.length.unwrap_or(0));
+    }
+    // Each part is linked under its own lock (taken in id order, so two finals naming the same
+    // parts never wait on each other).
+    let mut order: Vec<&(String, u64, u64)> = bases.iter().collect();
+    order.sort();
+    let mut placed = 0;
+    for (part, base, _) in order {
+        let _lease = state.uploads.acquire(part).await;
+        let linked = state.store.link(part, &info.id, *base).await?;
+        if linked.placed_at.is_some() && linked.final_upload.as_deref() == Some(info.id.as_str()) {
+            placed += 1;
+        }
+    }
+    if let Some(expected) = expected_whole(info.metadata.as_deref()) {
+        let follower = tokio::spawn(follow(
+            state.clone(),
+            info.id.clone(),
+            bases.iter().map(|(id, _, len)| (id.clone(), *len)).collect(),
+            expected.algorithm,
+        ));
+        lock(&state.uploads.followers).insert(info.id.clone(), follower);
+    }
+    tracing::info!(id = %info.id, parts = parts.len(), placed, length = ?info.length, "final upload created before its parts are complete");
+    complete_final(state, &info.id).await
+}
+
+/// Hashes the bytes of an unfinished final upload's parts in order as they are committed, so
+/// that its whole-file check at the end has (almost) nothing left to read. Leaves the digest
+/// as the final's running digest; on any trouble it leaves nothing and the final is re-read.
+async fn follow(state: AppState, final_id: String, parts: Vec<(String, u64)>, algorithm: ChecksumAlgorithm) {
+    use futures_util::StreamExt as _;
+    let mut digest = RunningDigest::start(algorithm);
+    let mut changes = state.uploads.appended.subscribe();
+    let mut at = 0u64;
+    for (part, len) in parts {
+        let mut done = 0u64;
+        while done < len {
+            changes.borrow_and_update();
+            let Ok(info) = state.store.info(&part).await else {
+                return;
+            };
+            if matches!(info.state, UploadState::Error | UploadState::Expired) {
+                return;
+            }
+            let committed = info.offset.min(len);
+            if committed > done {
+                let Ok(mut stream) = state.store.read(&part, done..committed).await else {
+                    return;
+                };
+                let feed = digest.feed();
+                let mut batch = Vec::new();
+                let mut batched = 0usize;
+                let mut got = 0u64;
+                while let Some(bytes) = stream.next().await {
+                    let Ok(bytes) = bytes else {
+                        return;
+                    };
+                    got += bytes.len() as u64;
+                    batched += bytes.len();
+                    batch.push(bytes);
+                    if batched >= 1 << 20 {
+                        batched = 0;
+                        feed.feed(std::mem::take(&mut batch)).await;
+                    }
+                }
+                if !batch.is_empty() {
+                    feed.feed(batch).await;
+                }
+                if got != committed - done {
+                    return;
+                }
+                done = committed;
+                digest.commit(at + done).await;
+                continue;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+        at += len;
+    }
+    tracing::debug!(id = %final_id, bytes = at, "digest follower caught up");
+    state.uploads.put_running(&final_id, digest);
+}
+
+/// Finishes an unfinished final upload if all its parts are complete: the parts not written in
+/// place are copied in, the digest follower is waited for, then the whole-file check and the
+/// publication. Returns the final's info as it then stands.
+pub fn complete_final<'a>(
+    state: &'a AppState,
+    final_id: &'a str,
+) -> futures_util::future::BoxFuture<'a, Result<UploadInfo, ServeError>> {
+    use futures_util::FutureExt as _;
+    async move {
+        let _lease = state.uploads.acquire(final_id).await;
+        let info = state.store.info(final_id).await?;
+        if info.state != UploadState::Receiving || !info.is_final() || info.is_full() && info.offset > 0 {
+            return Ok(info);
+        }
+        let parts = parts_of(&info)?;
+        for id in &parts {
+            let part = state.store.info(id).await?;
+            if part.state != UploadState::Complete {
+                return Ok(info);
+            }
+        }
+        let info = state.store.concatenate(info, &parts, None).await?;
+        let follower = lock(&state.uploads.followers).remove(final_id);
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
+        tracing::info!(id = %info.id, parts = parts.len(), length = ?info.length, "final upload complete: all its parts are in");
+        finish(state, info).await
+    }
+    .boxed()
 }
 
 /// Appends a body (the caller holds the lease) and, at the last byte, finishes the upload.
@@ -278,6 +487,7 @@ pub async fn append(
         state.uploads.put_running(&info.id, digest);
     }
     let appended = appended?;
+    state.uploads.notify_appended();
     let info = appended.info;
     if let Some(cut) = &appended.interrupted {
         tracing::info!(id = %info.id, offset = info.offset, "{cut}; kept the bytes received");
@@ -345,6 +555,13 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     info.state = UploadState::Complete;
     info.completed = Some(now_secs());
     state.store.update(info.clone()).await?;
+    if let Some(final_id) = info.final_upload.clone() {
+        // The final upload waiting for this part may be complete now. Its failure is its own
+        // (reported on its URL), not this part's.
+        if let Err(e) = complete_final(state, &final_id).await {
+            tracing::warn!(id = %final_id, "the final upload could not be finished: {e}");
+        }
+    }
     Ok(info)
 }
 
@@ -436,13 +653,13 @@ pub async fn sweep(state: &AppState) -> usize {
         let Ok(info) = state.store.info(&id).await else {
             continue;
         };
-        if !expired(&info) || state.uploads.is_busy(&id) {
+        if !(expired(&info) || stranded(state, &info, now).await) || state.uploads.is_busy(&id) {
             continue;
         }
         let _lease = state.uploads.acquire(&id).await;
         // Look again under the lock: a chunk may have just renewed the expiry.
         match state.store.info(&id).await {
-            Ok(info) if expired(&info) => {}
+            Ok(info) if expired(&info) || stranded(state, &info, now).await => {}
             _ => continue,
         }
         match state.store.expire(&id).await {
@@ -455,6 +672,29 @@ pub async fn sweep(state: &AppState) -> usize {
         }
     }
     n
+}
+
+/// Whether `info` is an unfinished final upload that can never complete: one of its parts
+/// expired, failed or is gone. (It has no expiry of its own: it lives as long as its parts.)
+async fn stranded(state: &AppState, info: &UploadInfo, now: u64) -> bool {
+    if !info.is_final() || info.state != UploadState::Receiving || info.expires.is_some() {
+        return false;
+    }
+    let Ok(parts) = parts_of(info) else {
+        return true;
+    };
+    for id in parts {
+        match state.store.info(&id).await {
+            Ok(part) => match part.state {
+                UploadState::Complete => {}
+                UploadState::Receiving if part.expires.is_none_or(|e| now < e) => {}
+                _ => return true,
+            },
+            Err(super::store::StoreError::NotFound) => return true,
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 /// How often the sweeper runs for a given `--expire-after`.

@@ -41,6 +41,29 @@ impl Server {
         }
     }
 
+    /// Stops this server and starts a new one (fresh memory, a new port) over the same `--data`:
+    /// a restart.
+    pub async fn restart(mut self) -> Server {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config = self.state.config.as_ref().clone();
+        let state = AppState::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            dir,
+            state,
+            stop: Some(stop),
+        }
+    }
+
     /// The creation URL, `http://127.0.0.1:PORT/files/`.
     pub fn endpoint(&self) -> String {
         format!("{}/files/", self.base)

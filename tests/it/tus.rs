@@ -536,14 +536,25 @@ async fn concatenation_of_partial_uploads() {
             .send()
     };
     let meta = metadata(&[("filename", "hw.txt"), ("checksum", &md5_header(b"hello world"))]);
-    let r = final_of(format!("{a} {b}"), meta.clone()).await.unwrap();
-    assert_eq!(r.status(), 400, "b is not complete");
+    // b is not complete: the final upload waits for it (concatenation-unfinished).
+    let early = metadata(&[("filename", "early.txt"), ("checksum", &md5_header(b"hello world"))]);
+    let r = final_of(format!("{a} {b}"), early).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e = hv(&r, "location");
+    let r = c.head(&e).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get(header::UPLOAD_OFFSET).is_none(), "no offset before it is finished");
+    assert_eq!(c.patch(&e, 0, b"", None).await.status(), 403);
     assert_eq!(c.patch(&b, 0, b" world", None).await.status(), 204);
     assert_eq!(
         std::fs::read_dir(s.data().join("files")).unwrap().count(),
-        0,
-        "partials are not published"
+        1,
+        "partials are not published, the final upload waiting for them is"
     );
+    assert_eq!(std::fs::read(s.data().join("files/early.txt")).unwrap(), b"hello world");
+    let r = c.head(&e).await;
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
+    assert_eq!(c.status(&e).await["status"], "complete");
     let r = c.head(&a).await;
     assert_eq!(hv(&r, header::UPLOAD_CONCAT), "partial");
     assert_eq!(hv(&r, header::UPLOAD_OFFSET), "5");
@@ -570,6 +581,116 @@ async fn concatenation_of_partial_uploads() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "a final upload has no Upload-Length");
+}
+
+/// POST a partial upload of `len` bytes; its Location.
+async fn partial(c: &Tus, len: usize) -> String {
+    let r = c
+        .req(Method::POST, "/files/")
+        .header(header::UPLOAD_LENGTH, len.to_string())
+        .header(header::UPLOAD_CONCAT, "partial")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    hv(&r, "location")
+}
+
+/// POST a final upload of `parts` with `meta`; the response.
+async fn final_upload(c: &Tus, parts: &[&str], meta: &str) -> reqwest::Response {
+    c.req(Method::POST, "/files/")
+        .header(header::UPLOAD_CONCAT, format!("final;{}", parts.join(" ")))
+        .header(header::UPLOAD_METADATA, meta)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// PATCHes `data` in chunks of `chunk` bytes from `from`, each with its MD5.
+async fn patch_all(c: &Tus, loc: &str, data: &[u8], from: usize, chunk: usize) {
+    let mut at = from;
+    while at < data.len() {
+        let end = (at + chunk).min(data.len());
+        let body = &data[at..end];
+        let r = c.patch(loc, at as u64, body, Some(&md5_header(body))).await;
+        assert_eq!(r.status(), 204, "PATCH {loc} at {at}");
+        at = end;
+    }
+}
+
+#[tokio::test]
+async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_last() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let (a, b, d) = (bytes(3 << 20, 1), bytes((2 << 20) + 7, 2), bytes(1 << 20, 3));
+    let whole = [a.clone(), b.clone(), d.clone()].concat();
+    let (pa, pb, pd) = (partial(&c, a.len()).await, partial(&c, b.len()).await, partial(&c, d.len()).await);
+    // d has bytes before the final exists: it cannot be placed and is copied at the end.
+    patch_all(&c, &pd, &d[..100_000], 0, 100_000).await;
+    let meta = metadata(&[("filename", "big.bin"), ("checksum", &md5_header(&whole))]);
+    let r = final_upload(&c, &[&pa, &pb, &pd], &meta).await;
+    assert_eq!(r.status(), 201);
+    let f = hv(&r, "location");
+    let uploads = s.data().join("uploads");
+    assert!(!uploads.join(id_of(&pa)).exists(), "a writes into the final's file");
+    assert!(uploads.join(id_of(&pd)).exists(), "d keeps its own file");
+    let r = c.head(&f).await;
+    assert_eq!(hv(&r, header::UPLOAD_LENGTH), whole.len().to_string());
+    assert!(r.headers().get(header::UPLOAD_OFFSET).is_none());
+
+    // Out of order, with a refused chunk in the middle of a placed part.
+    patch_all(&c, &pb, &b, 0, 1 << 20).await;
+    let r = c.patch(&pa, 0, &a[..1 << 20], Some(&md5_header(b"not this"))).await;
+    assert_eq!(r.status(), 460);
+    patch_all(&c, &pa, &a, 0, 1 << 20).await;
+    assert_eq!(c.offset(&pa).await, a.len() as u64);
+    assert_eq!(c.status(&pa).await["status"], "complete");
+    assert!(c.head(&f).await.headers().get(header::UPLOAD_OFFSET).is_none(), "d is not complete");
+    assert!(!s.data().join("files/big.bin").exists());
+    patch_all(&c, &pd, &d, 100_000, 300_000).await;
+    assert_eq!(c.offset(&f).await, whole.len() as u64);
+    assert_eq!(std::fs::read(s.data().join("files/big.bin")).unwrap(), whole);
+    assert_eq!(c.status(&f).await["status"], "complete");
+    let r = c.req(Method::GET, &f).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), whole.as_slice());
+
+    // A final whose bytes do not match its checksum fails; its part's PATCH is still answered.
+    let q = partial(&c, 1000).await;
+    let r = final_upload(&c, &[&q], &metadata(&[("filename", "bad.bin"), ("checksum", &md5_header(b"x"))])).await;
+    assert_eq!(r.status(), 201);
+    let bad = hv(&r, "location");
+    patch_all(&c, &q, &bytes(1000, 4), 0, 1000).await;
+    assert_eq!(c.head(&bad).await.status(), 410);
+    assert_eq!(c.status(&bad).await["status"], "error");
+    assert!(!s.data().join("files/bad.bin").exists());
+
+    // Parts named twice, or without a length, cannot join an unfinished concatenation.
+    let r = final_upload(&c, &[&q, &q], "").await;
+    assert_eq!(r.status(), 201, "complete parts may repeat");
+    let r1 = partial(&c, 10).await;
+    assert_eq!(final_upload(&c, &[&r1, &r1], "").await.status(), 400);
+}
+
+#[tokio::test]
+async fn unfinished_concatenation_survives_a_restart() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let (a, b) = (bytes(1 << 20, 5), bytes(1 << 20, 6));
+    let whole = [a.clone(), b.clone()].concat();
+    let (pa, pb) = (partial(&c, a.len()).await, partial(&c, b.len()).await);
+    let meta = metadata(&[("filename", "r.bin"), ("checksum", &md5_header(&whole))]);
+    let r = final_upload(&c, &[&pa, &pb], &meta).await;
+    assert_eq!(r.status(), 201);
+    let f = hv(&r, "location");
+    patch_all(&c, &pa, &a, 0, 256 << 10).await;
+    patch_all(&c, &pb, &b[..512 << 10], 0, 256 << 10).await;
+    // The restart loses the digest follower: the last part still finishes the final, whose
+    // check then reads the file.
+    let s = s.restart().await;
+    let c = s.client();
+    patch_all(&c, &pb, &b, 512 << 10, 256 << 10).await;
+    assert_eq!(c.offset(&f).await, whole.len() as u64);
+    assert_eq!(std::fs::read(s.data().join("files/r.bin")).unwrap(), whole);
 }
 
 #[tokio::test]

@@ -49,6 +49,15 @@ enum Verifying {
     ),
 }
 
+/// Where an upload's bytes are written and read.
+struct Location {
+    path: PathBuf,
+    /// Position of the upload's first byte in `path`.
+    base: u64,
+    /// `path` is a final upload's data, shared with its other parts.
+    shared: bool,
+}
+
 /// Uploads as files under one directory.
 #[derive(Clone, Debug)]
 pub struct FsStore {
@@ -121,6 +130,31 @@ impl FsStore {
     fn read_info(path: &Path) -> StoreResult<UploadInfo> {
         let bytes = fs::read(path)?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Io(io::Error::other(format!("{}: {e}", path.display()))))
+    }
+
+    /// Where an upload's bytes live: its own data file from 0, or (a partial placed into its
+    /// final upload) the final's data file from `placed_at`.
+    fn locate(&self, info: &UploadInfo) -> StoreResult<Location> {
+        match (&info.final_upload, info.placed_at) {
+            (Some(f), Some(base)) => Ok(Location {
+                path: self.data_path(f)?,
+                base,
+                shared: true,
+            }),
+            _ => Ok(Location {
+                path: self.data_path(&info.id)?,
+                base: 0,
+                shared: false,
+            }),
+        }
+    }
+
+    /// Opens a final upload's data file (which other parts write too) positioned at `at`.
+    /// Nothing is cut off: what lies past a part's committed bytes is that part's to overwrite.
+    fn open_shared(path: &Path, at: u64) -> io::Result<File> {
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        file.seek(SeekFrom::Start(at))?;
+        Ok(file)
     }
 
     /// Opens the data file positioned at `committed`, cutting off anything beyond it.
@@ -198,7 +232,6 @@ impl Store for FsStore {
 
     fn append<'a>(&'a self, id: &'a str, append: Append, mut body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>> {
         async move {
-            let data = self.data_path(id)?;
             let info_path = self.info_path(id)?;
             let mut info = self.info(id).await?;
             if info.offset != append.offset {
@@ -208,6 +241,11 @@ impl Store for FsStore {
                 });
             }
             let committed = info.offset;
+            let Location {
+                path: data,
+                base,
+                shared,
+            } = self.locate(&info)?;
             // Three stages run side by side: this task reads the network and hands batches of
             // about 1 MiB (frames, not copies) to a writer thread (one writev each) and, when the
             // chunk carries a checksum, to a hashing thread; the whole-file digest (if any)
@@ -217,8 +255,12 @@ impl Store for FsStore {
             let path = data.clone();
             let partial = info.is_partial();
             let writer = tokio::task::spawn_blocking(move || {
-                let mut file = Self::open_at(&path, committed)?;
-                let mut writeback = Writeback::new(committed, BATCH as u64);
+                let mut file = if shared {
+                    Self::open_shared(&path, base + committed)?
+                } else {
+                    Self::open_at(&path, committed)?
+                };
+                let mut writeback = Writeback::new(base + committed, BATCH as u64);
                 if partial {
                     writeback = writeback.keeping_cache();
                 }
@@ -318,7 +360,9 @@ impl Store for FsStore {
             };
             blocking(move || {
                 let truncate = |e: StoreError| {
-                    if let Ok(f) = OpenOptions::new().write(true).open(&data) {
+                    // A shared file is not cut: past this part's committed bytes lies either
+                    // nothing counted or the next part's bytes.
+                    if !shared && let Ok(f) = OpenOptions::new().write(true).open(&data) {
                         let _ = f.set_len(committed).and_then(|()| f.sync_data());
                     }
                     Err(e)
@@ -378,24 +422,40 @@ impl Store for FsStore {
             let info_path = store.info_path(&info.id)?;
             let runtime = tokio::runtime::Handle::current();
             blocking(move || {
+                // (file, where the part starts in it, its bytes, where they go in the final) of
+                // each part not already in place.
                 let mut sources = Vec::with_capacity(parts.len());
+                let mut total = 0u64;
                 for p in &parts {
                     let part = Self::read_info(&store.info_path(p)?)?;
-                    sources.push((store.data_path(p)?, part.offset));
+                    let in_place = part.final_upload.as_deref() == Some(info.id.as_str()) && part.placed_at == Some(total);
+                    if !in_place {
+                        let from = store.locate(&part)?;
+                        sources.push((from.path, from.base, part.offset, total));
+                    }
+                    total = total.saturating_add(part.offset);
                 }
-                let mut out = match OpenOptions::new().write(true).create_new(true).open(&data) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists),
-                    Err(e) => return Err(e.into()),
+                // A final upload created before its parts were complete exists already and
+                // may hold the bytes of its placed parts.
+                let early = info_path.exists();
+                let mut out = if early {
+                    OpenOptions::new().write(true).open(&data)?
+                } else {
+                    match OpenOptions::new().write(true).create_new(true).open(&data) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists),
+                        Err(e) => return Err(e.into()),
+                    }
                 };
                 // One pass: each block read from a part is written to the final upload and
                 // handed to its whole-file digest, so the check at the end need not read the
                 // file again.
                 let r = (|| {
-                    let mut writeback = Writeback::new(0, BATCH as u64);
-                    let mut total = 0u64;
-                    for (path, len) in &sources {
+                    for (path, base, len, at) in &sources {
                         let mut part = File::open(path)?;
+                        part.seek(SeekFrom::Start(*base))?;
+                        out.seek(SeekFrom::Start(*at))?;
+                        let mut writeback = Writeback::new(*at, BATCH as u64);
                         let mut left = *len;
                         while left > 0 {
                             let mut block = vec![0u8; left.min(BATCH as u64) as usize];
@@ -408,20 +468,21 @@ impl Store for FsStore {
                             out.write_all(&block)?;
                             writeback.wrote(&out, block.len() as u64)?;
                             left -= block.len() as u64;
-                            total += block.len() as u64;
                             if let Some(feed) = &running {
                                 runtime.block_on(feed.feed(vec![Bytes::from(block)]));
                             }
                         }
+                        out.sync_data()?;
+                        writeback.release_all(&out);
                     }
+                    out.set_len(total)?;
                     out.sync_all()?;
-                    writeback.release_all(&out);
                     info.length = Some(total);
                     info.offset = total;
                     Self::write_info(&info_path, &info)?;
                     Ok(info)
                 })();
-                if r.is_err() {
+                if r.is_err() && !early {
                     let _ = fs::remove_file(&data);
                 }
                 r
@@ -431,10 +492,41 @@ impl Store for FsStore {
         .boxed()
     }
 
+    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        let paths = self
+            .info_path(part)
+            .and_then(|i| Ok((i, self.data_path(part)?, self.data_path(final_id)?)));
+        let final_id = final_id.to_string();
+        async move {
+            let (info_path, data, final_data) = paths?;
+            blocking(move || {
+                let mut info = Self::read_info(&info_path)?;
+                if info.final_upload.is_some() {
+                    return Ok(info);
+                }
+                info.final_upload = Some(final_id);
+                let place = info.offset == 0 && info.state == UploadState::Receiving && final_data.exists();
+                if place {
+                    info.placed_at = Some(base);
+                }
+                Self::write_info(&info_path, &info)?;
+                if place {
+                    // Its bytes go to the final's data from now on; the empty file is not used.
+                    let _ = fs::remove_file(&data);
+                }
+                Ok(info)
+            })
+            .await
+        }
+        .boxed()
+    }
+
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
         async move {
-            let mut file = tokio::fs::File::open(self.data_path(id)?).await?;
-            file.seek(SeekFrom::Start(range.start)).await?;
+            let info = self.info(id).await?;
+            let Location { path, base, .. } = self.locate(&info)?;
+            let mut file = tokio::fs::File::open(path).await?;
+            file.seek(SeekFrom::Start(base + range.start)).await?;
             let reader = file.take(range.end.saturating_sub(range.start));
             Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed())
         }

@@ -122,8 +122,10 @@ impl Store for MemoryStore {
                 let (_, bytes) = inner.uploads.get(p).ok_or(StoreError::NotFound)?;
                 data.extend_from_slice(bytes);
             }
-            if inner.uploads.contains_key(&info.id) {
-                return Err(StoreError::Exists);
+            // A final created early (concatenation-unfinished) exists with no bytes yet.
+            match inner.uploads.get(&info.id) {
+                Some((existing, bytes)) if existing.offset > 0 || !bytes.is_empty() => return Err(StoreError::Exists),
+                _ => {}
             }
             info.length = Some(data.len() as u64);
             info.offset = data.len() as u64;
@@ -138,6 +140,17 @@ impl Store for MemoryStore {
             Ok(info)
         }
         .boxed()
+    }
+
+    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, _base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        // Memory holds each partial's bytes apart: nothing is placed, the final copies them.
+        let r = self.with(part, |(info, _)| {
+            if info.final_upload.is_none() {
+                info.final_upload = Some(final_id.to_string());
+            }
+            Ok(info.clone())
+        });
+        futures_util::future::ready(r).boxed()
     }
 
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {

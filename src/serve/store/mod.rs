@@ -61,6 +61,15 @@ pub struct UploadInfo {
     /// When the upload completed, seconds since the Unix epoch.
     #[serde(default)]
     pub completed: Option<u64>,
+    /// For a partial upload: the final upload created before this one was complete
+    /// (`concatenation-unfinished`), which is finished once all its parts are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_upload: Option<String>,
+    /// For a partial upload of a `final_upload`: its bytes are written straight into the final
+    /// upload's data, starting at this position, so that nothing is copied at the end (the fs
+    /// store does this for a partial that had no bytes yet when the final was created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<u64>,
 }
 
 impl UploadInfo {
@@ -80,6 +89,8 @@ impl UploadInfo {
             md5: None,
             published: None,
             completed: None,
+            final_upload: None,
+            placed_at: None,
         }
     }
 
@@ -220,15 +231,24 @@ pub trait Store: Send + Sync + 'static {
     /// checksum that is cut off keeps what arrived. On any error nothing of the body is kept.
     fn append<'a>(&'a self, id: &'a str, append: Append, body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>>;
 
-    /// Creates `info` (a final upload) holding the bytes of `parts` in order; its offset and
-    /// length are their total length. The bytes also go to `running` (the final's whole-file
-    /// digest), if given, in order.
+    /// Fills `info` (a final upload: new, or created earlier with offset 0 and its length) with
+    /// the bytes of `parts` in order, makes them durable and records offset = length = their
+    /// total. Parts placed into this final upload (`placed_at`) are already where they belong
+    /// and are not copied. The copied bytes also go to `running` (the final's whole-file
+    /// digest), if given, in order; give it only when no part is placed.
     fn concatenate<'a>(
         &'a self,
         info: UploadInfo,
         parts: &'a [String],
         running: Option<DigestFeed>,
     ) -> BoxFuture<'a, StoreResult<UploadInfo>>;
+
+    /// Records that the unfinished final upload `final_id` waits for the partial upload `part`,
+    /// whose bytes start at `base` in the final (`final_upload`). A store that can write a
+    /// partial's bytes straight into the final's data does so from now on when the partial has
+    /// none yet (`placed_at`). A partial already waited for by another final keeps that link.
+    /// Returns the partial's info as recorded.
+    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>>;
 
     /// Streams bytes `range` of the upload.
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>>;
