@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol version robusto speaks.
 pub const TUS_VERSION: &str = "1.0.0";
 /// The extensions `robusto serve` announces in `Tus-Extension`.
-pub const EXTENSIONS: &str =
-    "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished";
+pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished";
 /// The checksum algorithms `robusto serve` announces in `Tus-Checksum-Algorithm`.
 pub const CHECKSUM_ALGORITHMS: &str = "md5,sha1,sha256";
 /// Content type of a PATCH body.

@@ -117,7 +117,7 @@ impl Writeback {
 }
 
 /// Drops clean cached pages of `file` in the range (a hint; dirty pages are left alone).
-fn drop_cached(file: &File, offset: u64, len: u64) {
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd as _;

@@ -264,7 +264,11 @@ enum PartEnd {
 
 /// Most parts a file is cut into for a server that follows an unfinished concatenation: keeps
 /// the final's `Upload-Concat` header within a few KiB (under common 8 KiB header limits).
-const MAX_PARTS: usize = 64;
+const MAX_PARTS: usize = 128;
+
+/// Part uploads created at once before a parallel upload starts (small requests whose time
+/// is mostly the server's fsyncs, which overlap well).
+const CREATIONS_AT_ONCE: usize = 16;
 
 /// The largest chunk read ahead of its PATCH (the default chunk size).
 const READ_AHEAD_MAX: u64 = 8 << 20;
@@ -659,7 +663,7 @@ impl Job<'_> {
                 let (url, _) = self.create(i, &part, &mut budget).await?;
                 Ok::<_, SendError>((i, url.to_string()))
             })
-            .buffered(parallel.max(1))
+            .buffered(parallel.max(CREATIONS_AT_ONCE))
             .collect::<Vec<_>>()
             .await
             .into_iter()

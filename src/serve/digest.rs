@@ -35,17 +35,49 @@ enum Msg {
     Finish(oneshot::Sender<Option<(u64, Vec<u8>)>>),
 }
 
-/// Hands the bytes an append writes to the running digest, in order.
+/// Hands the bytes an append writes to the running digest, in order (or to a [`Collected`]).
 #[derive(Clone)]
 pub struct DigestFeed {
-    tx: mpsc::Sender<Msg>,
+    to: FeedTarget,
+}
+
+#[derive(Clone)]
+enum FeedTarget {
+    Digest(mpsc::Sender<Msg>),
+    Collect(std::sync::Arc<Mutex<Vec<Bytes>>>),
 }
 
 impl DigestFeed {
     /// Queues a batch of bytes (waits while the digest is `QUEUE` batches behind).
     pub async fn feed(&self, batch: Vec<Bytes>) {
-        // A closed task only means the digest is gone; the file will be re-read at the end.
-        let _ = self.tx.send(Msg::Data(batch)).await;
+        match &self.to {
+            // A closed task only means the digest is gone; the file will be re-read at the end.
+            FeedTarget::Digest(tx) => {
+                let _ = tx.send(Msg::Data(batch)).await;
+            }
+            FeedTarget::Collect(kept) => kept.lock().unwrap_or_else(|p| p.into_inner()).extend(batch),
+        }
+    }
+}
+
+/// The bytes of one append, kept (as shared frames, not copies) for a digest that is not ready
+/// for them yet: a part of a parallel upload that arrives ahead of the final's digest.
+#[derive(Default)]
+pub struct Collected {
+    kept: std::sync::Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Collected {
+    /// Where the append sends its bytes.
+    pub fn feed(&self) -> DigestFeed {
+        DigestFeed {
+            to: FeedTarget::Collect(std::sync::Arc::clone(&self.kept)),
+        }
+    }
+
+    /// Everything fed, in order.
+    pub fn take(self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -56,10 +88,22 @@ pub struct RunningDigest {
 }
 
 impl RunningDigest {
-    /// Starts a digest of an upload that has no bytes yet.
+    /// Starts a digest of an upload that has no bytes yet, hashed on low-priority threads: it
+    /// follows appends that are busy hashing their own chunks, and only the last one waits.
     pub fn start(algorithm: ChecksumAlgorithm) -> Self {
+        Self::start_at(algorithm, false)
+    }
+
+    /// Like [`RunningDigest::start`], hashed at normal priority: for a digest that would
+    /// otherwise be left alone with most of its work at the end (the follower of a parallel
+    /// upload's parts, which shares the cores with their chunk checks).
+    pub fn start_urgent(algorithm: ChecksumAlgorithm) -> Self {
+        Self::start_at(algorithm, true)
+    }
+
+    fn start_at(algorithm: ChecksumAlgorithm, urgent: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, algorithm.hasher()));
+        tokio::spawn(run(rx, algorithm.hasher(), urgent));
         RunningDigest { tx, committed: 0 }
     }
 
@@ -70,7 +114,9 @@ impl RunningDigest {
 
     /// Where an append sends its bytes.
     pub fn feed(&self) -> DigestFeed {
-        DigestFeed { tx: self.tx.clone() }
+        DigestFeed {
+            to: FeedTarget::Digest(self.tx.clone()),
+        }
     }
 
     /// The append that fed the digest committed the upload up to `offset`.
@@ -137,6 +183,25 @@ fn start_pool() -> Option<Mutex<std_mpsc::Sender<Job>>> {
     (started > 0).then(|| Mutex::new(tx))
 }
 
+/// Runs `f` on a thread of its own at low priority (nice 10): for work that should yield the
+/// CPU to other work of the server. The handle resolves to `f`'s result (an error if it
+/// panicked or no thread could be started).
+pub fn spawn_yielding<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(move || {
+        let thread = std::thread::Builder::new()
+            .name("robusto-yielding".into())
+            .spawn(move || {
+                lower_priority();
+                f()
+            });
+        match thread.map(|t| t.join()) {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(e) => std::panic::resume_unwind(Box::new(format!("no thread for the work: {e}"))),
+        }
+    })
+}
+
 /// Gives the calling thread nice 10 (Linux schedules threads individually).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -146,7 +211,7 @@ fn lower_priority() {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher) {
+async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher, urgent: bool) {
     let mut hasher = Some(start.clone());
     let mut checkpoint = start;
     let mut hashed = 0u64;
@@ -157,11 +222,15 @@ async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher) {
             Msg::Data(batch) => {
                 hashed += batch.iter().map(|b| b.len() as u64).sum::<u64>();
                 let Some(mut h) = hasher.take() else { continue };
-                hasher = in_background(move || {
+                let work = move || {
                     batch.iter().for_each(|b| h.update(b));
                     h
-                })
-                .await;
+                };
+                hasher = if urgent {
+                    tokio::task::spawn_blocking(work).await.ok()
+                } else {
+                    in_background(work).await
+                };
                 in_step &= hasher.is_some();
             }
             Msg::Commit(offset) => match &hasher {

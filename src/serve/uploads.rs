@@ -10,7 +10,9 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use super::digest::RunningDigest;
+use bytes::Bytes;
+
+use super::digest::{Collected, RunningDigest};
 use super::error::ServeError;
 use super::store::{Append, BodyStream, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
@@ -111,6 +113,21 @@ pub struct Uploads {
     followers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Counts committed appends: followers wait on it for more bytes.
     appended: tokio::sync::watch::Sender<u64>,
+    /// Bytes of parts committed ahead of their final's follower, by final upload id.
+    ahead: Mutex<HashMap<String, Ahead>>,
+}
+
+/// Most bytes kept in memory for one follower; past it, parts are read back from the store.
+/// With parts handed out in file order this holds what the other connections sent while the
+/// follower was still on an earlier part (about (parallel - 1) × part size).
+const AHEAD_MAX: usize = 64 << 20;
+
+/// The committed appends of a final's parts that its follower has not reached yet, by their
+/// position in the final upload.
+#[derive(Default)]
+struct Ahead {
+    segments: std::collections::BTreeMap<u64, Vec<Bytes>>,
+    bytes: usize,
 }
 
 impl Default for Uploads {
@@ -120,6 +137,7 @@ impl Default for Uploads {
             running: Mutex::default(),
             followers: Mutex::default(),
             appended: tokio::sync::watch::Sender::new(0),
+            ahead: Mutex::default(),
         }
     }
 }
@@ -179,6 +197,7 @@ impl Uploads {
     /// Forgets everything held for `id`.
     pub fn forget(&self, id: &str) {
         lock(&self.running).remove(id);
+        lock(&self.ahead).remove(id);
         lock(&self.slots).remove(id);
         if let Some(follower) = lock(&self.followers).remove(id) {
             follower.abort();
@@ -188,6 +207,45 @@ impl Uploads {
     /// Tells the digest followers that an append committed bytes.
     fn notify_appended(&self) {
         self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a follower of final upload `id` takes bytes kept in memory.
+    fn is_following(&self, id: &str) -> bool {
+        lock(&self.ahead).contains_key(id)
+    }
+
+    /// Keeps the committed bytes `at..` of final upload `id` for its follower, if there is
+    /// room (else the follower reads them back from the store).
+    fn keep_ahead(&self, id: &str, at: u64, bytes: Vec<Bytes>, len: usize) {
+        if let Some(ahead) = lock(&self.ahead).get_mut(id)
+            && ahead.bytes + len <= AHEAD_MAX
+        {
+            ahead.bytes += len;
+            ahead.segments.insert(at, bytes);
+        } else {
+            tracing::trace!(id, at, len, "no room to keep bytes ahead of the follower");
+        }
+    }
+
+    /// The kept bytes of final upload `id` that start at `at` (dropping any before it), or
+    /// where the next kept bytes start.
+    fn take_ahead(&self, id: &str, at: u64) -> Result<Vec<Bytes>, Option<u64>> {
+        let mut map = lock(&self.ahead);
+        let Some(ahead) = map.get_mut(id) else {
+            return Err(None);
+        };
+        while let Some(entry) = ahead.segments.first_entry() {
+            let start = *entry.key();
+            if start > at {
+                return Err(Some(start));
+            }
+            let bytes = entry.remove();
+            ahead.bytes -= bytes.iter().map(Bytes::len).sum::<usize>();
+            if start == at {
+                return Ok(bytes);
+            }
+        }
+        Err(None)
     }
 }
 
@@ -327,9 +385,17 @@ pub async fn concatenate(
     finish(state, info).await
 }
 
+/// Parts of an unfinished final linked at once (each link is a small durable write).
+const LINKS_AT_ONCE: usize = 16;
+
 /// Records a final upload whose parts are still arriving, links them to it and starts its
 /// digest follower; finishes it at once if the parts completed meanwhile.
-async fn begin_unfinished(state: &AppState, info: UploadInfo, parts: Vec<UploadInfo>) -> Result<UploadInfo, ServeError> {
+async fn begin_unfinished(
+    state: &AppState,
+    info: UploadInfo,
+    parts: Vec<UploadInfo>,
+) -> Result<UploadInfo, ServeError> {
+    use futures_util::StreamExt as _;
     // No expiry of its own: it lives as long as its parts do (see `sweep`).
     state.store.create(info.clone()).await?;
     let mut bases = Vec::with_capacity(parts.len());
@@ -338,19 +404,27 @@ async fn begin_unfinished(state: &AppState, info: UploadInfo, parts: Vec<UploadI
         bases.push((part.id.clone(), at, part.length.unwrap_or(0)));
         at = at.saturating_add(part.length.unwrap_or(0));
     }
-    // Each part is linked under its own lock (taken in id order, so two finals naming the same
-    // parts never wait on each other).
-    let mut order: Vec<&(String, u64, u64)> = bases.iter().collect();
-    order.sort();
-    let mut placed = 0;
-    for (part, base, _) in order {
-        let _lease = state.uploads.acquire(part).await;
-        let linked = state.store.link(part, &info.id, *base).await?;
-        if linked.placed_at.is_some() && linked.final_upload.as_deref() == Some(info.id.as_str()) {
-            placed += 1;
-        }
-    }
+    // Each part is linked under its own lock, a few at a time (each holds one lock only, so
+    // two finals naming the same parts never wait on each other).
+    let linked: Vec<UploadInfo> = futures_util::stream::iter(bases.clone())
+        .map(|(part, base, _)| {
+            let (state, final_id) = (state.clone(), info.id.clone());
+            async move {
+                let _lease = state.uploads.acquire(&part).await;
+                state.store.link(&part, &final_id, base).await
+            }
+        })
+        .buffer_unordered(LINKS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let placed = linked
+        .iter()
+        .filter(|p| p.placed_at.is_some() && p.final_upload.as_deref() == Some(info.id.as_str()))
+        .count();
     if let Some(expected) = expected_whole(info.metadata.as_deref()) {
+        lock(&state.uploads.ahead).insert(info.id.clone(), Ahead::default());
         let follower = tokio::spawn(follow(
             state.clone(),
             info.id.clone(),
@@ -367,24 +441,55 @@ async fn begin_unfinished(state: &AppState, info: UploadInfo, parts: Vec<UploadI
 /// that its whole-file check at the end has (almost) nothing left to read. Leaves the digest
 /// as the final's running digest; on any trouble it leaves nothing and the final is re-read.
 async fn follow(state: AppState, final_id: String, parts: Vec<(String, u64)>, algorithm: ChecksumAlgorithm) {
+    if let Some(digest) = follow_parts(&state, &final_id, parts, algorithm).await {
+        state.uploads.put_running(&final_id, digest);
+    }
+    lock(&state.uploads.ahead).remove(&final_id);
+}
+
+async fn follow_parts(
+    state: &AppState,
+    final_id: &str,
+    parts: Vec<(String, u64)>,
+    algorithm: ChecksumAlgorithm,
+) -> Option<RunningDigest> {
     use futures_util::StreamExt as _;
-    let mut digest = RunningDigest::start(algorithm);
+    let mut digest = RunningDigest::start_urgent(algorithm);
     let mut changes = state.uploads.appended.subscribe();
     let mut at = 0u64;
+    let (mut from_memory, mut read_back) = (0u64, 0u64);
     for (part, len) in parts {
         let mut done = 0u64;
         while done < len {
             changes.borrow_and_update();
+            // Bytes kept in memory by the append that committed them, else read back.
+            let next_kept = match state.uploads.take_ahead(final_id, at + done) {
+                Ok(bytes) => {
+                    let n = bytes.iter().map(Bytes::len).sum::<usize>() as u64;
+                    if done + n > len {
+                        return None;
+                    }
+                    digest.feed().feed(bytes).await;
+                    done += n;
+                    from_memory += n;
+                    digest.commit(at + done).await;
+                    continue;
+                }
+                Err(next) => next,
+            };
             let Ok(info) = state.store.info(&part).await else {
-                return;
+                return None;
             };
             if matches!(info.state, UploadState::Error | UploadState::Expired) {
-                return;
+                return None;
             }
-            let committed = info.offset.min(len);
+            let mut committed = info.offset.min(len);
+            if let Some(next) = next_kept {
+                committed = committed.min(next.saturating_sub(at).max(done));
+            }
             if committed > done {
-                let Ok(mut stream) = state.store.read(&part, done..committed).await else {
-                    return;
+                let Ok(mut stream) = state.store.read_once(&part, done..committed).await else {
+                    return None;
                 };
                 let feed = digest.feed();
                 let mut batch = Vec::new();
@@ -392,7 +497,7 @@ async fn follow(state: AppState, final_id: String, parts: Vec<(String, u64)>, al
                 let mut got = 0u64;
                 while let Some(bytes) = stream.next().await {
                     let Ok(bytes) = bytes else {
-                        return;
+                        return None;
                     };
                     got += bytes.len() as u64;
                     batched += bytes.len();
@@ -406,20 +511,21 @@ async fn follow(state: AppState, final_id: String, parts: Vec<(String, u64)>, al
                     feed.feed(batch).await;
                 }
                 if got != committed - done {
-                    return;
+                    return None;
                 }
+                read_back += committed - done;
                 done = committed;
                 digest.commit(at + done).await;
                 continue;
             }
             if changes.changed().await.is_err() {
-                return;
+                return None;
             }
         }
         at += len;
     }
-    tracing::debug!(id = %final_id, bytes = at, "digest follower caught up");
-    state.uploads.put_running(&final_id, digest);
+    tracing::debug!(id = %final_id, bytes = at, from_memory, read_back, "digest follower caught up");
+    Some(digest)
 }
 
 /// Finishes an unfinished final upload if all its parts are complete: the parts not written in
@@ -437,7 +543,8 @@ pub fn complete_final<'a>(
             return Ok(info);
         }
         let parts = parts_of(&info)?;
-        for id in &parts {
+        // Parts complete about in file order: the last ones tell soonest that one is missing.
+        for id in parts.iter().rev() {
             let part = state.store.info(id).await?;
             if part.state != UploadState::Complete {
                 return Ok(info);
@@ -471,14 +578,36 @@ pub async fn append(
         .filter(|_| !info.is_partial())
         .map(|c| c.algorithm);
     let mut running = whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg)));
+    // A part written into an unfinished final keeps its bytes for the final's follower, which
+    // then need not read them back.
+    let ahead = match (&info.final_upload, info.placed_at) {
+        (Some(f), Some(base)) if state.uploads.is_following(f) => {
+            Some((f.clone(), base + info.offset, Collected::default()))
+        }
+        _ => None,
+    };
+    let feed = match (&running, &ahead) {
+        (Some(d), _) => Some(d.feed()),
+        (None, Some((_, _, kept))) => Some(kept.feed()),
+        (None, None) => None,
+    };
+    let before = info.offset;
     let append = Append {
         offset: info.offset,
         max_len,
         checksum,
-        running: running.as_ref().map(RunningDigest::feed),
+        running: feed,
         expires: expiry(state),
+        yielding: ahead.is_some(),
     };
     let appended = state.store.append(&info.id, append, body).await;
+    if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead) {
+        let bytes = kept.take();
+        let len = bytes.iter().map(Bytes::len).sum::<usize>();
+        if len > 0 && len as u64 == a.info.offset - before {
+            state.uploads.keep_ahead(&final_id, at, bytes, len);
+        }
+    }
     if let Some(mut digest) = running.take() {
         match &appended {
             Ok(a) => digest.commit(a.info.offset).await,
@@ -515,7 +644,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             Some(digest) => digest,
             None => {
                 tracing::debug!(%id, "no running digest (server restarted?); re-reading the file");
-                let stream = state.store.read(&id, 0..length).await?;
+                let stream = state.store.read_once(&id, 0..length).await?;
                 digest_stream(stream, expected.algorithm)
                     .await
                     .map_err(|e| ServeError::from(super::store::StoreError::from(e)))?

@@ -222,6 +222,7 @@ mod tests {
             checksum,
             running: None,
             expires: None,
+            yielding: false,
         }
     }
 

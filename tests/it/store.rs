@@ -27,6 +27,7 @@ fn append(offset: u64, max_len: u64, checksum: Option<&[u8]>) -> Append {
         checksum: checksum.map(|b| Checksum::md5(Md5::of(b))),
         running: None,
         expires: Some(42),
+        yielding: false,
     }
 }
 
@@ -145,6 +146,41 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(matches!(s.info(&id).await, Err(StoreError::NotFound)));
     assert!(matches!(s.delete(&id).await, Err(StoreError::NotFound)));
     assert_eq!(s.list().await.unwrap().len(), 4);
+
+    // A final upload created before its parts are complete: a part without bytes may be written
+    // straight into it, one with bytes is copied in at the end; either way the final holds the
+    // parts in order, and each part reads back as its own bytes.
+    let q1 = new_upload(s, 4).await;
+    let q2 = new_upload(s, 3).await;
+    s.append(&q2, append(0, 3, None), body(&[b"xy"], None)).await.unwrap();
+    let mut early = UploadInfo::new(new_id(), Some(7), 1);
+    early.concat = Some(format!("final;{q1} {q2}"));
+    s.create(early.clone()).await.unwrap();
+    let linked = s.link(&q1, &early.id, 0).await.unwrap();
+    assert_eq!(linked.final_upload.as_deref(), Some(early.id.as_str()));
+    let linked = s.link(&q2, &early.id, 4).await.unwrap();
+    assert_eq!(
+        (linked.final_upload.as_deref(), linked.placed_at),
+        (Some(early.id.as_str()), None)
+    );
+    s.append(&q1, append(0, 4, None), body(&[b"12", b"34"], None))
+        .await
+        .unwrap();
+    s.append(&q2, append(2, 1, None), body(&[b"z"], None)).await.unwrap();
+    assert_eq!(read_all(s, &q1, 0..4).await, b"1234");
+    assert_eq!(read_all(s, &q1, 1..3).await, b"23");
+    assert_eq!(read_all(s, &q2, 0..3).await, b"xyz");
+    let fin = s
+        .concatenate(early.clone(), &[q1.clone(), q2.clone()], None)
+        .await
+        .unwrap();
+    assert_eq!((fin.offset, fin.length), (7, Some(7)));
+    assert_eq!(read_all(s, &early.id, 0..7).await, b"1234xyz");
+    let once: Vec<Bytes> = s.read_once(&early.id, 2..6).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(once.concat(), b"34xy");
+    // A part keeps its first final.
+    let again = s.link(&q1, &new_id(), 0).await.unwrap();
+    assert_eq!(again.final_upload.as_deref(), Some(early.id.as_str()));
 }
 
 #[tokio::test]

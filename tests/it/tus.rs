@@ -543,7 +543,10 @@ async fn concatenation_of_partial_uploads() {
     let e = hv(&r, "location");
     let r = c.head(&e).await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get(header::UPLOAD_OFFSET).is_none(), "no offset before it is finished");
+    assert!(
+        r.headers().get(header::UPLOAD_OFFSET).is_none(),
+        "no offset before it is finished"
+    );
     assert_eq!(c.patch(&e, 0, b"", None).await.status(), 403);
     assert_eq!(c.patch(&b, 0, b" world", None).await.status(), 204);
     assert_eq!(
@@ -624,7 +627,11 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
     let c = s.client();
     let (a, b, d) = (bytes(3 << 20, 1), bytes((2 << 20) + 7, 2), bytes(1 << 20, 3));
     let whole = [a.clone(), b.clone(), d.clone()].concat();
-    let (pa, pb, pd) = (partial(&c, a.len()).await, partial(&c, b.len()).await, partial(&c, d.len()).await);
+    let (pa, pb, pd) = (
+        partial(&c, a.len()).await,
+        partial(&c, b.len()).await,
+        partial(&c, d.len()).await,
+    );
     // d has bytes before the final exists: it cannot be placed and is copied at the end.
     patch_all(&c, &pd, &d[..100_000], 0, 100_000).await;
     let meta = metadata(&[("filename", "big.bin"), ("checksum", &md5_header(&whole))]);
@@ -645,7 +652,10 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
     patch_all(&c, &pa, &a, 0, 1 << 20).await;
     assert_eq!(c.offset(&pa).await, a.len() as u64);
     assert_eq!(c.status(&pa).await["status"], "complete");
-    assert!(c.head(&f).await.headers().get(header::UPLOAD_OFFSET).is_none(), "d is not complete");
+    assert!(
+        c.head(&f).await.headers().get(header::UPLOAD_OFFSET).is_none(),
+        "d is not complete"
+    );
     assert!(!s.data().join("files/big.bin").exists());
     patch_all(&c, &pd, &d, 100_000, 300_000).await;
     assert_eq!(c.offset(&f).await, whole.len() as u64);
@@ -656,7 +666,12 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
 
     // A final whose bytes do not match its checksum fails; its part's PATCH is still answered.
     let q = partial(&c, 1000).await;
-    let r = final_upload(&c, &[&q], &metadata(&[("filename", "bad.bin"), ("checksum", &md5_header(b"x"))])).await;
+    let r = final_upload(
+        &c,
+        &[&q],
+        &metadata(&[("filename", "bad.bin"), ("checksum", &md5_header(b"x"))]),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let bad = hv(&r, "location");
     patch_all(&c, &q, &bytes(1000, 4), 0, 1000).await;

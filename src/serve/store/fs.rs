@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read as _, Seek as _, SeekFrom, Write as _};
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -261,7 +261,10 @@ impl Store for FsStore {
                     Self::open_at(&path, committed)?
                 };
                 let mut writeback = Writeback::new(base + committed, BATCH as u64);
-                if partial {
+                // A partial upload's bytes are copied into its final upload later: keep them
+                // cached. One placed into its final needs no copy (its follower takes the bytes
+                // from memory): its cache is recycled like any upload's.
+                if partial && !shared {
                     writeback = writeback.keeping_cache();
                 }
                 while let Some(batch) = rx.blocking_recv() {
@@ -275,14 +278,19 @@ impl Store for FsStore {
             let mut verifier = ChunkVerifier::new(&append);
             let mut hashing = if append.checksum.is_some() {
                 let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
-                let task = tokio::task::spawn_blocking(move || {
+                let work = move || {
                     while let Some(batch) = hrx.blocking_recv() {
                         for bytes in &batch {
                             verifier.feed(bytes)?;
                         }
                     }
                     Ok::<_, BodyError>(verifier)
-                });
+                };
+                let task = if append.yielding {
+                    crate::serve::digest::spawn_yielding(work)
+                } else {
+                    tokio::task::spawn_blocking(work)
+                };
                 Verifying::OnThread(htx, task)
             } else {
                 Verifying::Inline(verifier)
@@ -428,7 +436,8 @@ impl Store for FsStore {
                 let mut total = 0u64;
                 for p in &parts {
                     let part = Self::read_info(&store.info_path(p)?)?;
-                    let in_place = part.final_upload.as_deref() == Some(info.id.as_str()) && part.placed_at == Some(total);
+                    let in_place =
+                        part.final_upload.as_deref() == Some(info.id.as_str()) && part.placed_at == Some(total);
                     if !in_place {
                         let from = store.locate(&part)?;
                         sources.push((from.path, from.base, part.offset, total));
@@ -529,6 +538,37 @@ impl Store for FsStore {
             file.seek(SeekFrom::Start(base + range.start)).await?;
             let reader = file.take(range.end.saturating_sub(range.start));
             Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed())
+        }
+        .boxed()
+    }
+
+    fn read_once<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
+        async move {
+            let info = self.info(id).await?;
+            let Location { path, base, .. } = self.locate(&info)?;
+            let file = std::sync::Arc::new(blocking(move || Ok(File::open(path)?)).await?);
+            let end = base + range.end;
+            // Each block is dropped from the page cache once read: the cache a big upload
+            // passes through stays a few MiB that are used over and over (see `writeback`).
+            let blocks = futures_util::stream::try_unfold(base + range.start, move |at| {
+                let file = std::sync::Arc::clone(&file);
+                async move {
+                    if at >= end {
+                        return Ok(None);
+                    }
+                    let len = (end - at).min(BATCH as u64) as usize;
+                    let block = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; len];
+                        file.read_exact_at(&mut buf, at)?;
+                        crate::writeback::drop_cached(&file, at, len as u64);
+                        Ok::<_, io::Error>(Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(io::Error::other)??;
+                    Ok(Some((block, at + len as u64)))
+                }
+            });
+            Ok(blocks.boxed())
         }
         .boxed()
     }

@@ -140,6 +140,9 @@ pub struct Append {
     pub running: Option<DigestFeed>,
     /// The expiry to record with the new offset.
     pub expires: Option<u64>,
+    /// The chunk's own check may yield the CPU to other work: set for a part of a parallel
+    /// upload, whose final's digest must keep pace with all the parts at once.
+    pub yielding: bool,
 }
 
 /// The outcome of a committed append.
@@ -252,6 +255,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Streams bytes `range` of the upload.
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>>;
+
+    /// Streams bytes `range` of the upload that will not be read again soon (the whole-file
+    /// check): a store may drop them from its caches behind the reader. By default, [`Store::read`].
+    fn read_once<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
+        self.read(id, range)
+    }
 
     /// Makes a completed upload available under a name derived from `name` (already
     /// sanitised), adding a suffix on collision; records and returns the name used.
