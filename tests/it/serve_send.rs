@@ -158,6 +158,36 @@ async fn parallel_uploads_concatenate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_uploads_follow_what_the_server_offers() {
+    let server = Served::start().await;
+    let proxy = Proxy::start(server.addr, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), (10 << 20) + 5, 1 << 20, 95); // 11 chunks
+    let distinct = |patches: &[super::proxy::PatchRecord]| {
+        let mut paths: Vec<&str> = patches.iter().map(|p| p.path.as_str()).collect();
+        paths.sort();
+        paths.dedup();
+        paths.len()
+    };
+    // robusto serve takes the final upload first: one part per chunk, handed out in order.
+    let mut opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
+    opts.parallel = 4;
+    let url = send_ok(&opts).await;
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    let patches = proxy.log.patches();
+    assert_eq!((patches.len(), distinct(&patches)), (11, 11), "{patches:?}");
+    assert!(patches.iter().all(|p| p.checksum.is_some()));
+
+    // A server without concatenation-unfinished: four contiguous parts, the final after them.
+    proxy.set(|f| f.announce = Some("creation,termination,concatenation".into()));
+    opts.state_dir = dir.path().join("state2");
+    let url = send_ok(&opts).await;
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    let patches = proxy.log.patches()[11..].to_vec();
+    assert_eq!((patches.len(), distinct(&patches)), (11, 4), "{patches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resumes_a_partial_download_with_range() {
     let server = Served::start().await;
     let dir = tempfile::tempdir().unwrap();
