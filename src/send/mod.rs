@@ -266,6 +266,9 @@ enum PartEnd {
 /// the final's `Upload-Concat` header within a few KiB (under common 8 KiB header limits).
 const MAX_PARTS: usize = 128;
 
+/// How long the sender waits for a server to finish a final upload whose parts are all in.
+const FINAL_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
 /// Part uploads created at once before a parallel upload starts (small requests whose time
 /// is mostly the server's fsyncs, which overlap well).
 const CREATIONS_AT_ONCE: usize = 16;
@@ -521,7 +524,7 @@ impl Job<'_> {
                                 state.offset,
                                 state.length
                             );
-                            self.record(|s| s.parts[index].url = None).await?;
+                            self.forget_part(index).await?;
                             continue;
                         }
                     },
@@ -598,7 +601,7 @@ impl Job<'_> {
                     if checksum_failures >= CHECKSUM_FAILURES {
                         if self.caps.has("termination") {
                             let _ = self.session.terminate(&url).await;
-                            let _ = self.record(|s| s.parts[index].url = None).await;
+                            let _ = self.forget_part(index).await;
                         }
                         return Err(SendError::Damaged {
                             index: chunk_index,
@@ -657,23 +660,32 @@ impl Job<'_> {
         if missing.is_empty() {
             return Ok(());
         }
-        let created: Vec<(usize, String)> = futures_util::stream::iter(missing)
+        let results: Vec<Result<(usize, String), SendError>> = futures_util::stream::iter(missing)
             .map(|(i, part)| async move {
                 let mut budget = Budget::default();
                 let (url, _) = self.create(i, &part, &mut budget).await?;
                 Ok::<_, SendError>((i, url.to_string()))
             })
             .buffered(parallel.max(CREATIONS_AT_ONCE))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+            .collect()
+            .await;
+        // The uploads that were created are recorded even if another creation failed: a rerun
+        // uses them instead of leaving them to expire on the server.
+        let mut failed = None;
+        let mut created = Vec::new();
+        for r in results {
+            match r {
+                Ok(c) => created.push(c),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
         self.record(|s| {
             for (i, url) in created {
                 s.parts[i].url = Some(url);
             }
         })
-        .await
+        .await?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Waits for the server to finish the final upload at `url` (created before its parts were
@@ -681,12 +693,26 @@ impl Job<'_> {
     async fn await_final(&self, url: &Url) -> Result<Option<Url>, SendError> {
         let mut budget = Budget::default();
         let size = self.manifest.archive.size;
+        // A server still checking the whole file (after a restart it reads it again) answers
+        // without an offset: that is waited for, patiently, without using up the retries.
+        let patience = Instant::now() + FINAL_PATIENCE;
         loop {
             match self.session.head(url).await {
                 Ok(h) if h.offset == Some(size) => return Ok(Some(url.clone())),
+                Ok(h) if h.offset.is_none() && Instant::now() < patience => {
+                    if self.past_deadline() {
+                        return Err(SendError::RetriesExhausted {
+                            url: Some(url.to_string()),
+                            attempts: budget.used(),
+                            reason: "the server had not finished the final upload by the deadline".into(),
+                        });
+                    }
+                    tracing::debug!("{url}: the server has not finished the final upload yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Ok(h) => {
                     let reason = match h.offset {
-                        None => "the server has not finished the final upload yet".to_string(),
+                        None => "the server has not finished the final upload".to_string(),
                         Some(o) => format!("the final upload holds {o} of {size} bytes"),
                     };
                     self.backoff(&mut budget, Some(url), reason).await?;

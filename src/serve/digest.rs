@@ -44,7 +44,31 @@ pub struct DigestFeed {
 #[derive(Clone)]
 enum FeedTarget {
     Digest(mpsc::Sender<Msg>),
-    Collect(std::sync::Arc<Mutex<Vec<Bytes>>>),
+    Collect(std::sync::Arc<Mutex<Kept>>),
+}
+
+/// What a [`Collected`] holds: the bytes, or nothing once they went past the limit.
+#[derive(Default)]
+struct Kept {
+    bytes: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl Kept {
+    fn add(&mut self, batch: Vec<Bytes>) {
+        if self.overflowed {
+            return;
+        }
+        self.len += batch.iter().map(Bytes::len).sum::<usize>();
+        if self.len > self.limit {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.extend(batch);
+        }
+    }
 }
 
 impl DigestFeed {
@@ -55,19 +79,28 @@ impl DigestFeed {
             FeedTarget::Digest(tx) => {
                 let _ = tx.send(Msg::Data(batch)).await;
             }
-            FeedTarget::Collect(kept) => kept.lock().unwrap_or_else(|p| p.into_inner()).extend(batch),
+            FeedTarget::Collect(kept) => kept.lock().unwrap_or_else(|p| p.into_inner()).add(batch),
         }
     }
 }
 
 /// The bytes of one append, kept (as shared frames, not copies) for a digest that is not ready
 /// for them yet: a part of a parallel upload that arrives ahead of the final's digest.
-#[derive(Default)]
 pub struct Collected {
-    kept: std::sync::Arc<Mutex<Vec<Bytes>>>,
+    kept: std::sync::Arc<Mutex<Kept>>,
 }
 
 impl Collected {
+    /// Keeps at most `limit` bytes: an append that brings more keeps nothing.
+    pub fn up_to(limit: usize) -> Self {
+        Collected {
+            kept: std::sync::Arc::new(Mutex::new(Kept {
+                limit,
+                ..Kept::default()
+            })),
+        }
+    }
+
     /// Where the append sends its bytes.
     pub fn feed(&self) -> DigestFeed {
         DigestFeed {
@@ -75,9 +108,10 @@ impl Collected {
         }
     }
 
-    /// Everything fed, in order.
-    pub fn take(self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Everything fed, in order; `None` if it went past the limit.
+    pub fn take(self) -> Option<Vec<Bytes>> {
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        (!kept.overflowed).then_some(kept.bytes)
     }
 }
 

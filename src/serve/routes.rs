@@ -146,6 +146,10 @@ fn created(info: &UploadInfo, with_offset: bool) -> Response {
     r
 }
 
+/// How long a HEAD of an unfinished final upload waits for it to be finished before answering
+/// without an offset (well below clients' stall timeouts).
+const HEAD_WAITS_FOR_FINAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `HEAD /files/{id}`: where the upload stands. Takes over from a stalled PATCH.
 pub async fn head(
     State(state): State<AppState>,
@@ -163,8 +167,22 @@ pub async fn head(
     };
     if info.is_final() && info.state == UploadState::Receiving {
         // A final upload created before its parts were complete: finish it if they are now
-        // (normally the last part does; this covers a restart in between).
-        info = uploads::complete_final(&state, &id).await?;
+        // (normally the last part does; this covers a restart in between). A long check (a
+        // re-read after a restart) goes on in the background; the answer then has no offset
+        // yet and the client asks again.
+        let finishing = {
+            let (state, id) = (state.clone(), id.clone());
+            tokio::spawn(async move { uploads::complete_final(&state, &id).await })
+        };
+        info = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
+            Ok(Ok(done)) => done?,
+            Ok(Err(e)) => {
+                return Err(ServeError::Internal(super::store::StoreError::Io(
+                    std::io::Error::other(format!("finishing the upload failed: {e}")),
+                )));
+            }
+            Err(_) => info,
+        };
         if info.state == UploadState::Error {
             return Err(ServeError::Gone(format!(
                 "the upload failed ({}); start a new upload",
@@ -275,7 +293,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let _lease = state.uploads.acquire(&id).await;
-    uploads::load(&state, &id, &owner).await?;
+    let info = uploads::load(&state, &id, &owner).await?;
+    if info.is_final() {
+        uploads::expire_placed_parts(&state, &info).await;
+    }
     state.store.delete(&id).await?;
     state.uploads.forget(&id);
     tracing::info!(%id, "upload terminated");

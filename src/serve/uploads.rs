@@ -117,10 +117,13 @@ pub struct Uploads {
     ahead: Mutex<HashMap<String, Ahead>>,
 }
 
-/// Most bytes kept in memory for one follower; past it, parts are read back from the store.
-/// With parts handed out in file order this holds what the other connections sent while the
-/// follower was still on an earlier part (about (parallel - 1) × part size).
+/// Most bytes kept in memory for all followers together; past it, parts are read back from
+/// the store. With parts handed out in file order this holds what the other connections sent
+/// while the follower was still on an earlier part (about (parallel - 1) × part size).
 const AHEAD_MAX: usize = 64 << 20;
+
+/// Most bytes one append keeps for a follower (a longer body is read back instead).
+const COLLECT_MAX: usize = 16 << 20;
 
 /// The committed appends of a final's parts that its follower has not reached yet, by their
 /// position in the final upload.
@@ -153,6 +156,16 @@ impl Uploads {
     pub async fn acquire(&self, id: &str) -> Lease {
         let slot = Arc::clone(lock(&self.slots).entry(id.to_string()).or_default());
         lock(&slot.current).cancel();
+        let guard = Arc::clone(&slot.writer).lock_owned().await;
+        let cancel = CancellationToken::new();
+        *lock(&slot.current) = cancel.clone();
+        Lease { _guard: guard, cancel }
+    }
+
+    /// Takes the upload's lock after whoever holds it now is done (nothing is cancelled): for
+    /// short bookkeeping that must not throw away a chunk in flight.
+    pub async fn acquire_waiting(&self, id: &str) -> Lease {
+        let slot = Arc::clone(lock(&self.slots).entry(id.to_string()).or_default());
         let guard = Arc::clone(&slot.writer).lock_owned().await;
         let cancel = CancellationToken::new();
         *lock(&slot.current) = cancel.clone();
@@ -217,8 +230,10 @@ impl Uploads {
     /// Keeps the committed bytes `at..` of final upload `id` for its follower, if there is
     /// room (else the follower reads them back from the store).
     fn keep_ahead(&self, id: &str, at: u64, bytes: Vec<Bytes>, len: usize) {
-        if let Some(ahead) = lock(&self.ahead).get_mut(id)
-            && ahead.bytes + len <= AHEAD_MAX
+        let mut all = lock(&self.ahead);
+        let kept: usize = all.values().map(|a| a.bytes).sum();
+        if let Some(ahead) = all.get_mut(id)
+            && kept + len <= AHEAD_MAX
         {
             ahead.bytes += len;
             ahead.segments.insert(at, bytes);
@@ -396,21 +411,42 @@ async fn begin_unfinished(
     parts: Vec<UploadInfo>,
 ) -> Result<UploadInfo, ServeError> {
     use futures_util::StreamExt as _;
-    // No expiry of its own: it lives as long as its parts do (see `sweep`).
-    state.store.create(info.clone()).await?;
+    // The same request again (a retry after a lost answer, or a client killed before it
+    // recorded the answer) gets the final upload its parts already wait for, not a second one
+    // that would be published as a second copy.
+    let mut info = info;
+    let mut existing = None;
+    if let Some(f) = parts.first().and_then(|p| p.final_upload.clone())
+        && let Ok(found) = state.store.info(&f).await
+        && found.state == UploadState::Receiving
+        && found.offset == 0
+        && (&found.concat, &found.metadata, &found.owner, found.length)
+            == (&info.concat, &info.metadata, &info.owner, info.length)
+    {
+        tracing::info!(id = %found.id, "the final upload of these parts exists already");
+        info = found;
+        existing = Some(());
+    }
+    // Held while the parts are linked and the follower starts: a part that completes meanwhile
+    // finishes the final only after that.
+    let final_lease = state.uploads.acquire_waiting(&info.id).await;
+    if existing.is_none() {
+        // No expiry of its own: it lives as long as its parts do (see `sweep`).
+        state.store.create(info.clone()).await?;
+    }
     let mut bases = Vec::with_capacity(parts.len());
     let mut at = 0u64;
     for part in &parts {
         bases.push((part.id.clone(), at, part.length.unwrap_or(0)));
         at = at.saturating_add(part.length.unwrap_or(0));
     }
-    // Each part is linked under its own lock, a few at a time (each holds one lock only, so
-    // two finals naming the same parts never wait on each other).
+    // Each part is linked under its own lock, a few at a time, waiting for a chunk in flight
+    // rather than cancelling it (each holds one part's lock only: no two wait on each other).
     let linked: Vec<UploadInfo> = futures_util::stream::iter(bases.clone())
         .map(|(part, base, _)| {
             let (state, final_id) = (state.clone(), info.id.clone());
             async move {
-                let _lease = state.uploads.acquire(&part).await;
+                let _lease = state.uploads.acquire_waiting(&part).await;
                 state.store.link(&part, &final_id, base).await
             }
         })
@@ -423,7 +459,8 @@ async fn begin_unfinished(
         .iter()
         .filter(|p| p.placed_at.is_some() && p.final_upload.as_deref() == Some(info.id.as_str()))
         .count();
-    if let Some(expected) = expected_whole(info.metadata.as_deref()) {
+    let following = lock(&state.uploads.followers).contains_key(&info.id);
+    if !following && let Some(expected) = expected_whole(info.metadata.as_deref()) {
         lock(&state.uploads.ahead).insert(info.id.clone(), Ahead::default());
         let follower = tokio::spawn(follow(
             state.clone(),
@@ -433,8 +470,35 @@ async fn begin_unfinished(
         ));
         lock(&state.uploads.followers).insert(info.id.clone(), follower);
     }
+    drop(final_lease);
     tracing::info!(id = %info.id, parts = parts.len(), placed, length = ?info.length, "final upload created before its parts are complete");
     complete_final(state, &info.id).await
+}
+
+/// Marks the parts placed into final upload `final_id` expired before its bytes go (it is
+/// deleted or expires): their bytes live in its file, and a part must never claim bytes that
+/// are gone. Their client learns 410 and sends them again.
+pub async fn expire_placed_parts(state: &AppState, final_info: &UploadInfo) {
+    let Ok(parts) = parts_of(final_info) else {
+        return;
+    };
+    for id in parts {
+        let _lease = state.uploads.acquire(&id).await;
+        match state.store.info(&id).await {
+            Ok(part)
+                if part.final_upload.as_deref() == Some(final_info.id.as_str())
+                    && part.placed_at.is_some()
+                    && part.state != UploadState::Expired =>
+            {
+                match state.store.expire(&id).await {
+                    Ok(()) => tracing::info!(%id, "part expired with its final upload {}", final_info.id),
+                    Err(e) => tracing::warn!(%id, "could not expire a part of {}: {e}", final_info.id),
+                }
+                state.uploads.forget(&id);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Hashes the bytes of an unfinished final upload's parts in order as they are committed, so
@@ -545,9 +609,23 @@ pub fn complete_final<'a>(
         let parts = parts_of(&info)?;
         // Parts complete about in file order: the last ones tell soonest that one is missing.
         for id in parts.iter().rev() {
-            let part = state.store.info(id).await?;
-            if part.state != UploadState::Complete {
-                return Ok(info);
+            let part = match state.store.info(id).await {
+                Ok(part) => part,
+                Err(super::store::StoreError::NotFound) => {
+                    return Err(ServeError::Gone(format!(
+                        "its partial upload {id} is gone; create a new final upload"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match part.state {
+                UploadState::Complete => {}
+                UploadState::Receiving if part.expires.is_none_or(|e| now_secs() < e) => return Ok(info),
+                _ => {
+                    return Err(ServeError::Gone(format!(
+                        "its partial upload {id} expired or failed; send it again and create a new final upload"
+                    )));
+                }
             }
         }
         let info = state.store.concatenate(info, &parts, None).await?;
@@ -582,7 +660,7 @@ pub async fn append(
     // then need not read them back.
     let ahead = match (&info.final_upload, info.placed_at) {
         (Some(f), Some(base)) if state.uploads.is_following(f) => {
-            Some((f.clone(), base + info.offset, Collected::default()))
+            Some((f.clone(), base + info.offset, Collected::up_to(COLLECT_MAX)))
         }
         _ => None,
     };
@@ -601,8 +679,9 @@ pub async fn append(
         yielding: ahead.is_some(),
     };
     let appended = state.store.append(&info.id, append, body).await;
-    if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead) {
-        let bytes = kept.take();
+    if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead)
+        && let Some(bytes) = kept.take()
+    {
         let len = bytes.iter().map(Bytes::len).sum::<usize>();
         if len > 0 && len as u64 == a.info.offset - before {
             state.uploads.keep_ahead(&final_id, at, bytes, len);
@@ -685,11 +764,15 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     info.completed = Some(now_secs());
     state.store.update(info.clone()).await?;
     if let Some(final_id) = info.final_upload.clone() {
-        // The final upload waiting for this part may be complete now. Its failure is its own
-        // (reported on its URL), not this part's.
-        if let Err(e) = complete_final(state, &final_id).await {
-            tracing::warn!(id = %final_id, "the final upload could not be finished: {e}");
-        }
+        // The final upload waiting for this part may be complete now: finished in the
+        // background (its check may take long after a restart), not in this part's answer. Its
+        // failure is its own, reported on its URL.
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = complete_final(&state, &final_id).await {
+                tracing::warn!(id = %final_id, "the final upload could not be finished: {e}");
+            }
+        });
     }
     Ok(info)
 }
@@ -790,6 +873,11 @@ pub async fn sweep(state: &AppState) -> usize {
         match state.store.info(&id).await {
             Ok(info) if expired(&info) || stranded(state, &info, now).await => {}
             _ => continue,
+        }
+        if let Ok(info) = state.store.info(&id).await
+            && info.is_final()
+        {
+            expire_placed_parts(state, &info).await;
         }
         match state.store.expire(&id).await {
             Ok(()) => {

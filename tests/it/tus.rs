@@ -549,14 +549,15 @@ async fn concatenation_of_partial_uploads() {
     );
     assert_eq!(c.patch(&e, 0, b"", None).await.status(), 403);
     assert_eq!(c.patch(&b, 0, b" world", None).await.status(), 204);
+    // The last part finishes the final upload (in the background: a HEAD waits for it).
+    let r = c.head(&e).await;
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
     assert_eq!(
         std::fs::read_dir(s.data().join("files")).unwrap().count(),
         1,
         "partials are not published, the final upload waiting for them is"
     );
     assert_eq!(std::fs::read(s.data().join("files/early.txt")).unwrap(), b"hello world");
-    let r = c.head(&e).await;
-    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "11");
     assert_eq!(c.status(&e).await["status"], "complete");
     let r = c.head(&a).await;
     assert_eq!(hv(&r, header::UPLOAD_CONCAT), "partial");
@@ -684,6 +685,47 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
     assert_eq!(r.status(), 201, "complete parts may repeat");
     let r1 = partial(&c, 10).await;
     assert_eq!(final_upload(&c, &[&r1, &r1], "").await.status(), 400);
+}
+
+#[tokio::test]
+async fn unfinished_concatenation_is_idempotent_and_never_loses_acknowledged_bytes() {
+    let s = Server::start(|c| c.expire_after = Duration::from_secs(2)).await;
+    let c = s.client();
+    // The same final twice (a retry after a lost answer): one final upload, one published file.
+    let (a, big) = (bytes(1000, 7), bytes((17 << 20) + 3, 8));
+    let whole = [a.clone(), big.clone()].concat();
+    let (pa, pb) = (partial(&c, a.len()).await, partial(&c, big.len()).await);
+    let meta = metadata(&[("filename", "once.bin"), ("checksum", &md5_header(&whole))]);
+    let f1 = hv(&final_upload(&c, &[&pa, &pb], &meta).await, "location");
+    let f2 = hv(&final_upload(&c, &[&pa, &pb], &meta).await, "location");
+    assert_eq!(f1, f2);
+    patch_all(&c, &pa, &a, 0, 1000).await;
+    // One PATCH larger than what the server keeps in memory for the digest: read back instead.
+    patch_all(&c, &pb, &big, 0, big.len()).await;
+    assert_eq!(c.offset(&f1).await, whole.len() as u64);
+    assert_eq!(std::fs::read_dir(s.data().join("files")).unwrap().count(), 1);
+    assert_eq!(std::fs::read(s.data().join("files/once.bin")).unwrap(), whole);
+
+    // Deleting an unfinished final takes its placed parts with it: they answer 410, never an
+    // offset for bytes that are gone.
+    let (q1, q2) = (partial(&c, 10).await, partial(&c, 10).await);
+    let f = hv(&final_upload(&c, &[&q1, &q2], "").await, "location");
+    assert_eq!(c.patch(&q1, 0, b"0123456789", None).await.status(), 204);
+    assert_eq!(c.req(Method::DELETE, &f).send().await.unwrap().status(), 204);
+    assert_eq!(c.head(&q1).await.status(), 410);
+    assert_eq!(c.head(&q2).await.status(), 410);
+
+    // A part that expires strands its final: the sweeper expires the final and the parts
+    // placed into it, and the final's HEAD says 410 at once.
+    let (r1, r2) = (partial(&c, 10).await, partial(&c, 10).await);
+    let f = hv(&final_upload(&c, &[&r1, &r2], "").await, "location");
+    assert_eq!(c.patch(&r1, 0, b"abcdefghij", None).await.status(), 204);
+    assert_eq!(c.status(&r1).await["status"], "complete");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(c.head(&f).await.status(), 410, "r2 expired");
+    robusto::serve::uploads::sweep(&s.state).await;
+    assert_eq!(c.head(&r1).await.status(), 410);
+    assert_eq!(c.head(&f).await.status(), 410);
 }
 
 #[tokio::test]
