@@ -127,11 +127,26 @@ const COLLECT_MAX: usize = 16 << 20;
 
 /// The committed appends of a final's parts that its follower has not reached yet, by their
 /// position in the final upload.
-#[derive(Default)]
 struct Ahead {
     segments: std::collections::BTreeMap<u64, Vec<Bytes>>,
     bytes: usize,
+    /// Where the follower is: the position it hashes next.
+    next: tokio::sync::watch::Sender<u64>,
 }
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead {
+            segments: Default::default(),
+            bytes: 0,
+            next: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// How long an append that finds no room waits for the follower to make some (its answer
+/// waits too) before its bytes are left to be read back.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for Uploads {
     fn default() -> Self {
@@ -227,18 +242,49 @@ impl Uploads {
         lock(&self.ahead).contains_key(id)
     }
 
-    /// Keeps the committed bytes `at..` of final upload `id` for its follower, if there is
-    /// room (else the follower reads them back from the store).
-    fn keep_ahead(&self, id: &str, at: u64, bytes: Vec<Bytes>, len: usize) {
-        let mut all = lock(&self.ahead);
-        let kept: usize = all.values().map(|a| a.bytes).sum();
-        if let Some(ahead) = all.get_mut(id)
-            && kept + len <= AHEAD_MAX
-        {
-            ahead.bytes += len;
-            ahead.segments.insert(at, bytes);
-        } else {
-            tracing::trace!(id, at, len, "no room to keep bytes ahead of the follower");
+    /// Keeps the committed bytes `at..` of final upload `id` for its follower. The bytes the
+    /// follower needs next are always kept; others when there is room, else after waiting a
+    /// little for the follower to make some (which holds back a connection that runs far
+    /// ahead of the others); failing that, the follower reads them back from the store.
+    async fn keep_ahead(&self, id: &str, at: u64, bytes: Vec<Bytes>, len: usize) {
+        let deadline = tokio::time::Instant::now() + AHEAD_WAIT;
+        let mut moved = None;
+        loop {
+            {
+                let mut all = lock(&self.ahead);
+                let kept: usize = all.values().map(|a| a.bytes).sum();
+                let Some(ahead) = all.get_mut(id) else {
+                    return;
+                };
+                let next = *ahead.next.borrow();
+                if at < next {
+                    return; // the follower read these back already
+                }
+                if at == next || kept + len <= AHEAD_MAX {
+                    ahead.bytes += len;
+                    ahead.segments.insert(at, bytes);
+                    drop(all);
+                    self.notify_appended();
+                    return;
+                }
+                if moved.is_none() {
+                    moved = Some(ahead.next.subscribe());
+                }
+            }
+            let Some(rx) = moved.as_mut() else {
+                return;
+            };
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                tracing::trace!(id, at, len, "no room to keep bytes ahead of the follower");
+                return;
+            }
+        }
+    }
+
+    /// The follower of final upload `id` has hashed everything before `at`.
+    fn follower_at(&self, id: &str, at: u64) {
+        if let Some(ahead) = lock(&self.ahead).get(id) {
+            ahead.next.send_replace(at);
         }
     }
 
@@ -537,6 +583,7 @@ async fn follow_parts(
                     done += n;
                     from_memory += n;
                     digest.commit(at + done).await;
+                    state.uploads.follower_at(final_id, at + done);
                     continue;
                 }
                 Err(next) => next,
@@ -580,6 +627,7 @@ async fn follow_parts(
                 read_back += committed - done;
                 done = committed;
                 digest.commit(at + done).await;
+                state.uploads.follower_at(final_id, at + done);
                 continue;
             }
             if changes.changed().await.is_err() {
@@ -684,7 +732,7 @@ pub async fn append(
     {
         let len = bytes.iter().map(Bytes::len).sum::<usize>();
         if len > 0 && len as u64 == a.info.offset - before {
-            state.uploads.keep_ahead(&final_id, at, bytes, len);
+            state.uploads.keep_ahead(&final_id, at, bytes, len).await;
         }
     }
     if let Some(mut digest) = running.take() {

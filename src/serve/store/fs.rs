@@ -1,7 +1,9 @@
 //! The default [`Store`]: uploads as plain files under `--data DIR`.
 //!
 //! ```text
-//! DIR/uploads/<id>        the bytes received (never longer than the committed offset after a restart)
+//! DIR/uploads/<id>        the bytes received (never longer than the committed offset after a restart;
+//!                         a partial upload's appears with its first byte, and one written into its
+//!                         final upload's file has none)
 //! DIR/uploads/<id>.info   UploadInfo as JSON, replaced atomically (temp + fsync + rename + fsync dir)
 //! DIR/files/<name>        completed uploads, published under their sanitised `filename` (hard links)
 //! ```
@@ -159,7 +161,12 @@ impl FsStore {
 
     /// Opens the data file positioned at `committed`, cutting off anything beyond it.
     fn open_at(path: &Path, committed: u64) -> io::Result<File> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        // Nothing committed yet: the file may not exist (a partial upload's first byte).
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(committed == 0)
+            .open(path)?;
         let len = file.metadata()?.len();
         if len < committed {
             return Err(io::Error::other(format!(
@@ -183,6 +190,14 @@ impl Store for FsStore {
         async move {
             let (data, info_path) = paths?;
             blocking(move || {
+                if info.is_partial() {
+                    // A part of a parallel upload gets its data file with its first byte (most
+                    // are written into their final upload's file and never need one).
+                    if data.exists() {
+                        return Err(StoreError::Exists);
+                    }
+                    return Self::write_info(&info_path, &info);
+                }
                 let file = match OpenOptions::new().write(true).create_new(true).open(&data) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StoreError::Exists),
@@ -438,7 +453,7 @@ impl Store for FsStore {
                     let part = Self::read_info(&store.info_path(p)?)?;
                     let in_place =
                         part.final_upload.as_deref() == Some(info.id.as_str()) && part.placed_at == Some(total);
-                    if !in_place {
+                    if !in_place && part.offset > 0 {
                         let from = store.locate(&part)?;
                         sources.push((from.path, from.base, part.offset, total));
                     }
@@ -533,6 +548,9 @@ impl Store for FsStore {
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
         async move {
             let info = self.info(id).await?;
+            if range.start >= range.end.min(info.offset) {
+                return Ok(futures_util::stream::empty().boxed());
+            }
             let Location { path, base, .. } = self.locate(&info)?;
             let mut file = tokio::fs::File::open(path).await?;
             file.seek(SeekFrom::Start(base + range.start)).await?;
@@ -545,6 +563,9 @@ impl Store for FsStore {
     fn read_once<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
         async move {
             let info = self.info(id).await?;
+            if range.start >= range.end.min(info.offset) {
+                return Ok(futures_util::stream::empty().boxed());
+            }
             let Location { path, base, .. } = self.locate(&info)?;
             let file = std::sync::Arc::new(blocking(move || Ok(File::open(path)?)).await?);
             let end = base + range.end;
