@@ -264,7 +264,7 @@ enum PartEnd {
 
 /// Most parts a file is cut into for a server that follows an unfinished concatenation: keeps
 /// the final's `Upload-Concat` header within a few KiB (under common 8 KiB header limits).
-const MAX_PARTS: usize = 128;
+const MAX_PARTS: usize = 64;
 
 /// How long the sender waits for a server to finish a final upload whose parts are all in.
 const FINAL_PATIENCE: Duration = Duration::from_secs(30 * 60);

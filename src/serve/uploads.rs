@@ -725,6 +725,7 @@ pub async fn append(
         running: feed,
         expires: expiry(state),
         yielding: ahead.is_some(),
+        complete_at: info.is_partial().then(now_secs),
     };
     let appended = state.store.append(&info.id, append, body).await;
     if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead)
@@ -808,9 +809,12 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         info.published = Some(state.store.publish(&id, &name).await?);
         tracing::info!(%id, length, name = info.published.as_deref().unwrap_or(""), "upload complete and published");
     }
-    info.state = UploadState::Complete;
-    info.completed = Some(now_secs());
-    state.store.update(info.clone()).await?;
+    // A partial upload recorded its completion with its last append.
+    if info.state != UploadState::Complete {
+        info.state = UploadState::Complete;
+        info.completed = Some(now_secs());
+        state.store.update(info.clone()).await?;
+    }
     if let Some(final_id) = info.final_upload.clone() {
         // The final upload waiting for this part may be complete now: finished in the
         // background (its check may take long after a restart), not in this part's answer. Its

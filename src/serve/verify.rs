@@ -223,6 +223,7 @@ mod tests {
             running: None,
             expires: None,
             yielding: false,
+            complete_at: None,
         }
     }
 

@@ -28,6 +28,7 @@ fn append(offset: u64, max_len: u64, checksum: Option<&[u8]>) -> Append {
         running: None,
         expires: Some(42),
         yielding: false,
+        complete_at: None,
     }
 }
 

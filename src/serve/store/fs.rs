@@ -400,8 +400,7 @@ impl Store for FsStore {
                 writeback.release_all(&file);
                 drop(file);
                 let synced = started.elapsed();
-                info.offset = committed + verdict.received;
-                info.expires = append.expires;
+                append.commit(&mut info, verdict.received);
                 if let Err(e) = Self::write_info(&info_path, &info) {
                     // If the new info got in place (only its directory's fsync failed), the bytes
                     // it counts must stay: cutting them off would leave an info that claims more

@@ -98,8 +98,7 @@ impl Store for MemoryStore {
             self.with(id, |(info, data)| {
                 data.truncate(info.offset as usize);
                 data.extend_from_slice(&buf); // exactly the bytes the verifier accepted
-                info.offset += verdict.received;
-                info.expires = append.expires;
+                append.commit(info, verdict.received);
                 Ok(Appended {
                     info: info.clone(),
                     interrupted: verdict.interrupted,

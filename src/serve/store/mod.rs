@@ -143,6 +143,26 @@ pub struct Append {
     /// The chunk's own check may yield the CPU to other work: set for a part of a parallel
     /// upload, whose final's digest must keep pace with all the parts at once.
     pub yielding: bool,
+    /// The completion time to record (state complete, no expiry) if this append brings the
+    /// upload to its length: for a partial upload, which needs no check at its end, so that
+    /// its completion costs no second durable write.
+    pub complete_at: Option<u64>,
+}
+
+impl Append {
+    /// Records the new offset (and, at the end of an upload that needs no further check, its
+    /// completion) in `info`: what every store writes when it commits an append.
+    pub fn commit(&self, info: &mut UploadInfo, received: u64) {
+        info.offset += received;
+        info.expires = self.expires;
+        if let Some(at) = self.complete_at
+            && info.is_full()
+        {
+            info.state = UploadState::Complete;
+            info.completed = Some(at);
+            info.expires = None;
+        }
+    }
 }
 
 /// The outcome of a committed append.
