@@ -106,13 +106,12 @@ pub struct Lease {
 
 /// Per-upload locks and running whole-file digests (in memory; lost on restart, which only
 /// costs one re-read of the file at its end).
+#[derive(Default)]
 pub struct Uploads {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     running: Mutex<HashMap<String, RunningDigest>>,
     /// The digest followers of unfinished final uploads, by final upload id.
     followers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// Counts committed appends: followers wait on it for more bytes.
-    appended: tokio::sync::watch::Sender<u64>,
     /// Bytes of parts committed ahead of their final's follower, by final upload id.
     ahead: Mutex<HashMap<String, Ahead>>,
 }
@@ -132,6 +131,8 @@ struct Ahead {
     bytes: usize,
     /// Where the follower is: the position it hashes next.
     next: tokio::sync::watch::Sender<u64>,
+    /// Counts the parts' committed appends: the follower waits on it for more bytes.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Ahead {
@@ -140,6 +141,7 @@ impl Default for Ahead {
             segments: Default::default(),
             bytes: 0,
             next: tokio::sync::watch::Sender::new(0),
+            appended: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -147,18 +149,6 @@ impl Default for Ahead {
 /// How long an append that finds no room waits for the follower to make some (its answer
 /// waits too) before its bytes are left to be read back.
 const AHEAD_WAIT: Duration = Duration::from_secs(2);
-
-impl Default for Uploads {
-    fn default() -> Self {
-        Uploads {
-            slots: Mutex::default(),
-            running: Mutex::default(),
-            followers: Mutex::default(),
-            appended: tokio::sync::watch::Sender::new(0),
-            ahead: Mutex::default(),
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent even if a holder panicked: every update is a single insert/remove.
@@ -232,9 +222,16 @@ impl Uploads {
         }
     }
 
-    /// Tells the digest followers that an append committed bytes.
-    fn notify_appended(&self) {
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    /// Tells the follower of final upload `id` (if any) that one of its parts committed bytes.
+    fn notify_appended(&self, id: &str) {
+        if let Some(ahead) = lock(&self.ahead).get(id) {
+            ahead.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// What the follower of final upload `id` waits on for more bytes.
+    fn appends_of(&self, id: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        lock(&self.ahead).get(id).map(|a| a.appended.subscribe())
     }
 
     /// Whether a follower of final upload `id` takes bytes kept in memory.
@@ -263,8 +260,7 @@ impl Uploads {
                 if at == next || kept + len <= AHEAD_MAX {
                     ahead.bytes += len;
                     ahead.segments.insert(at, bytes);
-                    drop(all);
-                    self.notify_appended();
+                    ahead.appended.send_modify(|n| *n = n.wrapping_add(1));
                     return;
                 }
                 if moved.is_none() {
@@ -565,7 +561,7 @@ async fn follow_parts(
 ) -> Option<RunningDigest> {
     use futures_util::StreamExt as _;
     let mut digest = RunningDigest::start_urgent(algorithm);
-    let mut changes = state.uploads.appended.subscribe();
+    let mut changes = state.uploads.appends_of(final_id)?;
     let mut at = 0u64;
     let (mut from_memory, mut read_back) = (0u64, 0u64);
     for (part, len) in parts {
@@ -744,7 +740,9 @@ pub async fn append(
         state.uploads.put_running(&info.id, digest);
     }
     let appended = appended?;
-    state.uploads.notify_appended();
+    if let Some(f) = &info.final_upload {
+        state.uploads.notify_appended(f);
+    }
     let info = appended.info;
     if let Some(cut) = &appended.interrupted {
         tracing::info!(id = %info.id, offset = info.offset, "{cut}; kept the bytes received");
