@@ -933,39 +933,44 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         job.concatenate().await?;
     }
     // `workers` connections take the parts in file order, each the next one not yet taken.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let worker = || async {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(part) = parts.get(i) else {
-                return Ok(PartEnd::Done);
-            };
-            if let PartEnd::Paused = job.run_part(i, part.clone()).await? {
-                return Ok::<_, SendError>(PartEnd::Paused);
+    // A second round runs only when the server lost the final upload early: its parts are
+    // checked again (one that went with it is sent again) before a new final is created.
+    let mut round = 0;
+    let url = loop {
+        round += 1;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let worker = || async {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(part) = parts.get(i) else {
+                    return Ok(PartEnd::Done);
+                };
+                if let PartEnd::Paused = job.run_part(i, part.clone()).await? {
+                    return Ok::<_, SendError>(PartEnd::Paused);
+                }
             }
-        }
-    };
-    let ends = futures_util::future::try_join_all((0..workers).map(|_| worker())).await?;
-    if ends.iter().any(|e| matches!(e, PartEnd::Paused)) {
-        let url = job.part_url(0).await.map(|u| u.to_string());
-        return Ok(SendOutcome::Paused { url });
-    }
-    let url = if multi {
-        // A final upload created early (or by an earlier run) is finished by the server when
-        // its last part is in; one that is gone, or was never created, is created now.
-        let recorded = match job.final_url().await {
-            Some(u) => job.await_final(&u).await?,
-            None => None,
         };
-        match recorded {
-            Some(u) => u,
-            None => job.concatenate().await?,
+        let ends = futures_util::future::try_join_all((0..workers).map(|_| worker())).await?;
+        if ends.iter().any(|e| matches!(e, PartEnd::Paused)) {
+            let url = job.part_url(0).await.map(|u| u.to_string());
+            return Ok(SendOutcome::Paused { url });
         }
-    } else {
-        job.part_url(0).await.ok_or_else(|| SendError::Server {
-            url: opts.target.to_string(),
-            source: SessionError::Protocol("no upload URL after the upload".into()),
-        })?
+        if !multi {
+            break job.part_url(0).await.ok_or_else(|| SendError::Server {
+                url: opts.target.to_string(),
+                source: SessionError::Protocol("no upload URL after the upload".into()),
+            })?;
+        }
+        // A final upload created early (or by an earlier run) is finished by the server when
+        // its last part is in; one that was never created is created now.
+        match job.final_url().await {
+            Some(u) => match job.await_final(&u).await? {
+                Some(u) => break u,
+                None if round == 1 => continue,
+                None => break job.concatenate().await?,
+            },
+            None => break job.concatenate().await?,
+        }
     };
     job.record(|s| s.complete = true).await?;
     progress.event(&Event::Complete {

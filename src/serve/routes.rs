@@ -150,44 +150,67 @@ fn created(info: &UploadInfo, with_offset: bool) -> Response {
 /// without an offset (well below clients' stall timeouts).
 const HEAD_WAITS_FOR_FINAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Finishes a final upload created before its parts were complete if they are now (normally
+/// the last part does; this covers a restart in between). It never holds a HEAD for long: while
+/// another request is finishing it, or when finishing takes longer than a few seconds (a
+/// re-read after a restart), the answer is the upload as it stands (no offset yet) and the
+/// work goes on in the background.
+async fn finish_final(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo> {
+    if state.uploads.is_busy(&info.id) {
+        // Someone is finishing it (the last part did): wait for them, a little.
+        match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, state.uploads.acquire_waiting(&info.id)).await {
+            Err(_) => return Ok(info),
+            Ok(lease) => drop(lease),
+        }
+        info = state.store.info(&info.id).await?;
+        if info.state != UploadState::Receiving {
+            return settled(info);
+        }
+    }
+    let finishing = {
+        let (state, id) = (state.clone(), info.id.clone());
+        tokio::spawn(async move { uploads::complete_final(&state, &id).await })
+    };
+    let done = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
+        Ok(Ok(done)) => done?,
+        Ok(Err(e)) => {
+            return Err(ServeError::Internal(super::store::StoreError::Io(
+                std::io::Error::other(format!("finishing the upload failed: {e}")),
+            )));
+        }
+        Err(_) => info,
+    };
+    settled(done)
+}
+
+/// A final upload that failed its check is gone for its client.
+fn settled(info: UploadInfo) -> Result<UploadInfo> {
+    if info.state == UploadState::Error {
+        return Err(ServeError::Gone(format!(
+            "the upload failed ({}); start a new upload",
+            info.error.as_deref().unwrap_or("error")
+        )));
+    }
+    Ok(info)
+}
+
 /// `HEAD /files/{id}`: where the upload stands. Takes over from a stalled PATCH.
 pub async fn head(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let mut info = {
+    let mut info = uploads::load_live(&state, &id, &owner).await?;
+    if info.is_final() {
+        if info.state == UploadState::Receiving {
+            info = finish_final(&state, info).await?;
+        }
+    } else {
         let _lease = state.uploads.acquire(&id).await;
-        let mut info = uploads::load_live(&state, &id, &owner).await?;
-        if info.state == UploadState::Receiving && info.is_full() && !(info.is_final() && info.offset == 0) {
+        info = uploads::load_live(&state, &id, &owner).await?;
+        if info.state == UploadState::Receiving && info.is_full() {
             // A crash between the last byte and its publication: finish now.
             info = uploads::finish(&state, info).await?;
-        }
-        info
-    };
-    if info.is_final() && info.state == UploadState::Receiving {
-        // A final upload created before its parts were complete: finish it if they are now
-        // (normally the last part does; this covers a restart in between). A long check (a
-        // re-read after a restart) goes on in the background; the answer then has no offset
-        // yet and the client asks again.
-        let finishing = {
-            let (state, id) = (state.clone(), id.clone());
-            tokio::spawn(async move { uploads::complete_final(&state, &id).await })
-        };
-        info = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
-            Ok(Ok(done)) => done?,
-            Ok(Err(e)) => {
-                return Err(ServeError::Internal(super::store::StoreError::Io(
-                    std::io::Error::other(format!("finishing the upload failed: {e}")),
-                )));
-            }
-            Err(_) => info,
-        };
-        if info.state == UploadState::Error {
-            return Err(ServeError::Gone(format!(
-                "the upload failed ({}); start a new upload",
-                info.error.as_deref().unwrap_or("error")
-            )));
         }
     }
     let mut r = StatusCode::OK.into_response();

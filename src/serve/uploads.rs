@@ -116,10 +116,14 @@ pub struct Uploads {
     ahead: Mutex<HashMap<String, Ahead>>,
 }
 
-/// Most bytes kept in memory for all followers together; past it, parts are read back from
-/// the store. With parts handed out in file order this holds what the other connections sent
-/// while the follower was still on an earlier part (about (parallel - 1) × part size).
+/// Most bytes kept in memory for one follower; past it, an append waits a little for room,
+/// then leaves its bytes to be read back. With parts handed out in file order this holds what
+/// the other connections sent while the follower was still on an earlier part (about
+/// (parallel - 1) × part size).
 const AHEAD_MAX: usize = 64 << 20;
+
+/// Most bytes kept for all followers together (past it nothing more is kept, at once).
+const AHEAD_TOTAL_MAX: usize = 256 << 20;
 
 /// Most bytes one append keeps for a follower (a longer body is read back instead).
 const COLLECT_MAX: usize = 16 << 20;
@@ -249,7 +253,10 @@ impl Uploads {
         loop {
             {
                 let mut all = lock(&self.ahead);
-                let kept: usize = all.values().map(|a| a.bytes).sum();
+                let total: usize = all.values().map(|a| a.bytes).sum();
+                if total + len > AHEAD_TOTAL_MAX {
+                    return;
+                }
                 let Some(ahead) = all.get_mut(id) else {
                     return;
                 };
@@ -257,7 +264,7 @@ impl Uploads {
                 if at < next {
                     return; // the follower read these back already
                 }
-                if at == next || kept + len <= AHEAD_MAX {
+                if at == next || ahead.bytes + len <= AHEAD_MAX {
                     ahead.bytes += len;
                     ahead.segments.insert(at, bytes);
                     ahead.appended.send_modify(|n| *n = n.wrapping_add(1));
@@ -274,6 +281,21 @@ impl Uploads {
                 tracing::trace!(id, at, len, "no room to keep bytes ahead of the follower");
                 return;
             }
+        }
+    }
+
+    /// Drops the bytes kept for the follower of final upload `id` (it reads them back).
+    fn release_ahead(&self, id: &str) {
+        if let Some(ahead) = lock(&self.ahead).get_mut(id)
+            && ahead.bytes > 0
+        {
+            tracing::debug!(
+                id,
+                bytes = ahead.bytes,
+                "the follower is idle; letting go of the bytes kept for it"
+            );
+            ahead.segments.clear();
+            ahead.bytes = 0;
         }
     }
 
@@ -442,6 +464,17 @@ pub async fn concatenate(
     finish(state, info).await
 }
 
+/// How long the completion of a final upload waits for its follower to hash what is left.
+const FOLLOWER_CATCH_UP: Duration = Duration::from_secs(600);
+
+/// A follower that has seen no new bytes for this long polls the parts' offsets (a wake-up may
+/// have been lost with a dropped request).
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+
+/// A follower with no progress for this long lets go of the bytes kept for it (they are read
+/// back when it moves on): a paused parallel upload does not hold memory for days.
+const FOLLOWER_IDLE: Duration = Duration::from_secs(30);
+
 /// Parts of an unfinished final linked at once (each link is a small durable write).
 const LINKS_AT_ONCE: usize = 16;
 
@@ -472,6 +505,13 @@ async fn begin_unfinished(
     // Held while the parts are linked and the follower starts: a part that completes meanwhile
     // finishes the final only after that.
     let final_lease = state.uploads.acquire_waiting(&info.id).await;
+    if existing.is_some() {
+        // Look again under its lock: it may have been finished meanwhile.
+        let now = state.store.info(&info.id).await?;
+        if now.state != UploadState::Receiving || now.offset > 0 {
+            return Ok(now);
+        }
+    }
     if existing.is_none() {
         // No expiry of its own: it lives as long as its parts do (see `sweep`).
         state.store.create(info.clone()).await?;
@@ -564,6 +604,7 @@ async fn follow_parts(
     let mut changes = state.uploads.appends_of(final_id)?;
     let mut at = 0u64;
     let (mut from_memory, mut read_back) = (0u64, 0u64);
+    let mut idle_since = std::time::Instant::now();
     for (part, len) in parts {
         let mut done = 0u64;
         while done < len {
@@ -626,8 +667,14 @@ async fn follow_parts(
                 state.uploads.follower_at(final_id, at + done);
                 continue;
             }
-            if changes.changed().await.is_err() {
-                return None;
+            match tokio::time::timeout(FOLLOWER_POLL, changes.changed()).await {
+                Ok(Ok(())) => idle_since = std::time::Instant::now(),
+                Ok(Err(_)) => return None,
+                Err(_) if idle_since.elapsed() >= FOLLOWER_IDLE => {
+                    state.uploads.release_ahead(final_id);
+                    idle_since = std::time::Instant::now();
+                }
+                Err(_) => {}
             }
         }
         at += len;
@@ -645,10 +692,14 @@ pub fn complete_final<'a>(
 ) -> futures_util::future::BoxFuture<'a, Result<UploadInfo, ServeError>> {
     use futures_util::FutureExt as _;
     async move {
-        let _lease = state.uploads.acquire(final_id).await;
+        let _lease = state.uploads.acquire_waiting(final_id).await;
         let info = state.store.info(final_id).await?;
-        if info.state != UploadState::Receiving || !info.is_final() || info.is_full() && info.offset > 0 {
+        if info.state != UploadState::Receiving || !info.is_final() {
             return Ok(info);
+        }
+        if info.is_full() && info.offset > 0 {
+            // Concatenated, then a crash before its check and publication: finish now.
+            return finish(state, info).await;
         }
         let parts = parts_of(&info)?;
         // Parts complete about in file order: the last ones tell soonest that one is missing.
@@ -674,8 +725,15 @@ pub fn complete_final<'a>(
         }
         let info = state.store.concatenate(info, &parts, None).await?;
         let follower = lock(&state.uploads.followers).remove(final_id);
-        if let Some(follower) = follower {
-            let _ = follower.await;
+        if let Some(mut follower) = follower {
+            // Every part is in: the follower only has to catch up. If it does not within the
+            // limit it is stopped, and the check reads the file instead.
+            state.uploads.notify_appended(final_id);
+            if tokio::time::timeout(FOLLOWER_CATCH_UP, &mut follower).await.is_err() {
+                tracing::warn!(id = %final_id, "the digest follower did not catch up; reading the file instead");
+                follower.abort();
+                lock(&state.uploads.ahead).remove(final_id);
+            }
         }
         tracing::info!(id = %info.id, parts = parts.len(), length = ?info.length, "final upload complete: all its parts are in");
         finish(state, info).await

@@ -706,6 +706,20 @@ async fn unfinished_concatenation_is_idempotent_and_never_loses_acknowledged_byt
     assert_eq!(std::fs::read_dir(s.data().join("files")).unwrap().count(), 1);
     assert_eq!(std::fs::read(s.data().join("files/once.bin")).unwrap(), whole);
 
+    // A second, different final of the same part: the part's appends wake the first one's
+    // follower only; the second's follower finds the bytes by polling and finishes too.
+    let t = partial(&c, 3000).await;
+    let tb = bytes(3000, 9);
+    let m1 = metadata(&[("filename", "t1.bin"), ("checksum", &md5_header(&tb))]);
+    let m2 = metadata(&[("filename", "t2.bin"), ("checksum", &md5_header(&tb))]);
+    let t1 = hv(&final_upload(&c, &[&t], &m1).await, "location");
+    let t2 = hv(&final_upload(&c, &[&t], &m2).await, "location");
+    assert_ne!(t1, t2);
+    patch_all(&c, &t, &tb, 0, 1000).await;
+    assert_eq!(c.offset(&t1).await, 3000);
+    assert_eq!(c.offset(&t2).await, 3000);
+    assert_eq!(std::fs::read(s.data().join("files/t2.bin")).unwrap(), tb);
+
     // Deleting an unfinished final takes its placed parts with it: they answer 410, never an
     // offset for bytes that are gone.
     let (q1, q2) = (partial(&c, 10).await, partial(&c, 10).await);
