@@ -4,8 +4,13 @@
 //!
 //! The job: read (or compute) the manifest → open the journal and take the job lock → ask the
 //! server what it supports (OPTIONS) → create the upload(s) or find them again (HEAD) → one PATCH
-//! per chunk, each carrying the chunk's MD5 → with `--parallel N`, N partial uploads of
-//! contiguous chunk ranges and then the final concatenation → record completion.
+//! per chunk, each carrying the chunk's MD5 → record completion.
+//!
+//! With `--parallel N` the file goes as partial uploads over N connections (tus
+//! concatenation). A server that offers `concatenation-unfinished` gets the final upload first
+//! and up to 64 parts handed to the connections in file order, so that it can check the whole
+//! file as the parts arrive; at the end the client waits for the server to finish the final
+//! (HEAD). Other servers get N contiguous parts and the final once they are all in.
 
 pub mod get;
 pub mod journal;

@@ -1,6 +1,16 @@
 //! The life of an upload: ids, creation, one writer at a time (with stale-lock takeover),
 //! appending with running digests, the whole-file check and publication at the last byte, and
 //! the expiry sweeper.
+//!
+//! Concatenation. A final upload of complete parts is copied together, checked and published
+//! at once. One created while its parts are still arriving (`concatenation-unfinished`) is
+//! recorded with its length; its parts are linked to it, and those without bytes yet write
+//! straight into its data (`placed_at`, where the store can). A follower task hashes the parts
+//! in file order as they commit, mostly from the bytes their appends keep in memory for it
+//! (bounded; an append running far ahead waits briefly for room, else its bytes are read
+//! back). The last part to complete finishes the final in the background: the parts not in
+//! place are copied in, the follower's digest is compared with the `checksum` metadata, and
+//! the file is published. Losing any of this in memory (a restart) only costs a re-read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
