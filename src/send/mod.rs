@@ -974,6 +974,9 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
                 None if round == 1 => continue,
                 None => break job.concatenate().await?,
             },
+            // The early final was lost during the round (a part of it was gone): parts finished
+            // before that may have gone with it, so they are all checked again first.
+            None if round == 1 && early_final => continue,
             None => break job.concatenate().await?,
         }
     };

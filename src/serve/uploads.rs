@@ -485,6 +485,9 @@ const FOLLOWER_POLL: Duration = Duration::from_secs(1);
 /// back when it moves on): a paused parallel upload does not hold memory for days.
 const FOLLOWER_IDLE: Duration = Duration::from_secs(30);
 
+/// How long the expiry of a final waits for a chunk in flight to one of its parts.
+const LET_CHUNK_FINISH: Duration = Duration::from_secs(5);
+
 /// Parts of an unfinished final linked at once (each link is a small durable write).
 const LINKS_AT_ONCE: usize = 16;
 
@@ -575,7 +578,12 @@ pub async fn expire_placed_parts(state: &AppState, final_info: &UploadInfo) {
         return;
     };
     for id in parts {
-        let _lease = state.uploads.acquire(&id).await;
+        // A chunk in flight is let finish (its client then learns 410 on the next one), unless
+        // it takes long: then it is cut off.
+        let _lease = match tokio::time::timeout(LET_CHUNK_FINISH, state.uploads.acquire_waiting(&id)).await {
+            Ok(lease) => lease,
+            Err(_) => state.uploads.acquire(&id).await,
+        };
         match state.store.info(&id).await {
             Ok(part)
                 if part.final_upload.as_deref() == Some(final_info.id.as_str())

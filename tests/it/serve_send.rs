@@ -188,6 +188,62 @@ async fn parallel_uploads_follow_what_the_server_offers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_upload_lost_in_the_middle_is_made_again() {
+    let server = Served::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), 12 << 20, 1 << 20, 91);
+    let state = dir.path().join("state");
+    let args: Vec<String> = [
+        "send",
+        file.to_str().unwrap(),
+        "--to",
+        &server.endpoint(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--parallel",
+        "2",
+        "--bwlimit",
+        "3M",
+        "-q",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let job = tokio::task::spawn_blocking(move || robusto(args));
+    // Once the final upload exists and a few parts are in, the server loses it (DELETE): the
+    // parts placed in it go too.
+    let journal = state.join("jobs");
+    let final_url = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Ok(entries) = std::fs::read_dir(&journal) else {
+            continue;
+        };
+        let found = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .find_map(|j| j["final_url"].as_str().map(str::to_string));
+        if let Some(url) = found {
+            break url;
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = reqwest::Client::new()
+        .delete(&final_url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let out = job.await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let url = out.stdout.trim().to_string();
+    assert_ne!(url, final_url);
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resumes_a_partial_download_with_range() {
     let server = Served::start().await;
     let dir = tempfile::tempdir().unwrap();
