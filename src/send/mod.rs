@@ -918,7 +918,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         file: opts.file.display().to_string(),
         total_bytes: size,
         chunks: manifest.chunks.len() as u64,
-        parallel: parts.len() as u32,
+        parallel: workers as u32,
     });
     let job = Job {
         opts,

@@ -389,7 +389,11 @@ pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<Up
     info.owner = owner.0.clone();
     info.expires = expiry(state);
     state.store.create(info.clone()).await?;
-    tracing::info!(id = %info.id, length = ?info.length, "upload created");
+    if info.is_partial() {
+        tracing::debug!(id = %info.id, length = ?info.length, "partial upload created");
+    } else {
+        tracing::info!(id = %info.id, length = ?info.length, "upload created");
+    }
     if info.is_full() {
         info = finish(state, info).await?;
     }
@@ -991,6 +995,16 @@ pub async fn sweep(state: &AppState) -> usize {
         let Ok(info) = state.store.info(&id).await else {
             continue;
         };
+        if retired(state, &info, now).await {
+            // A part written into its final upload, long complete: only a record is left (its
+            // bytes are the final's); tus lets a server remove parts after a concatenation.
+            let _lease = state.uploads.acquire_waiting(&id).await;
+            if state.store.delete(&id).await.is_ok() {
+                state.uploads.forget(&id);
+                tracing::debug!(%id, "removed the record of a part of a completed final upload");
+            }
+            continue;
+        }
         if !(expired(&info) || stranded(state, &info, now).await) || state.uploads.is_busy(&id) {
             continue;
         }
@@ -1015,6 +1029,22 @@ pub async fn sweep(state: &AppState) -> usize {
         }
     }
     n
+}
+
+/// Whether `info` is a part placed into a final upload that completed more than the expiry
+/// period ago (a client had that long to use the part again).
+async fn retired(state: &AppState, info: &UploadInfo, now: u64) -> bool {
+    let (Some(final_id), Some(_)) = (&info.final_upload, info.placed_at) else {
+        return false;
+    };
+    if info.state != UploadState::Complete {
+        return false;
+    }
+    let keep = state.config.expire_after.as_secs();
+    match state.store.info(final_id).await {
+        Ok(f) => f.state == UploadState::Complete && f.completed.is_some_and(|c| now >= c.saturating_add(keep)),
+        Err(_) => false,
+    }
 }
 
 /// Whether `info` is an unfinished final upload that can never complete: one of its parts

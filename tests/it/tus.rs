@@ -740,6 +740,15 @@ async fn unfinished_concatenation_is_idempotent_and_never_loses_acknowledged_byt
     robusto::serve::uploads::sweep(&s.state).await;
     assert_eq!(c.head(&r1).await.status(), 410);
     assert_eq!(c.head(&f).await.status(), 410);
+
+    // The same sweep removed the records of the parts written into the finals completed more
+    // than the expiry period ago; the finals themselves are untouched.
+    assert_eq!(c.head(&pa).await.status(), 404);
+    assert_eq!(c.head(&t).await.status(), 404);
+    assert_eq!(c.offset(&f1).await, whole.len() as u64);
+    let r = c.req(Method::GET, &f1).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), whole.as_slice());
+    assert_eq!(std::fs::read(s.data().join("files/once.bin")).unwrap(), whole);
 }
 
 #[tokio::test]
