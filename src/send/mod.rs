@@ -957,8 +957,15 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         };
         let ends = futures_util::future::try_join_all((0..workers).map(|_| worker())).await?;
         if ends.iter().any(|e| matches!(e, PartEnd::Paused)) {
-            let url = job.part_url(0).await.map(|u| u.to_string());
-            return Ok(SendOutcome::Paused { url });
+            // The URL to ask about: the final upload's once it exists (its status shows the
+            // chunks all parts hold), else the first part's.
+            let url = match job.final_url().await {
+                Some(u) => Some(u),
+                None => job.part_url(0).await,
+            };
+            return Ok(SendOutcome::Paused {
+                url: url.map(|u| u.to_string()),
+            });
         }
         if !multi {
             break job.part_url(0).await.ok_or_else(|| SendError::Server {

@@ -338,7 +338,7 @@ pub async fn status(
         Some(host) => format!("http://{host}{}", location(&id)),
         None => location(&id),
     };
-    Ok(Json(uploads::report(info, url)))
+    Ok(Json(uploads::status_report(&state, info, url).await))
 }
 
 /// `GET /files`: the completed uploads the caller's token may see, as JSON, oldest first.

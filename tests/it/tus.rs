@@ -635,7 +635,11 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
     );
     // d has bytes before the final exists: it cannot be placed and is copied at the end.
     patch_all(&c, &pd, &d[..100_000], 0, 100_000).await;
-    let meta = metadata(&[("filename", "big.bin"), ("checksum", &md5_header(&whole))]);
+    let meta = metadata(&[
+        ("filename", "big.bin"),
+        ("checksum", &md5_header(&whole)),
+        ("chunk-size", "1048576"),
+    ]);
     let r = final_upload(&c, &[&pa, &pb, &pd], &meta).await;
     assert_eq!(r.status(), 201);
     let f = hv(&r, "location");
@@ -648,11 +652,18 @@ async fn unfinished_concatenation_writes_parts_in_place_and_finishes_with_the_la
 
     // Out of order, with a refused chunk in the middle of a placed part.
     patch_all(&c, &pb, &b, 0, 1 << 20).await;
+    // Its status tells the chunks its parts hold (b holds 3 MiB..5 MiB + 7 of the file).
+    let status = c.status(&f).await;
+    assert_eq!(
+        (status["status"].as_str(), status["value"].as_str()),
+        (Some("partial"), Some("3,4"))
+    );
     let r = c.patch(&pa, 0, &a[..1 << 20], Some(&md5_header(b"not this"))).await;
     assert_eq!(r.status(), 460);
     patch_all(&c, &pa, &a, 0, 1 << 20).await;
     assert_eq!(c.offset(&pa).await, a.len() as u64);
     assert_eq!(c.status(&pa).await["status"], "complete");
+    assert_eq!(c.status(&f).await["value"], "0,1,2,3,4");
     assert!(
         c.head(&f).await.headers().get(header::UPLOAD_OFFSET).is_none(),
         "d is not complete"
