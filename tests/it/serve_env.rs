@@ -26,19 +26,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path().to_path_buf());
         tune(&mut config);
-        let state = AppState::open(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            dir,
-            state,
-            stop: Some(stop),
-        }
+        Self::serve(dir, config).await
     }
 
     /// Stops this server and starts a new one (fresh memory, a new port) over the same `--data`:
@@ -49,6 +37,10 @@ impl Server {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config = self.state.config.as_ref().clone();
+        Self::serve(dir, config).await
+    }
+
+    async fn serve(dir: tempfile::TempDir, config: Config) -> Server {
         let state = AppState::open(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

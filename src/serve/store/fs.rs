@@ -151,6 +151,18 @@ impl FsStore {
         }
     }
 
+    /// The file and the byte range in it of bytes `range` of an upload (cut to what it
+    /// holds); `None` when that is nothing (a partial upload may have no file yet).
+    async fn span(&self, id: &str, range: Range<u64>) -> StoreResult<Option<(PathBuf, Range<u64>)>> {
+        let info = self.info(id).await?;
+        let end = range.end.min(info.offset);
+        if range.start >= end {
+            return Ok(None);
+        }
+        let Location { path, base, .. } = self.locate(&info)?;
+        Ok(Some((path, base + range.start..base + end)))
+    }
+
     /// Opens a final upload's data file (which other parts write too) positioned at `at`.
     /// Nothing is cut off: what lies past a part's committed bytes is that part's to overwrite.
     fn open_shared(path: &Path, at: u64) -> io::Result<File> {
@@ -546,14 +558,12 @@ impl Store for FsStore {
 
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
         async move {
-            let info = self.info(id).await?;
-            if range.start >= range.end.min(info.offset) {
+            let Some((path, range)) = self.span(id, range).await? else {
                 return Ok(futures_util::stream::empty().boxed());
-            }
-            let Location { path, base, .. } = self.locate(&info)?;
+            };
             let mut file = tokio::fs::File::open(path).await?;
-            file.seek(SeekFrom::Start(base + range.start)).await?;
-            let reader = file.take(range.end.saturating_sub(range.start));
+            file.seek(SeekFrom::Start(range.start)).await?;
+            let reader = file.take(range.end - range.start);
             Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed())
         }
         .boxed()
@@ -561,16 +571,14 @@ impl Store for FsStore {
 
     fn read_once<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
         async move {
-            let info = self.info(id).await?;
-            if range.start >= range.end.min(info.offset) {
+            let Some((path, range)) = self.span(id, range).await? else {
                 return Ok(futures_util::stream::empty().boxed());
-            }
-            let Location { path, base, .. } = self.locate(&info)?;
+            };
             let file = std::sync::Arc::new(blocking(move || Ok(File::open(path)?)).await?);
-            let end = base + range.end;
+            let end = range.end;
             // Each block is dropped from the page cache once read: the cache a big upload
             // passes through stays a few MiB that are used over and over (see `writeback`).
-            let blocks = futures_util::stream::try_unfold(base + range.start, move |at| {
+            let blocks = futures_util::stream::try_unfold(range.start, move |at| {
                 let file = std::sync::Arc::clone(&file);
                 async move {
                     if at >= end {
