@@ -586,6 +586,10 @@ pub struct ServeArgs {
     /// Let browsers at this origin upload (repeatable; * for any).
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+    /// Drop what arrived of a checked chunk whose connection was cut, instead of holding it
+    /// for the client to complete (the robusto-chunk-prefix extension; plain tus then).
+    #[arg(long)]
+    pub no_chunk_prefix: bool,
 }
 
 impl ServeArgs {
@@ -614,6 +618,7 @@ impl ServeArgs {
             }
         }
         config.cors_origins = self.cors_origin.clone();
+        config.keep_prefixes = !self.no_chunk_prefix;
         Ok(config)
     }
 }

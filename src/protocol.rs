@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 pub const TUS_VERSION: &str = "1.0.0";
 /// The extensions `robusto serve` announces in `Tus-Extension`.
 pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished";
+/// robusto's own extension, announced after the tus ones when enabled: a PATCH carrying
+/// `Upload-Checksum` that is cut off leaves its bytes held by the server (never counted in
+/// `Upload-Offset`), and the client completes the chunk instead of sending it again. `HEAD`
+/// reports the held bytes in [`header::CHUNK_PREFIX`] with the checksum of the chunk they begin
+/// in [`header::CHUNK_CHECKSUM`]; a PATCH carrying [`header::CHUNK_PREFIX`] sends only the rest,
+/// with the whole chunk's `Upload-Checksum`, and the offset advances only once the chunk is
+/// complete and matches. Other tus clients never see a difference.
+pub const EXT_CHUNK_PREFIX: &str = "robusto-chunk-prefix";
 /// The checksum algorithms `robusto serve` announces in `Tus-Checksum-Algorithm`.
 pub const CHECKSUM_ALGORITHMS: &str = "md5,sha1,sha256";
 /// Content type of a PATCH body.
@@ -50,6 +58,13 @@ pub mod header {
     pub const UPLOAD_CONCAT: &str = "upload-concat";
     /// `X-HTTP-Method-Override`
     pub const METHOD_OVERRIDE: &str = "x-http-method-override";
+    /// `Robusto-Chunk-Prefix` ([`super::EXT_CHUNK_PREFIX`]): in a HEAD answer, the bytes of the
+    /// chunk in progress the server holds past `Upload-Offset`; in a PATCH, the held bytes the
+    /// body continues.
+    pub const CHUNK_PREFIX: &str = "robusto-chunk-prefix";
+    /// `Robusto-Chunk-Checksum` (HEAD answer): the `Upload-Checksum` of the chunk the held
+    /// bytes begin.
+    pub const CHUNK_CHECKSUM: &str = "robusto-chunk-checksum";
 }
 
 /// Keys of `Upload-Metadata` that robusto gives meaning to.

@@ -58,7 +58,9 @@ impl From<StoreError> for ServeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ServeError::NotFound,
-            StoreError::OffsetMismatch { .. } => ServeError::Conflict(e.to_string()),
+            StoreError::OffsetMismatch { .. } | StoreError::PrefixMismatch { .. } => {
+                ServeError::Conflict(e.to_string())
+            }
             StoreError::ChecksumMismatch { .. } => ServeError::ChecksumMismatch(e.to_string()),
             StoreError::Body(BodyError::TooLong) => ServeError::TooLarge(e.to_string()),
             StoreError::Body(BodyError::Interrupted(_)) => {

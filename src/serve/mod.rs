@@ -48,6 +48,9 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Origins browsers may upload from (`--cors-origin`; `*` for any).
     pub cors_origins: Vec<String>,
+    /// Hold the bytes of a checked chunk whose request was cut off, for the client to complete
+    /// (`robusto-chunk-prefix`; off with `--no-chunk-prefix`).
+    pub keep_prefixes: bool,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             expire_after: Duration::from_secs(7 * 86_400),
             read_timeout: Duration::from_secs(60),
             cors_origins: Vec::new(),
+            keep_prefixes: true,
         }
     }
 }
@@ -151,10 +155,10 @@ pub async fn run(
 
 const CORS_ALLOW_HEADERS: &str = "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, \
      Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, \
-     Upload-Concat, Upload-Checksum";
+     Upload-Concat, Upload-Checksum, Robusto-Chunk-Prefix";
 const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, \
      Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, \
-     Tus-Checksum-Algorithm, ETag, Content-Range";
+     Tus-Checksum-Algorithm, ETag, Content-Range, Robusto-Chunk-Prefix, Robusto-Chunk-Checksum";
 
 fn allowed_origin(config: &Config, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(http::ORIGIN)?;

@@ -45,7 +45,15 @@ pub async fn options(State(state): State<AppState>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     set(h, header::TUS_VERSION, protocol::TUS_VERSION);
-    set(h, header::TUS_EXTENSION, protocol::EXTENSIONS);
+    if state.config.keep_prefixes {
+        set(
+            h,
+            header::TUS_EXTENSION,
+            format!("{},{}", protocol::EXTENSIONS, protocol::EXT_CHUNK_PREFIX),
+        );
+    } else {
+        set(h, header::TUS_EXTENSION, protocol::EXTENSIONS);
+    }
     set(h, header::TUS_CHECKSUM_ALGORITHM, protocol::CHECKSUM_ALGORITHMS);
     if let Some(max) = state.config.max_size {
         set(h, header::TUS_MAX_SIZE, max);
@@ -121,7 +129,7 @@ pub async fn create(
     if with_data && info.state == UploadState::Receiving {
         let lease = state.uploads.acquire(&info.id).await;
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
-        match uploads::append(&state, info.clone(), checksum, stream).await {
+        match uploads::append(&state, info.clone(), checksum, 0, stream).await {
             Ok(after) => info = after,
             // The body was cut off: the upload exists, the client learns the offset and
             // continues with PATCH. Any other failure (checksum, disk) is answered as such.
@@ -230,6 +238,10 @@ pub async fn head(
     if let Some(c) = &info.concat {
         set(h, header::UPLOAD_CONCAT, c);
     }
+    if let Some(held) = info.held.as_ref().filter(|_| info.state == UploadState::Receiving) {
+        set(h, header::CHUNK_PREFIX, held.len);
+        set(h, header::CHUNK_CHECKSUM, &held.checksum);
+    }
     set_expires(h, &info);
     Ok(r)
 }
@@ -250,6 +262,13 @@ pub async fn patch(
     let checksum = verify::upload_checksum(&headers)?;
     let new_length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
     let content_length = verify::header_u64(&headers, "content-length")?;
+    let continues = verify::header_u64(&headers, header::CHUNK_PREFIX)?.unwrap_or(0);
+    if continues > 0 && checksum.is_none() {
+        return Err(ServeError::BadRequest(format!(
+            "{} needs the whole chunk's Upload-Checksum",
+            header::CHUNK_PREFIX
+        )));
+    }
 
     let lease = state.uploads.acquire(&id).await;
     let mut info = uploads::load_live(&state, &id, &owner).await?;
@@ -261,6 +280,21 @@ pub async fn patch(
             "Upload-Offset {offset} does not match the upload's offset {}",
             info.offset
         )));
+    }
+    if continues > 0 {
+        let sent = checksum.as_ref().map(protocol::Checksum::to_header);
+        match &info.held {
+            Some(held) if held.len == continues && Some(&held.checksum) == sent.as_ref() => {}
+            held => {
+                return Err(ServeError::Conflict(match held {
+                    Some(h) => format!(
+                        "the server holds {} bytes of a chunk with checksum '{}', not {continues} of this one",
+                        h.len, h.checksum
+                    ),
+                    None => format!("the server holds no bytes of a chunk at offset {offset}"),
+                }));
+            }
+        }
     }
     match (info.length, new_length) {
         (Some(len), Some(new)) if len != new => {
@@ -287,11 +321,11 @@ pub async fn patch(
         _ => {}
     }
     if let (Some(len), Some(cl)) = (info.length, content_length)
-        && cl > len.saturating_sub(info.offset)
+        && cl > len.saturating_sub(info.offset + continues)
     {
         return Err(ServeError::TooLarge(format!(
             "the body ({cl} bytes) is longer than the {} bytes the upload still needs",
-            len.saturating_sub(info.offset)
+            len.saturating_sub(info.offset + continues)
         )));
     }
     if info.state == UploadState::Complete {
@@ -301,7 +335,7 @@ pub async fn patch(
         }
     } else {
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
-        info = uploads::append(&state, info, checksum, stream).await?;
+        info = uploads::append(&state, info, checksum, continues, stream).await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     set(r.headers_mut(), header::UPLOAD_OFFSET, info.offset);

@@ -24,10 +24,12 @@ use bytes::Bytes;
 
 use super::digest::{Collected, RunningDigest};
 use super::error::ServeError;
-use super::store::{Append, BodyStream, UploadInfo, UploadState};
+use super::store::{Append, BodyStream, Continuation, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
 use crate::protocol::Listed;
-use crate::protocol::{ChecksumAlgorithm, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta};
+use crate::protocol::{
+    ChecksumAlgorithm, ChecksumHasher, DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks_received, meta,
+};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -124,6 +126,8 @@ pub struct Uploads {
     followers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Bytes of parts committed ahead of their final's follower, by final upload id.
     ahead: Mutex<HashMap<String, Ahead>>,
+    /// The digest state of each upload's held bytes, with how many they are.
+    prefixes: Mutex<HashMap<String, (u64, ChecksumHasher)>>,
 }
 
 /// Most bytes kept in memory for one follower; past it, an append waits a little for room,
@@ -218,6 +222,21 @@ impl Uploads {
         lock(&self.running).remove(id);
     }
 
+    /// Takes the digest state of the `len` bytes `id` holds, if it is in memory.
+    fn take_prefix(&self, id: &str, len: u64) -> Option<ChecksumHasher> {
+        lock(&self.prefixes)
+            .remove(id)
+            .and_then(|(held, h)| (held == len).then_some(h))
+    }
+
+    fn put_prefix(&self, id: &str, len: u64, hasher: ChecksumHasher) {
+        lock(&self.prefixes).insert(id.to_string(), (len, hasher));
+    }
+
+    fn drop_prefix(&self, id: &str) {
+        lock(&self.prefixes).remove(id);
+    }
+
     /// Tells every request holding an upload to give up (the server is shutting down): a chunk
     /// with a checksum is discarded, one without keeps what arrived; clients resume later.
     pub fn cancel_all(&self) {
@@ -229,6 +248,7 @@ impl Uploads {
     /// Forgets everything held for `id`.
     pub fn forget(&self, id: &str) {
         lock(&self.running).remove(id);
+        lock(&self.prefixes).remove(id);
         lock(&self.ahead).remove(id);
         lock(&self.slots).remove(id);
         if let Some(follower) = lock(&self.followers).remove(id) {
@@ -764,10 +784,15 @@ pub fn complete_final<'a>(
 }
 
 /// Appends a body (the caller holds the lease) and, at the last byte, finishes the upload.
+/// `continues` is the number of held bytes the body continues (`Robusto-Chunk-Prefix`; the
+/// caller checked that the upload holds them for this checksum). A checked body that is cut off
+/// leaves its bytes held when the server keeps prefixes; the answer is still an error (nothing
+/// was committed) naming what is held.
 pub async fn append(
     state: &AppState,
     info: UploadInfo,
     checksum: Option<crate::protocol::Checksum>,
+    continues: u64,
     body: BodyStream,
 ) -> Result<UploadInfo, ServeError> {
     let max_len = match (info.length, state.config.max_size) {
@@ -779,7 +804,29 @@ pub async fn append(
     let whole = expected_whole(info.metadata.as_deref())
         .filter(|_| !info.is_partial())
         .map(|c| c.algorithm);
-    let mut running = whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg)));
+    // The digest state of held bytes lives in memory beside the running digest, which was fed
+    // them and not rolled back; after a restart both are gone, and a continued chunk is then
+    // hashed from the store and the whole file re-read at its end.
+    let continuation = (continues > 0).then(|| Continuation {
+        len: continues,
+        hasher: state.uploads.take_prefix(&info.id, continues),
+    });
+    if info.held.is_some() && continuation.is_none() {
+        state.uploads.drop_prefix(&info.id);
+    }
+    let mut running = match &continuation {
+        Some(c) if c.hasher.is_none() => {
+            state.uploads.drop_running(&info.id);
+            None
+        }
+        _ => whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg))),
+    };
+    if continuation.is_none()
+        && let Some(d) = running.as_mut()
+    {
+        // Forget held bytes it was fed, if any: this chunk starts afresh at the offset.
+        d.rollback().await;
+    }
     // A part written into an unfinished final keeps its bytes for the final's follower, which
     // then need not read them back.
     let ahead = match (&info.final_upload, info.placed_at) {
@@ -802,6 +849,8 @@ pub async fn append(
         expires: expiry(state),
         yielding: ahead.is_some(),
         complete_at: info.is_partial().then(now_secs),
+        keep_prefix: state.config.keep_prefixes,
+        continues: continuation,
     };
     let appended = state.store.append(&info.id, append, body).await;
     if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead)
@@ -814,12 +863,25 @@ pub async fn append(
     }
     if let Some(mut digest) = running.take() {
         match &appended {
+            // Held bytes stay fed, uncommitted, for the request that completes the chunk.
+            Ok(a) if a.held.is_some() => {}
             Ok(a) => digest.commit(a.info.offset).await,
             Err(_) => digest.rollback().await,
         }
         state.uploads.put_running(&info.id, digest);
     }
-    let appended = appended?;
+    let mut appended = appended?;
+    if let (Some(hasher), Some(held)) = (appended.held.take(), appended.info.held.clone()) {
+        state.uploads.put_prefix(&info.id, held.len, hasher);
+        let cut = appended.interrupted.map(|e| e.to_string()).unwrap_or_default();
+        tracing::info!(id = %info.id, offset = info.offset, held = held.len, "{cut}; holding the chunk's first bytes");
+        return Err(ServeError::BadRequest(format!(
+            "{cut}; the server holds {} bytes of the chunk: send the rest with {}: {}",
+            held.len,
+            crate::protocol::header::CHUNK_PREFIX,
+            held.len
+        )));
+    }
     if let Some(f) = &info.final_upload {
         state.uploads.notify_appended(f);
     }

@@ -144,14 +144,27 @@ pub struct Verdict {
 }
 
 impl ChunkVerifier {
-    /// A verifier for `append`.
+    /// A verifier for `append`. One that continues a held prefix starts from the prefix's
+    /// digest state when the append carries it (the prefix then counts as received); otherwise
+    /// the store feeds the held bytes first ([`ChunkVerifier::needs_prefix`]).
     pub fn new(append: &Append) -> Self {
+        let kept = append.continues.as_ref().and_then(|c| Some((c.len, c.hasher.clone()?)));
+        let (received, hasher) = match kept {
+            Some((len, hasher)) => (len, Some(hasher)),
+            None => (0, append.checksum.as_ref().map(|c| c.algorithm.hasher())),
+        };
         ChunkVerifier {
-            hasher: append.checksum.as_ref().map(|c| c.algorithm.hasher()),
+            hasher,
             expected: append.checksum.clone(),
-            received: 0,
+            received,
             max_len: append.max_len,
         }
+    }
+
+    /// How many held bytes the store must feed before the body: the prefix of a continued
+    /// chunk whose digest state was not kept.
+    pub fn needs_prefix(&self, append: &Append) -> u64 {
+        append.prefix_len().saturating_sub(self.received)
     }
 
     /// Accepts the next bytes, or refuses them when they overrun the upload.
@@ -172,32 +185,63 @@ impl ChunkVerifier {
         self.received
     }
 
-    /// The verdict once the body ended (`ended` says why, if early).
-    pub fn finish(self, ended: Option<BodyError>) -> Result<Verdict, StoreError> {
-        match (&ended, &self.expected) {
-            (Some(BodyError::TooLong), _) => return Err(BodyError::TooLong.into()),
-            (Some(e), Some(_)) => return Err(e.clone().into()),
-            _ => {}
-        }
-        if let (Some(expected), Some(hasher)) = (self.expected, self.hasher) {
-            let actual = hasher.finish();
-            if actual != expected.digest {
-                let actual = Checksum {
-                    algorithm: expected.algorithm,
-                    digest: actual,
-                };
-                return Err(StoreError::ChecksumMismatch {
-                    algorithm: expected.algorithm.name(),
-                    expected: expected.to_header(),
-                    actual: actual.to_header(),
-                });
+    /// The verdict once the body ended (`ended` says why, if early). A checked chunk cut off
+    /// after some bytes is held when `keep_prefix` is set; otherwise it is refused whole.
+    pub fn finish(self, ended: Option<BodyError>, keep_prefix: bool) -> Result<Judged, StoreError> {
+        let ChunkVerifier {
+            expected,
+            hasher,
+            received,
+            ..
+        } = self;
+        match (ended, expected, hasher) {
+            (Some(BodyError::TooLong), _, _) => Err(BodyError::TooLong.into()),
+            (Some(cut), Some(_), Some(hasher)) if keep_prefix && received > 0 => Ok(Judged::Hold {
+                len: received,
+                hasher,
+                cut,
+            }),
+            (Some(cut), Some(_), _) => Err(cut.into()),
+            (ended, Some(expected), Some(hasher)) => {
+                let actual = hasher.finish();
+                if actual != expected.digest {
+                    let actual = Checksum {
+                        algorithm: expected.algorithm,
+                        digest: actual,
+                    };
+                    return Err(StoreError::ChecksumMismatch {
+                        algorithm: expected.algorithm.name(),
+                        expected: expected.to_header(),
+                        actual: actual.to_header(),
+                    });
+                }
+                Ok(Judged::Commit(Verdict {
+                    received,
+                    interrupted: ended,
+                }))
             }
+            (ended, _, _) => Ok(Judged::Commit(Verdict {
+                received,
+                interrupted: ended,
+            })),
         }
-        Ok(Verdict {
-            received: self.received,
-            interrupted: ended,
-        })
     }
+}
+
+/// What a store does with an append's bytes once the body ended.
+pub enum Judged {
+    /// Commit them: the offset advances by [`Verdict::received`].
+    Commit(Verdict),
+    /// Hold them (a checked chunk cut off): `len` bytes past the offset, whose digest state
+    /// is `hasher`, until a request completes the chunk.
+    Hold {
+        /// Bytes to hold (a continued prefix included).
+        len: u64,
+        /// The digest of those bytes so far.
+        hasher: ChecksumHasher,
+        /// Why the body ended.
+        cut: BodyError,
+    },
 }
 
 /// The digest of everything `stream` yields.
@@ -213,6 +257,7 @@ pub async fn digest_stream(mut stream: ByteStream, algorithm: ChecksumAlgorithm)
 mod tests {
     use super::*;
     use crate::fingerprint::Md5;
+    use crate::serve::store::Continuation;
     use axum::http::HeaderValue;
 
     fn append(checksum: Option<Checksum>, max_len: u64) -> Append {
@@ -224,6 +269,8 @@ mod tests {
             expires: None,
             yielding: false,
             complete_at: None,
+            keep_prefix: true,
+            continues: None,
         }
     }
 
@@ -250,27 +297,80 @@ mod tests {
 
     #[test]
     fn verifier_commits_only_matching_whole_chunks() {
+        let committed = |j: Judged| match j {
+            Judged::Commit(v) => v,
+            Judged::Hold { .. } => panic!("held, not committed"),
+        };
         let good = Checksum::md5(Md5::of(b"hello"));
         let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
         v.feed(b"hel").unwrap();
         v.feed(b"lo").unwrap();
-        assert_eq!(v.finish(None).unwrap().received, 5);
+        assert_eq!(committed(v.finish(None, true).unwrap()).received, 5);
 
         let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
         v.feed(b"help!").unwrap();
-        assert!(matches!(v.finish(None), Err(StoreError::ChecksumMismatch { .. })));
+        assert!(matches!(v.finish(None, true), Err(StoreError::ChecksumMismatch { .. })));
 
-        let mut v = ChunkVerifier::new(&append(Some(good), 10));
+        let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
         v.feed(b"hel").unwrap();
-        assert!(v.finish(Some(BodyError::Interrupted("cut".into()))).is_err());
+        assert!(v.finish(Some(BodyError::Interrupted("cut".into())), false).is_err());
 
         let mut v = ChunkVerifier::new(&append(None, 10));
         v.feed(b"hel").unwrap();
-        let verdict = v.finish(Some(BodyError::Interrupted("cut".into()))).unwrap();
+        let verdict = committed(v.finish(Some(BodyError::Interrupted("cut".into())), true).unwrap());
         assert_eq!(verdict.received, 3);
         assert!(verdict.interrupted.is_some());
 
         let mut v = ChunkVerifier::new(&append(None, 4));
         assert_eq!(v.feed(b"hello"), Err(BodyError::TooLong));
+    }
+
+    #[test]
+    fn a_cut_checked_chunk_is_held_and_completed_by_its_rest() {
+        let good = Checksum::md5(Md5::of(b"hello"));
+        let mut v = ChunkVerifier::new(&append(Some(good.clone()), 10));
+        v.feed(b"hel").unwrap();
+        let Ok(Judged::Hold { len, hasher, .. }) = v.finish(Some(BodyError::Interrupted("cut".into())), true) else {
+            panic!("a cut checked chunk is held");
+        };
+        assert_eq!(len, 3);
+        let nothing = ChunkVerifier::new(&append(Some(good.clone()), 10));
+        assert!(
+            nothing
+                .finish(Some(BodyError::Interrupted("cut".into())), true)
+                .is_err(),
+            "nothing arrived: nothing is held"
+        );
+
+        // The rest, from the kept digest state: the prefix counts as received.
+        let mut rest = append(Some(good.clone()), 10);
+        rest.continues = Some(Continuation {
+            len,
+            hasher: Some(hasher),
+        });
+        let mut v = ChunkVerifier::new(&rest);
+        assert_eq!(v.needs_prefix(&rest), 0);
+        v.feed(b"lo").unwrap();
+        let Ok(Judged::Commit(verdict)) = v.finish(None, true) else {
+            panic!("the completed chunk commits");
+        };
+        assert_eq!(verdict.received, 5);
+
+        // Without the digest state the held bytes are fed again first; a wrong one is caught.
+        rest.continues = Some(Continuation { len: 3, hasher: None });
+        let mut v = ChunkVerifier::new(&rest);
+        assert_eq!(v.needs_prefix(&rest), 3);
+        v.feed(b"hal").unwrap();
+        v.feed(b"lo").unwrap();
+        assert!(matches!(v.finish(None, true), Err(StoreError::ChecksumMismatch { .. })));
+
+        // The held bytes count against the upload's remaining length.
+        let mut long = append(Some(good), 4);
+        long.continues = Some(Continuation {
+            len: 3,
+            hasher: Some(ChecksumAlgorithm::Md5.hasher()),
+        });
+        let mut v = ChunkVerifier::new(&long);
+        assert_eq!(v.feed(b"lo"), Err(BodyError::TooLong));
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use robusto::fingerprint::Md5;
-use robusto::protocol::{Checksum, ChecksumAlgorithm};
+use robusto::protocol::{Checksum, ChecksumAlgorithm, ChecksumHasher};
 use robusto::serve::digest::RunningDigest;
 use robusto::serve::store::fs::FsStore;
 use robusto::serve::store::memory::MemoryStore;
-use robusto::serve::store::{Append, BodyError, BodyStream, Store, StoreError, UploadInfo, UploadState};
+use robusto::serve::store::{Append, BodyError, BodyStream, Continuation, Store, StoreError, UploadInfo, UploadState};
 use robusto::serve::uploads::new_id;
 
 fn body(parts: &[&'static [u8]], end: Option<BodyError>) -> BodyStream {
@@ -29,7 +29,18 @@ fn append(offset: u64, max_len: u64, checksum: Option<&[u8]>) -> Append {
         expires: Some(42),
         yielding: false,
         complete_at: None,
+        keep_prefix: false,
+        continues: None,
     }
+}
+
+/// An append of the checked chunk `whole` that holds what arrives if it is cut off, continuing
+/// `continues` held bytes.
+fn holding(offset: u64, whole: &[u8], continues: Option<(u64, Option<ChecksumHasher>)>) -> Append {
+    let mut a = append(offset, whole.len() as u64, Some(whole));
+    a.keep_prefix = true;
+    a.continues = continues.map(|(len, hasher)| Continuation { len, hasher });
+    a
 }
 
 async fn read_all(store: &dyn Store, id: &str, range: std::ops::Range<u64>) -> Vec<u8> {
@@ -94,6 +105,8 @@ async fn suite(store: Arc<dyn Store>) {
     ));
     assert_eq!(s.info(&id).await.unwrap().offset, 5);
     assert_eq!(read_all(s, &id, 0..5).await, b"hello");
+
+    held_prefixes(s).await;
 
     // Cut off without a checksum: what arrived is kept.
     let done = s.append(&id, append(5, 5, None), body(&[b"wo"], cut)).await.unwrap();
@@ -182,6 +195,116 @@ async fn suite(store: Arc<dyn Store>) {
     // A part keeps its first final.
     let again = s.link(&q1, &new_id(), 0).await.unwrap();
     assert_eq!(again.final_upload.as_deref(), Some(early.id.as_str()));
+}
+
+/// A checked chunk cut off is held past the offset (never counted or read back), continued
+/// with or without its digest state, and committed only whole and matching; a mismatch or a
+/// chunk sent anew discards it.
+async fn held_prefixes(s: &dyn Store) {
+    let whole: &[u8] = b"helloworld";
+    let cut = || Some(BodyError::Interrupted("gone".into()));
+    let h = new_upload(s, 10).await;
+    let held = s
+        .append(&h, holding(0, whole, None), body(&[b"hel"], cut()))
+        .await
+        .unwrap();
+    assert_eq!(held.info.offset, 0);
+    assert_eq!(held.info.held.as_ref().map(|p| p.len), Some(3));
+    assert_eq!(
+        held.info.held.as_ref().map(|p| p.checksum.clone()),
+        Some(Checksum::md5(Md5::of(whole)).to_header())
+    );
+    assert!(held.held.is_some() && held.interrupted.is_some());
+    assert_eq!(s.info(&h).await.unwrap().held, held.info.held, "held durably");
+    assert_eq!(read_all(s, &h, 0..10).await, b"", "held bytes are never read back");
+    // update() leaves the held bytes alone.
+    let mut info = s.info(&h).await.unwrap();
+    info.held = None;
+    s.update(info).await.unwrap();
+    assert_eq!(s.info(&h).await.unwrap().held.map(|p| p.len), Some(3));
+
+    // Continuing another length is refused and changes nothing.
+    assert!(matches!(
+        s.append(&h, holding(0, whole, Some((2, None))), body(&[b"lloworld"], None))
+            .await,
+        Err(StoreError::PrefixMismatch { held: 3, continues: 2 })
+    ));
+    // Continued without the digest state (the store hashes the held bytes again) and cut
+    // again: the held bytes grow.
+    let held = s
+        .append(&h, holding(0, whole, Some((3, None))), body(&[b"lo"], cut()))
+        .await
+        .unwrap();
+    assert_eq!((held.info.offset, held.info.held.map(|p| p.len)), (0, Some(5)));
+    // Completed from the kept digest state: committed whole; only the body goes to the digest.
+    let mut a = holding(0, whole, Some((5, held.held)));
+    let mut digest = RunningDigest::start(ChecksumAlgorithm::Md5);
+    a.running = Some(digest.feed());
+    let done = s.append(&h, a, body(&[b"wor", b"ld"], None)).await.unwrap();
+    assert_eq!((done.info.offset, done.info.held), (10, None));
+    assert_eq!(read_all(s, &h, 0..10).await, whole);
+    digest.commit(5).await;
+    assert_eq!(digest.finish().await.unwrap(), Md5::of(b"world").0.to_vec());
+
+    // Held bytes that do not complete to the checksum: 460, and they are gone.
+    let g = new_upload(s, 10).await;
+    s.append(&g, holding(0, whole, None), body(&[b"heXlo"], cut()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.append(&g, holding(0, whole, Some((5, None))), body(&[b"world"], None))
+            .await,
+        Err(StoreError::ChecksumMismatch { .. })
+    ));
+    let info = s.info(&g).await.unwrap();
+    assert_eq!((info.offset, info.held), (0, None));
+    // A chunk sent anew replaces held bytes; nothing arrived is nothing held.
+    s.append(&g, holding(0, whole, None), body(&[b"hel"], cut()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.append(&g, holding(0, whole, None), body(&[], cut())).await,
+        Err(StoreError::Body(_))
+    ));
+    assert_eq!(s.info(&g).await.unwrap().held, None);
+    s.append(&g, holding(0, whole, None), body(&[b"hel"], cut()))
+        .await
+        .unwrap();
+    let done = s
+        .append(&g, holding(0, whole, None), body(&[whole_static()], None))
+        .await
+        .unwrap();
+    assert_eq!((done.info.offset, done.info.held), (10, None));
+    assert_eq!(read_all(s, &g, 0..10).await, whole);
+    s.delete(&h).await.unwrap();
+    s.delete(&g).await.unwrap();
+}
+
+fn whole_static() -> &'static [u8] {
+    b"helloworld"
+}
+
+#[tokio::test]
+async fn fs_store_holds_a_cut_chunk_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let whole: &[u8] = b"0123456789";
+    let id = new_upload(&store, 10).await;
+    let cut = Some(BodyError::Interrupted("gone".into()));
+    store
+        .append(&id, holding(0, whole, None), body(&[b"0123"], cut))
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = FsStore::open(dir.path()).unwrap();
+    let info = reopened.info(&id).await.unwrap();
+    assert_eq!((info.offset, info.held.map(|p| p.len)), (0, Some(4)));
+    let done = reopened
+        .append(&id, holding(0, whole, Some((4, None))), body(&[b"456789"], None))
+        .await
+        .unwrap();
+    assert_eq!(done.info.offset, 10);
+    assert_eq!(std::fs::read(dir.path().join("uploads").join(&id)).unwrap(), whole);
 }
 
 #[tokio::test]

@@ -42,7 +42,10 @@ async fn options_announces_version_extensions_algorithms_and_max_size() {
     let (status, h, _) = oneshot(&app, req).await;
     assert_eq!(status, 204);
     assert_eq!(h[header::TUS_VERSION], "1.0.0");
-    assert_eq!(h[header::TUS_EXTENSION], protocol::EXTENSIONS);
+    assert_eq!(
+        h[header::TUS_EXTENSION],
+        format!("{},{}", protocol::EXTENSIONS, protocol::EXT_CHUNK_PREFIX).as_str()
+    );
     assert_eq!(h[header::TUS_CHECKSUM_ALGORITHM], "md5,sha1,sha256");
     assert_eq!(h[header::TUS_MAX_SIZE], "1073741824");
     assert_eq!(h[header::TUS_RESUMABLE], "1.0.0");
@@ -266,15 +269,24 @@ fn finish_cut(mut t: std::net::TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_body_keeps_nothing_with_a_checksum_and_what_arrived_without() {
-    let s = Server::start(|_| {}).await;
+    // With the chunk-prefix extension off, a checked chunk is all or nothing (plain tus).
+    let s = Server::start(|c| c.keep_prefixes = false).await;
     let c = s.client();
     let data = bytes(100, 7);
+    let options = c.req(Method::OPTIONS, "/files/").send().await.unwrap();
+    assert!(!hv(&options, header::TUS_EXTENSION).contains(protocol::EXT_CHUNK_PREFIX));
 
     let loc = c.create(100, "").await;
     let t = start_patch(&s.base, &loc, 0, 100, &data[..40], Some(&md5_header(&data)));
     let answer = finish_cut(t);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert_eq!(c.offset(&loc).await, 0, "a checksummed chunk cut off stores nothing");
+    let head = c.head(&loc).await;
+    assert_eq!(
+        hv(&head, header::UPLOAD_OFFSET),
+        "0",
+        "a checksummed chunk cut off stores nothing"
+    );
+    assert_eq!(hv(&head, header::CHUNK_PREFIX), "");
     let file = s.data().join("uploads").join(id_of(&loc));
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
     assert_eq!(c.patch(&loc, 0, &data, Some(&md5_header(&data))).await.status(), 204);
@@ -287,6 +299,155 @@ async fn a_cut_off_body_keeps_nothing_with_a_checksum_and_what_arrived_without()
     assert_eq!(offset, 40, "without a checksum the bytes received are kept");
     assert_eq!(c.patch(&loc, 40, &data[40..], None).await.status(), 204);
     assert_eq!(std::fs::read(s.data().join("uploads").join(id_of(&loc))).unwrap(), data);
+}
+
+/// PATCH the rest of a chunk whose first `held` bytes the server holds.
+async fn patch_rest(c: &Tus, loc: &str, offset: u64, held: u64, rest: &[u8], checksum: &str) -> reqwest::Response {
+    c.req(Method::PATCH, loc)
+        .header("content-type", "application/offset+octet-stream")
+        .header(header::UPLOAD_OFFSET, offset.to_string())
+        .header(header::CHUNK_PREFIX, held.to_string())
+        .header(header::UPLOAD_CHECKSUM, checksum)
+        .body(rest.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_checked_chunk_is_held_and_completed_with_only_its_rest() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let options = c.req(Method::OPTIONS, "/files/").send().await.unwrap();
+    assert!(hv(&options, header::TUS_EXTENSION).ends_with(",robusto-chunk-prefix"));
+    let data = bytes(300, 8);
+    let meta = metadata(&[
+        ("filename", "held.bin"),
+        ("checksum", &md5_header(&data)),
+        ("chunk-size", "100"),
+    ]);
+    let loc = c.create(300, &meta).await;
+    assert_eq!(
+        c.patch(&loc, 0, &data[..100], Some(&md5_header(&data[..100])))
+            .await
+            .status(),
+        204
+    );
+    let chunk = &data[100..200];
+    let sum = md5_header(chunk);
+
+    let answer = finish_cut(start_patch(&s.base, &loc, 100, 100, &chunk[..30], Some(&sum)));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("holds 30 bytes"), "{answer}");
+    let head = c.head(&loc).await;
+    assert_eq!(hv(&head, header::UPLOAD_OFFSET), "100", "held bytes are never counted");
+    assert_eq!(hv(&head, header::CHUNK_PREFIX), "30");
+    assert_eq!(hv(&head, header::CHUNK_CHECKSUM), sum);
+    assert_eq!(
+        c.status(&loc).await["value"],
+        "0",
+        "status counts only whole checked chunks"
+    );
+
+    // What does not continue those bytes is refused and loses nothing.
+    let r = patch_rest(&c, &loc, 100, 20, &chunk[20..], &sum).await;
+    assert_eq!(r.status(), 409, "another length");
+    let r = patch_rest(&c, &loc, 100, 30, &chunk[30..], &md5_header(b"another chunk")).await;
+    assert_eq!(r.status(), 409, "another chunk");
+    assert!(r.text().await.unwrap().contains("holds 30 bytes"));
+    let r = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", "application/offset+octet-stream")
+        .header(header::UPLOAD_OFFSET, "100")
+        .header(header::CHUNK_PREFIX, "30")
+        .body(chunk[30..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a continuation needs the chunk's checksum");
+    let r = patch_rest(&c, &loc, 100, 30, &[&data[130..], b"!"].concat(), &sum).await;
+    assert_eq!(r.status(), 413, "longer than the upload's rest after the held bytes");
+    assert_eq!(hv(&c.head(&loc).await, header::CHUNK_PREFIX), "30");
+
+    // Cut again while continuing: the held bytes grow; then the rest completes the chunk.
+    let answer = finish_cut({
+        let addr = s.base.trim_start_matches("http://");
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nUpload-Offset: 100\r\nRobusto-Chunk-Prefix: 30\r\nUpload-Checksum: {sum}\r\nContent-Length: 70\r\n\r\n"
+        );
+        t.write_all(head.as_bytes()).unwrap();
+        t.write_all(&chunk[30..55]).unwrap();
+        t
+    });
+    assert!(answer.contains("holds 55 bytes"), "{answer}");
+    assert_eq!(hv(&c.head(&loc).await, header::CHUNK_PREFIX), "55");
+    let r = patch_rest(&c, &loc, 100, 55, &chunk[55..], &sum).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(hv(&r, header::UPLOAD_OFFSET), "200");
+    let head = c.head(&loc).await;
+    assert_eq!(hv(&head, header::CHUNK_PREFIX), "", "nothing held once the chunk is in");
+
+    // A chunk sent anew replaces held bytes.
+    let last = &data[200..];
+    finish_cut(start_patch(
+        &s.base,
+        &loc,
+        200,
+        100,
+        &last[..10],
+        Some(&md5_header(last)),
+    ));
+    assert_eq!(hv(&c.head(&loc).await, header::CHUNK_PREFIX), "10");
+    let r = c.patch(&loc, 200, last, Some(&md5_header(last))).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(std::fs::read(s.data().join("files/held.bin")).unwrap(), data);
+    assert_eq!(c.status(&loc).await["status"], "complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_held_prefix_is_caught_when_the_chunk_completes() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let data = bytes(100, 11);
+    let sum = md5_header(&data);
+    let loc = c.create(100, "").await;
+    let mut damaged = data[..40].to_vec();
+    damaged[17] ^= 0x10; // one bit flipped on the way, before the cut
+    finish_cut(start_patch(&s.base, &loc, 0, 100, &damaged, Some(&sum)));
+    assert_eq!(hv(&c.head(&loc).await, header::CHUNK_PREFIX), "40");
+    let r = patch_rest(&c, &loc, 0, 40, &data[40..], &sum).await;
+    assert_eq!(r.status(), 460);
+    let head = c.head(&loc).await;
+    assert_eq!(hv(&head, header::UPLOAD_OFFSET), "0");
+    assert_eq!(
+        hv(&head, header::CHUNK_PREFIX),
+        "",
+        "a prefix that fails its check is dropped"
+    );
+    assert_eq!(c.patch(&loc, 0, &data, Some(&sum)).await.status(), 204);
+    assert_eq!(std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bytes_survive_a_restart() {
+    let s = Server::start(|_| {}).await;
+    let data = bytes(1000, 12);
+    let sum = md5_header(&data);
+    let meta = metadata(&[("filename", "r.bin"), ("checksum", &sum)]);
+    let loc = s.client().create(1000, &meta).await;
+    finish_cut(start_patch(&s.base, &loc, 0, 1000, &data[..600], Some(&sum)));
+    let s = s.restart().await;
+    let c = s.client();
+    let head = c.head(&loc).await;
+    assert_eq!(
+        (hv(&head, header::UPLOAD_OFFSET), hv(&head, header::CHUNK_PREFIX)),
+        ("0".into(), "600".into())
+    );
+    let r = patch_rest(&c, &loc, 0, 600, &data[600..], &sum).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    assert_eq!(std::fs::read(s.data().join("files/r.bin")).unwrap(), data);
+    assert_eq!(c.status(&loc).await["status"], "complete");
 }
 
 /// Waits until the server holds the upload's lock (the stalled PATCH arrived).

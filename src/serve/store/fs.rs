@@ -25,13 +25,13 @@ use tokio::io::AsyncReadExt as _;
 use tokio::io::AsyncSeekExt as _;
 
 use super::{
-    Append, Appended, BodyError, BodyStream, ByteStream, Store, StoreError, StoreResult, UploadInfo, UploadState,
-    suffixed,
+    Append, Appended, BodyError, BodyStream, ByteStream, HeldPrefix, Store, StoreError, StoreResult, UploadInfo,
+    UploadState, suffixed,
 };
 use crate::durable;
 use crate::serve::digest::DigestFeed;
 use crate::serve::uploads::is_valid_id;
-use crate::serve::verify::ChunkVerifier;
+use crate::serve::verify::{ChunkVerifier, Judged};
 use crate::writeback::Writeback;
 
 /// Body bytes gathered before one write to disk.
@@ -90,6 +90,25 @@ fn write_batch(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Reads `len` bytes of `path` from `at` in blocks and hands each to `feed`.
+fn feed_from_file(
+    path: &Path,
+    at: u64,
+    len: u64,
+    mut feed: impl FnMut(&[u8]) -> Result<(), BodyError>,
+) -> io::Result<()> {
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; (len.min(BATCH as u64)) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at + done)?;
+        feed(&buf[..n]).map_err(io::Error::other)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 impl FsStore {
@@ -171,25 +190,22 @@ impl FsStore {
         Ok(file)
     }
 
-    /// Opens the data file positioned at `committed`, cutting off anything beyond it.
-    fn open_at(path: &Path, committed: u64) -> io::Result<File> {
+    /// Opens the data file positioned at `at` (the committed bytes, and the held ones a
+    /// continued chunk keeps), cutting off anything beyond it.
+    fn open_at(path: &Path, at: u64) -> io::Result<File> {
         // Nothing committed yet: the file may not exist (a partial upload's first byte).
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(committed == 0)
-            .open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(at == 0).open(path)?;
         let len = file.metadata()?.len();
-        if len < committed {
+        if len < at {
             return Err(io::Error::other(format!(
-                "{} holds {len} bytes, fewer than the committed {committed}",
+                "{} holds {len} bytes, fewer than the {at} it should",
                 path.display()
             )));
         }
-        if len > committed {
-            file.set_len(committed)?;
+        if len > at {
+            file.set_len(at)?;
         }
-        file.seek(SeekFrom::Start(committed))?;
+        file.seek(SeekFrom::Start(at))?;
         Ok(file)
     }
 }
@@ -248,6 +264,7 @@ impl Store for FsStore {
                     &path,
                     &UploadInfo {
                         offset: old.offset,
+                        held: old.held,
                         ..info
                     },
                 )
@@ -268,6 +285,21 @@ impl Store for FsStore {
                 });
             }
             let committed = info.offset;
+            let prefix = append.prefix_len();
+            let held = info.held.as_ref().map_or(0, |h| h.len);
+            if prefix > 0 && held != prefix {
+                return Err(StoreError::PrefixMismatch {
+                    held,
+                    continues: prefix,
+                });
+            }
+            if prefix == 0 && info.held.is_some() {
+                // A chunk sent anew replaces the held bytes: they stop counting before they are
+                // overwritten, so the info never names bytes the file no longer has.
+                info.held = None;
+                let (path, record) = (info_path.clone(), info.clone());
+                blocking(move || Self::write_info(&path, &record)).await?;
+            }
             let Location {
                 path: data,
                 base,
@@ -283,11 +315,11 @@ impl Store for FsStore {
             let partial = info.is_partial();
             let writer = tokio::task::spawn_blocking(move || {
                 let mut file = if shared {
-                    Self::open_shared(&path, base + committed)?
+                    Self::open_shared(&path, base + committed + prefix)?
                 } else {
-                    Self::open_at(&path, committed)?
+                    Self::open_at(&path, committed + prefix)?
                 };
-                let mut writeback = Writeback::new(base + committed, BATCH as u64);
+                let mut writeback = Writeback::new(base + committed + prefix, BATCH as u64);
                 // A partial upload's bytes are copied into its final upload later: keep them
                 // cached. One placed into its final needs no copy (its follower takes the bytes
                 // from memory): its cache is recycled like any upload's.
@@ -303,9 +335,20 @@ impl Store for FsStore {
             // Without a checksum the verifier only counts bytes (it cannot refuse: the length is
             // enforced below), which needs no thread of its own.
             let mut verifier = ChunkVerifier::new(&append);
+            // The held bytes of a continued chunk whose digest state was lost (a restart) are
+            // hashed again from the file, before the body.
+            let rehash = verifier.needs_prefix(&append);
+            let held_at = base + committed;
+            let held_in = data.clone();
             let mut hashing = if append.checksum.is_some() {
                 let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(DEPTH);
                 let work = move || {
+                    if rehash > 0 {
+                        let fed = feed_from_file(&held_in, held_at, rehash, |block| verifier.feed(block));
+                        if let Err(e) = fed {
+                            return Err(BodyError::Interrupted(format!("the held bytes cannot be read: {e}")));
+                        }
+                    }
                     while let Some(batch) = hrx.blocking_recv() {
                         for bytes in &batch {
                             verifier.feed(bytes)?;
@@ -327,7 +370,7 @@ impl Store for FsStore {
             let mut ended: Option<BodyError> = None;
             let mut batch = Vec::new();
             let mut batched = 0;
-            let mut total = 0u64;
+            let mut total = prefix;
             loop {
                 let next = body.next().await;
                 let last = match next {
@@ -391,10 +434,14 @@ impl Store for FsStore {
                 (Err(e), _) | (_, Err(e)) => Err(failed(e)),
                 (Ok(Err(e)), _) => Err(StoreError::from(e)),
                 (Ok(Ok(_)), Ok(Err(refused))) => Err(StoreError::from(refused)),
-                (Ok(Ok(file)), Ok(Ok(verifier))) => verifier.finish(ended).map(|v| (file, v)),
+                (Ok(Ok(file)), Ok(Ok(verifier))) => verifier.finish(ended, append.keep_prefix).map(|v| (file, v)),
             };
             blocking(move || {
-                let truncate = |e: StoreError| {
+                let truncate = |info: &mut UploadInfo, e: StoreError| {
+                    // Held bytes stop counting before they are cut off.
+                    if info.held.take().is_some() && Self::write_info(&info_path, info).is_err() {
+                        return Err(e);
+                    }
                     // A shared file is not cut: past this part's committed bytes lies either
                     // nothing counted or the next part's bytes.
                     if !shared && let Ok(f) = OpenOptions::new().write(true).open(&data) {
@@ -402,16 +449,35 @@ impl Store for FsStore {
                     }
                     Err(e)
                 };
-                let ((file, mut writeback), verdict) = match outcome {
+                let ((file, mut writeback), judged) = match outcome {
                     Ok(ok) => ok,
-                    Err(e) => return truncate(e),
+                    Err(e) => return truncate(&mut info, e),
                 };
                 if let Err(e) = file.sync_data() {
-                    return truncate(e.into());
+                    return truncate(&mut info, e.into());
                 }
                 writeback.release_all(&file);
                 drop(file);
                 let synced = started.elapsed();
+                let verdict = match judged {
+                    Judged::Commit(verdict) => verdict,
+                    Judged::Hold { len, hasher, cut } => {
+                        info.held = append.checksum.as_ref().map(|c| HeldPrefix {
+                            len,
+                            checksum: c.to_header(),
+                        });
+                        info.expires = append.expires;
+                        if let Err(e) = Self::write_info(&info_path, &info) {
+                            return truncate(&mut info, e);
+                        }
+                        tracing::debug!(id = %info.id, held = len, "cut off: holding the chunk's first bytes");
+                        return Ok(Appended {
+                            info,
+                            interrupted: Some(cut),
+                            held: Some(hasher),
+                        });
+                    }
+                };
                 append.commit(&mut info, verdict.received);
                 if let Err(e) = Self::write_info(&info_path, &info) {
                     // If the new info got in place (only its directory's fsync failed), the bytes
@@ -419,7 +485,7 @@ impl Store for FsStore {
                     // than the file holds.
                     return match Self::read_info(&info_path) {
                         Ok(now) if now.offset == info.offset => Err(e),
-                        _ => truncate(e),
+                        _ => truncate(&mut info, e),
                     };
                 }
                 tracing::trace!(
@@ -436,6 +502,7 @@ impl Store for FsStore {
                 Ok(Appended {
                     info,
                     interrupted: verdict.interrupted,
+                    held: None,
                 })
             })
             .await
@@ -540,7 +607,10 @@ impl Store for FsStore {
                     return Ok(info);
                 }
                 info.final_upload = Some(final_id);
-                let place = info.offset == 0 && info.state == UploadState::Receiving && final_data.exists();
+                let place = info.offset == 0
+                    && info.held.is_none()
+                    && info.state == UploadState::Receiving
+                    && final_data.exists();
                 if place {
                     info.placed_at = Some(base);
                 }

@@ -8,14 +8,18 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 
-use super::{Append, Appended, BodyStream, ByteStream, Store, StoreError, StoreResult, UploadInfo, UploadState};
+use super::{
+    Append, Appended, BodyStream, ByteStream, HeldPrefix, Store, StoreError, StoreResult, UploadInfo, UploadState,
+};
 use crate::serve::digest::DigestFeed;
-use crate::serve::verify::ChunkVerifier;
+use crate::serve::verify::{ChunkVerifier, Judged};
 
 #[derive(Default)]
 struct Inner {
     uploads: HashMap<String, (UploadInfo, Vec<u8>)>,
     published: HashMap<String, String>,
+    /// Held bytes of cut-off checked chunks, apart from the committed ones.
+    held: HashMap<String, Vec<u8>>,
 }
 
 /// Uploads held in memory.
@@ -62,6 +66,7 @@ impl Store for MemoryStore {
         let r = self.with(&info.id.clone(), |(old, _)| {
             *old = UploadInfo {
                 offset: old.offset,
+                held: old.held.take(),
                 ..info
             };
             Ok(())
@@ -71,39 +76,77 @@ impl Store for MemoryStore {
 
     fn append<'a>(&'a self, id: &'a str, append: Append, mut body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>> {
         async move {
-            let actual = self.info(id).await?.offset;
-            if actual != append.offset {
+            let info = self.info(id).await?;
+            if info.offset != append.offset {
                 return Err(StoreError::OffsetMismatch {
                     expected: append.offset,
-                    actual,
+                    actual: info.offset,
                 });
             }
+            let prefix = append.prefix_len();
+            let held = info.held.as_ref().map_or(0, |h| h.len);
+            if prefix > 0 && held != prefix {
+                return Err(StoreError::PrefixMismatch {
+                    held,
+                    continues: prefix,
+                });
+            }
+            // The held bytes come first when continued, and are discarded otherwise.
+            let mut chunk = {
+                let mut inner = self.lock();
+                let kept = inner.held.remove(id).unwrap_or_default();
+                if let Some((info, _)) = inner.uploads.get_mut(id) {
+                    info.held = None;
+                }
+                if prefix > 0 { kept } else { Vec::new() }
+            };
             let mut verifier = ChunkVerifier::new(&append);
-            let mut buf = Vec::new();
+            if verifier.needs_prefix(&append) > 0 {
+                verifier.feed(&chunk)?;
+            }
             let mut ended = None;
             while let Some(next) = body.next().await {
                 match next.and_then(|b| verifier.feed(&b).map(|()| b)) {
-                    Ok(b) => buf.extend_from_slice(&b),
+                    Ok(b) => chunk.extend_from_slice(&b),
                     Err(e) => {
                         ended = Some(e);
                         break;
                     }
                 }
             }
-            let verdict = verifier.finish(ended)?;
-            let buf = Bytes::from(buf);
+            let judged = verifier.finish(ended, append.keep_prefix)?;
+            let body = Bytes::copy_from_slice(&chunk[prefix as usize..]);
             if let Some(feed) = &append.running {
-                feed.feed(vec![buf.clone()]).await;
+                feed.feed(vec![body]).await;
             }
-            self.with(id, |(info, data)| {
-                data.truncate(info.offset as usize);
-                data.extend_from_slice(&buf); // exactly the bytes the verifier accepted
-                append.commit(info, verdict.received);
-                Ok(Appended {
-                    info: info.clone(),
-                    interrupted: verdict.interrupted,
-                })
-            })
+            let mut inner = self.lock();
+            let (info, data) = inner.uploads.get_mut(id).ok_or(StoreError::NotFound)?;
+            data.truncate(info.offset as usize);
+            match judged {
+                Judged::Hold { len, hasher, cut } => {
+                    info.held = append.checksum.as_ref().map(|c| HeldPrefix {
+                        len,
+                        checksum: c.to_header(),
+                    });
+                    info.expires = append.expires;
+                    let appended = Appended {
+                        info: info.clone(),
+                        interrupted: Some(cut),
+                        held: Some(hasher),
+                    };
+                    inner.held.insert(id.to_string(), chunk);
+                    Ok(appended)
+                }
+                Judged::Commit(verdict) => {
+                    data.extend_from_slice(&chunk); // exactly the bytes the verifier accepted
+                    append.commit(info, verdict.received);
+                    Ok(Appended {
+                        info: info.clone(),
+                        interrupted: verdict.interrupted,
+                        held: None,
+                    })
+                }
+            }
         }
         .boxed()
     }
@@ -189,6 +232,7 @@ impl Store for MemoryStore {
         let r = (|| {
             let mut inner = self.lock();
             let (info, _) = inner.uploads.remove(id).ok_or(StoreError::NotFound)?;
+            inner.held.remove(id);
             if let Some(p) = info.published {
                 inner.published.remove(&p);
             }
@@ -198,10 +242,12 @@ impl Store for MemoryStore {
     }
 
     fn expire<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        self.lock().held.remove(id);
         let r = self.with(id, |(info, data)| {
             data.clear();
             data.shrink_to_fit();
             info.state = UploadState::Expired;
+            info.held = None;
             Ok(())
         });
         futures_util::future::ready(r).boxed()

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Checksum;
+use crate::protocol::{Checksum, ChecksumHasher};
 use crate::serve::digest::DigestFeed;
 
 /// Where an upload stands.
@@ -70,6 +70,20 @@ pub struct UploadInfo {
     /// store does this for a partial that had no bytes yet when the final was created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_at: Option<u64>,
+    /// The bytes of a checked chunk whose request was cut off, held past `offset` until the
+    /// chunk is completed (`robusto-chunk-prefix`); never counted, served or published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldPrefix>,
+}
+
+/// The first bytes of a chunk carrying `Upload-Checksum` whose request was cut off: stored
+/// durably right after the committed offset, so that the client sends only the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPrefix {
+    /// How many bytes are held.
+    pub len: u64,
+    /// The `Upload-Checksum` of the whole chunk they begin, as sent (`md5 <base64>`).
+    pub checksum: String,
 }
 
 impl UploadInfo {
@@ -91,6 +105,7 @@ impl UploadInfo {
             completed: None,
             final_upload: None,
             placed_at: None,
+            held: None,
         }
     }
 
@@ -147,6 +162,27 @@ pub struct Append {
     /// upload to its length: for a partial upload, which needs no check at its end, so that
     /// its completion costs no second durable write.
     pub complete_at: Option<u64>,
+    /// A checked chunk cut off before its end is held ([`UploadInfo::held`]) instead of dropped.
+    pub keep_prefix: bool,
+    /// The body continues the upload's held prefix: the chunk is the held bytes followed by the
+    /// body, and `checksum` covers both.
+    pub continues: Option<Continuation>,
+}
+
+/// What an append that continues a held prefix knows of it.
+pub struct Continuation {
+    /// The held bytes (equal to [`HeldPrefix::len`]).
+    pub len: u64,
+    /// The digest state of the held bytes, if it was kept in memory; without it the store
+    /// hashes them again from where it holds them.
+    pub hasher: Option<ChecksumHasher>,
+}
+
+impl Append {
+    /// How many held bytes come before the body.
+    pub fn prefix_len(&self) -> u64 {
+        self.continues.as_ref().map_or(0, |c| c.len)
+    }
 }
 
 impl Append {
@@ -155,6 +191,7 @@ impl Append {
     pub fn commit(&self, info: &mut UploadInfo, received: u64) {
         info.offset += received;
         info.expires = self.expires;
+        info.held = None;
         if let Some(at) = self.complete_at
             && info.is_full()
         {
@@ -169,8 +206,11 @@ impl Append {
 pub struct Appended {
     /// The upload after the append (new offset persisted).
     pub info: UploadInfo,
-    /// Whether the body was cut off (the bytes before the cut were kept; no checksum).
+    /// Whether the body was cut off: without a checksum the bytes before the cut were
+    /// committed; with one, they are held ([`Appended::held`]) and the offset did not move.
     pub interrupted: Option<BodyError>,
+    /// The digest state of the bytes now held, when a checked chunk was cut off and kept.
+    pub held: Option<ChecksumHasher>,
 }
 
 /// What a store can fail with, grouped by what the caller answers.
@@ -196,6 +236,14 @@ pub enum StoreError {
         expected: String,
         /// Base64 digest of what arrived.
         actual: String,
+    },
+    /// The append continues held bytes the upload does not hold (another length, or none).
+    #[error("the upload holds {held} bytes of the chunk in progress, the request continues {continues}")]
+    PrefixMismatch {
+        /// Bytes held.
+        held: u64,
+        /// Bytes the request said it continues.
+        continues: u64,
     },
     /// The body ended early or was too long, and nothing was stored.
     #[error(transparent)]
@@ -246,12 +294,18 @@ pub trait Store: Send + Sync + 'static {
     fn info<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<UploadInfo>>;
 
     /// Replaces the upload's info (length, state, error, expiry…), atomically and durably.
-    /// The offset must not change through this call.
+    /// The offset and the held bytes change only through [`Store::append`]: this call keeps
+    /// the stored ones.
     fn update(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>>;
 
     /// Appends a body at `append.offset`. Bytes are committed (made durable, then the new offset
     /// recorded) only when the body is complete and matches `append.checksum`; a body without
-    /// checksum that is cut off keeps what arrived. On any error nothing of the body is kept.
+    /// checksum that is cut off keeps what arrived. A checked body that is cut off is held
+    /// ([`UploadInfo::held`], made durable before it is recorded) when `append.keep_prefix`
+    /// is set. An append that continues the held bytes (`append.continues`, whose length must
+    /// be the held length, else [`StoreError::PrefixMismatch`]) checks them and the body as one
+    /// chunk; one that does not continue them discards them first. On any error nothing of
+    /// the body is kept, and neither are held bytes it continued.
     fn append<'a>(&'a self, id: &'a str, append: Append, body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>>;
 
     /// Fills `info` (a final upload: new, or created earlier with offset 0 and its length) with
