@@ -34,7 +34,7 @@ use crate::manifest::{self, Manifest, ManifestError, SourceInfo};
 use crate::progress::{Event, Progress};
 use crate::protocol::{Checksum, ChecksumAlgorithm, Metadata, meta};
 use journal::{Journal, JournalError, JournalState, Part};
-use retry::{Budget, RetryPolicy};
+use retry::{Budget, Pieces, RetryPolicy};
 use session::{Capabilities, Creation, Session, SessionConfig, SessionError};
 use throttle::{Throttle, Timetable};
 
@@ -407,12 +407,29 @@ impl Job<'_> {
 
     /// One failure counted against the chunk: wait and return `Ok`, or give up.
     async fn backoff(&self, budget: &mut Budget, url: Option<&Url>, reason: String) -> Result<(), SendError> {
+        self.count_failure(budget, url, reason, false).await
+    }
+
+    /// Counts a failure and waits the backoff (none for the first failure in a row when
+    /// `first_at_once`: a connection that broke while sending is tried again straight away).
+    async fn count_failure(
+        &self,
+        budget: &mut Budget,
+        url: Option<&Url>,
+        reason: String,
+        first_at_once: bool,
+    ) -> Result<(), SendError> {
         let Some(delay) = budget.fail(&self.opts.retry) else {
             return Err(SendError::RetriesExhausted {
                 url: url.map(|u| u.to_string()),
                 attempts: budget.used(),
                 reason,
             });
+        };
+        let delay = if first_at_once && budget.used() == 1 {
+            Duration::ZERO
+        } else {
+            delay
         };
         self.progress.event(&Event::Retry {
             attempt: budget.used(),
@@ -422,6 +439,11 @@ impl Job<'_> {
         });
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+
+    /// Whether the server holds what arrives of a cut-off chunk for this client to complete.
+    fn holds_prefixes(&self) -> bool {
+        self.caps.checksum.is_some() && self.caps.has(crate::protocol::EXT_CHUNK_PREFIX)
     }
 
     fn fatal(url: &Url, source: SessionError) -> SendError {
@@ -477,7 +499,9 @@ impl Job<'_> {
                     }
                     return Ok((created.url, created.offset));
                 }
-                Err(SessionError::Transient(reason)) => self.backoff(budget, None, reason).await?,
+                Err(SessionError::Transient(reason) | SessionError::Cut { reason, .. }) => {
+                    self.backoff(budget, None, reason).await?
+                }
                 Err(SessionError::ChecksumMismatch) => {
                     return Err(SendError::Damaged {
                         index: 0,
@@ -499,6 +523,14 @@ impl Job<'_> {
         let mut known: Option<(Url, Option<u64>)> = self.part_url(index).await.map(|u| (u, None));
         // The next chunk, read from disk while this one is on the wire.
         let mut ahead: Option<ReadAhead> = None;
+        // What the server holds of the chunk at the offset (robusto-chunk-prefix), by HEAD.
+        let mut held: Option<(u64, Checksum)> = None;
+        // Where the server stood (offset and held bytes) before a request whose connection
+        // broke: the HEAD after it tells whether the attempt made progress.
+        let mut cut_at: Option<u64> = None;
+        // Smaller checked pieces after a cut, for a server that cannot hold a cut chunk.
+        let mut pieces = Pieces::new(self.manifest.chunk_size);
+        let shrink = self.caps.checksum.is_some() && !self.holds_prefixes();
         loop {
             if self.past_deadline() {
                 return Ok(PartEnd::Paused);
@@ -515,11 +547,26 @@ impl Job<'_> {
                     Ok(state) => match (state.offset, state.length) {
                         (Some(offset), Some(l)) if l == len && offset <= len => {
                             self.set_acked(index, offset);
-                            if offset > 0 {
-                                self.progress.event(&Event::UploadResumed {
+                            held = state.held.filter(|_| self.holds_prefixes());
+                            let position = offset + held.as_ref().map_or(0, |h| h.0);
+                            match cut_at.take() {
+                                // The server kept some of what the broken request carried:
+                                // progress, so the budget starts afresh.
+                                Some(before) if position > before => budget.reset(),
+                                Some(_) => {
+                                    self.count_failure(
+                                        &mut budget,
+                                        Some(&url),
+                                        "the connection broke and the server kept nothing of the request".into(),
+                                        true,
+                                    )
+                                    .await?
+                                }
+                                None if offset > 0 => self.progress.event(&Event::UploadResumed {
                                     url: url.to_string(),
                                     offset,
-                                });
+                                }),
+                                None => {}
                             }
                             (url, offset)
                         }
@@ -561,7 +608,11 @@ impl Job<'_> {
                 });
             };
             let chunk = *chunk;
-            let end = (chunk.offset + chunk.len).min(part.end);
+            let chunk_end = (chunk.offset + chunk.len).min(part.end);
+            let end = match pieces.size().filter(|_| shrink) {
+                Some(piece) => chunk_end.min(abs + piece),
+                None => chunk_end,
+            };
             let data = match ahead.take() {
                 Some(a) if a.offset == abs && a.len == end - abs => self.read_done(a).await?,
                 _ => self.read(abs, end - abs).await?,
@@ -571,6 +622,7 @@ impl Job<'_> {
             // READ_AHEAD_MAX are not read ahead.
             if !self.multi
                 && self.manifest.chunk_size <= READ_AHEAD_MAX
+                && end == chunk_end
                 && end < part.end
                 && let Some((_, next)) = self.chunk_at(end)
             {
@@ -578,9 +630,17 @@ impl Job<'_> {
                 ahead = Some(self.start_read(end, next_end - end));
             }
             let sum = self.checksum_for(&chunk, abs, &data).await;
-            match self.session.patch(&url, offset, data, sum.as_ref()).await {
+            // The server holds the first bytes of this very chunk: send only the rest.
+            let prefix = match (held.take(), &sum) {
+                (Some((n, c)), Some(s)) if &c == s && n <= data.len() as u64 => n,
+                _ => 0,
+            };
+            let body = data.slice(prefix as usize..);
+            let body_len = body.len() as u64;
+            match self.session.patch(&url, offset, body, sum.as_ref(), prefix).await {
                 Ok(new) if new > offset && new <= len => {
                     budget.reset();
+                    pieces.carried(body_len);
                     checksum_failures = 0;
                     self.set_acked(index, new);
                     self.progress.event(&Event::ChunkSent {
@@ -631,6 +691,14 @@ impl Job<'_> {
                 Err(SessionError::Gone(status)) => {
                     tracing::warn!("the server lost {url} ({status}); starting a fresh upload");
                     self.forget_part(index).await?;
+                }
+                Err(SessionError::Cut { sent, reason }) => {
+                    // Resumed at once: the HEAD says whether the server kept anything, and only
+                    // an attempt that made no progress counts against the budget.
+                    tracing::debug!("{url}: {reason} after {sent} bytes at offset {offset}; resuming");
+                    pieces.cut(sent);
+                    cut_at = Some(offset + prefix);
+                    known = Some((url, None));
                 }
                 Err(SessionError::Transient(reason)) => {
                     self.backoff(&mut budget, Some(&url), reason).await?;

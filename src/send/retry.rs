@@ -1,5 +1,6 @@
-//! Retry policy for the sender: exponential backoff with full jitter, and a per-chunk budget that
-//! starts afresh after every chunk the server acknowledges.
+//! Retry policy for the sender: exponential backoff with full jitter, a per-chunk budget that
+//! starts afresh whenever the server's position moves, and the size of the pieces a chunk is
+//! sent in over a link that breaks more often than it carries a chunk.
 
 use std::time::Duration;
 
@@ -65,6 +66,53 @@ impl Budget {
     }
 }
 
+/// The smallest piece a chunk is cut into.
+pub const MIN_PIECE: u64 = 64 << 10;
+
+/// How big a piece of a chunk to send to a server that checks every request's checksum but
+/// cannot hold what arrived of a cut-off one: a cut then costs the whole request, so after the
+/// first cut the client sends pieces of a sixteenth of what the link carried between its last
+/// two cuts (in whole [`MIN_PIECE`]s, at least one), each with its own checksum: a cut costs
+/// half a piece on average, about 3 % of what the link carries. As the link carries more
+/// without a cut, pieces grow with it, back to whole chunks.
+#[derive(Clone, Debug)]
+pub struct Pieces {
+    chunk: u64,
+    /// Body bytes carried since the last cut.
+    carried: u64,
+    /// What the link carried between its last two cuts (`None` before the first).
+    between_cuts: Option<u64>,
+}
+
+impl Pieces {
+    /// Whole chunks of `chunk` bytes until the first cut.
+    pub fn new(chunk: u64) -> Self {
+        Pieces {
+            chunk,
+            carried: 0,
+            between_cuts: None,
+        }
+    }
+
+    /// The largest piece to send next, or `None` for a whole chunk.
+    pub fn size(&self) -> Option<u64> {
+        let seen = self.between_cuts?.max(self.carried);
+        let piece = (seen / 16 / MIN_PIECE).max(1) * MIN_PIECE;
+        (piece < self.chunk).then_some(piece)
+    }
+
+    /// The link carried `bytes` of a request the server acknowledged.
+    pub fn carried(&mut self, bytes: u64) {
+        self.carried = self.carried.saturating_add(bytes);
+    }
+
+    /// The link broke after `sent` more bytes.
+    pub fn cut(&mut self, sent: u64) {
+        self.between_cuts = Some(self.carried.saturating_add(sent));
+        self.carried = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +132,31 @@ mod tests {
         for attempt in 1..6 {
             assert!(p.delay(attempt) <= p.ceiling(attempt));
         }
+    }
+
+    #[test]
+    fn pieces_shrink_after_a_cut_and_grow_back() {
+        const MIB: u64 = 1 << 20;
+        let mut p = Pieces::new(8 * MIB);
+        assert_eq!(p.size(), None, "whole chunks until the link breaks");
+        p.cut(2_000_000);
+        assert_eq!(p.size(), Some(MIN_PIECE), "a sixteenth of 2 MB, in whole 64 KiB");
+        p.cut(4 * MIB);
+        assert_eq!(p.size(), Some(256 << 10));
+        for _ in 0..15 {
+            p.carried(256 << 10);
+        }
+        assert_eq!(p.size(), Some(256 << 10), "the same link: the same pieces");
+        p.carried(8 * MIB);
+        assert_eq!(p.size(), Some(11 * MIN_PIECE), "carrying more without a cut grows them");
+        p.carried(128 * MIB);
+        assert_eq!(p.size(), None, "back to whole chunks");
+        p.cut(0);
+        assert!(p.size().is_none(), "a long run between cuts keeps whole chunks");
+        p.cut(1000);
+        assert_eq!(p.size(), Some(MIN_PIECE), "never below the smallest piece");
+        p.cut(10_000_000);
+        assert_eq!(p.size(), Some(9 * MIN_PIECE));
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub enum SessionError {
     /// after a backoff, then ask the server (HEAD) where it stands.
     #[error("{0}")]
     Transient(String),
+    /// The connection broke (or stalled) while the request body was being sent, after `sent`
+    /// bytes were handed to it: ask the server (HEAD) at once how much it kept.
+    #[error("the connection broke after {sent} bytes of the body: {reason}")]
+    Cut {
+        /// Body bytes handed to the connection before it broke.
+        sent: u64,
+        /// What broke.
+        reason: String,
+    },
     /// The server's checksum of the body did not match `Upload-Checksum` (460).
     #[error("the server's checksum of the chunk did not match (460)")]
     ChecksumMismatch,
@@ -122,6 +131,9 @@ pub struct UploadState {
     pub metadata: Option<Metadata>,
     /// `Upload-Concat`, if any.
     pub concat: Option<String>,
+    /// The bytes of the chunk in progress the server holds past the offset, and that chunk's
+    /// checksum (`robusto-chunk-prefix`).
+    pub held: Option<(u64, Checksum)>,
 }
 
 /// A creation request.
@@ -146,11 +158,13 @@ pub struct Created {
     pub offset: u64,
 }
 
-/// Time of the last sign of life of a request, for the stall watchdog.
+/// Time of the last sign of life of a request, for the stall watchdog, and the body bytes it
+/// handed to the connection.
 #[derive(Clone)]
 struct Stamp {
     origin: Instant,
     millis: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Stamp {
@@ -158,7 +172,12 @@ impl Stamp {
         Stamp {
             origin: Instant::now(),
             millis: Arc::new(AtomicU64::new(0)),
+            sent: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     fn now_millis(&self) -> u64 {
@@ -273,6 +292,7 @@ impl Session {
                     }
                 }
                 stamp.touch(Duration::ZERO);
+                stamp.sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 wire.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 Some((Ok::<Bytes, std::io::Error>(piece), rest))
             }
@@ -386,16 +406,22 @@ impl Session {
             length: header_u64(h, header::UPLOAD_LENGTH),
             metadata: header_str(h, header::UPLOAD_METADATA).and_then(|m| Metadata::parse(m).ok()),
             concat: header_str(h, header::UPLOAD_CONCAT).map(str::to_string),
+            held: header_u64(h, header::CHUNK_PREFIX)
+                .filter(|&n| n > 0)
+                .zip(header_str(h, header::CHUNK_CHECKSUM).and_then(|c| Checksum::parse(c).ok())),
         })
     }
 
-    /// PATCH: appends `data` at `offset`; returns the server's new offset.
+    /// PATCH: appends `data` at `offset`; returns the server's new offset. With `prefix` > 0,
+    /// `data` is the rest of a chunk whose first `prefix` bytes the server holds, and
+    /// `checksum` is the whole chunk's (`robusto-chunk-prefix`).
     pub async fn patch(
         &self,
         url: &Url,
         offset: u64,
         data: Bytes,
         checksum: Option<&Checksum>,
+        prefix: u64,
     ) -> Result<u64, SessionError> {
         let stamp = Stamp::new();
         let mut rb = self
@@ -406,8 +432,19 @@ impl Session {
         if let Some(c) = checksum {
             rb = rb.header(header::UPLOAD_CHECKSUM, c.to_header());
         }
+        if prefix > 0 {
+            rb = rb.header(header::CHUNK_PREFIX, prefix);
+        }
         let rb = rb.body(self.body(data, &stamp));
-        let resp = self.send(rb, &stamp).await?;
+        let resp = match self.send(rb, &stamp).await {
+            Err(SessionError::Transient(reason)) if stamp.sent() > 0 => {
+                return Err(SessionError::Cut {
+                    sent: stamp.sent(),
+                    reason,
+                });
+            }
+            other => other?,
+        };
         if !resp.status().is_success() {
             return Err(self.fail(resp).await);
         }

@@ -46,6 +46,10 @@ pub enum ServeError {
     /// A chunk or the whole file does not match its checksum (460).
     #[error("{0}")]
     ChecksumMismatch(String),
+    /// The server is shutting down and gave up the request body; the client continues later
+    /// (503, `Retry-After`).
+    #[error("the server is shutting down: {0}")]
+    ShuttingDown(String),
     /// The disk is full; nothing of the request was kept (507).
     #[error("insufficient storage on the server; nothing of this request was kept")]
     DiskFull,
@@ -90,6 +94,7 @@ impl ServeError {
                 StatusCode::from_u16(protocol::STATUS_CHECKSUM_MISMATCH).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ServeError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ServeError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,6 +121,9 @@ impl IntoResponse for ServeError {
             }
             ServeError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ServeError::ShuttingDown(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ServeError::RangeNotSatisfiable { length } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {

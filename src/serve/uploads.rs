@@ -128,6 +128,8 @@ pub struct Uploads {
     ahead: Mutex<HashMap<String, Ahead>>,
     /// The digest state of each upload's held bytes, with how many they are.
     prefixes: Mutex<HashMap<String, (u64, ChecksumHasher)>>,
+    /// Set once the server is shutting down (request bodies are being given up).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Most bytes kept in memory for one follower; past it, an append waits a little for room,
@@ -240,6 +242,7 @@ impl Uploads {
     /// Tells every request holding an upload to give up (the server is shutting down): a chunk
     /// with a checksum is discarded, one without keeps what arrived; clients resume later.
     pub fn cancel_all(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         for slot in lock(&self.slots).values() {
             lock(&slot.current).cancel();
         }
@@ -870,17 +873,24 @@ pub async fn append(
         }
         state.uploads.put_running(&info.id, digest);
     }
-    let mut appended = appended?;
+    // A body given up because the server stops is the server's doing: the client retries.
+    let stopping = |e: ServeError| match e {
+        ServeError::BadRequest(m) if state.uploads.stopping.load(std::sync::atomic::Ordering::SeqCst) => {
+            ServeError::ShuttingDown(m)
+        }
+        e => e,
+    };
+    let mut appended = appended.map_err(|e| stopping(e.into()))?;
     if let (Some(hasher), Some(held)) = (appended.held.take(), appended.info.held.clone()) {
         state.uploads.put_prefix(&info.id, held.len, hasher);
         let cut = appended.interrupted.map(|e| e.to_string()).unwrap_or_default();
         tracing::info!(id = %info.id, offset = info.offset, held = held.len, "{cut}; holding the chunk's first bytes");
-        return Err(ServeError::BadRequest(format!(
+        return Err(stopping(ServeError::BadRequest(format!(
             "{cut}; the server holds {} bytes of the chunk: send the rest with {}: {}",
             held.len,
             crate::protocol::header::CHUNK_PREFIX,
             held.len
-        )));
+        ))));
     }
     if let Some(f) = &info.final_upload {
         state.uploads.notify_appended(f);

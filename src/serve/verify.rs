@@ -102,25 +102,48 @@ pub fn expected_whole(raw_metadata: Option<&str>) -> Option<Checksum> {
         .flatten()
 }
 
+/// How long a body that was told to give up goes on taking bytes that keep arriving (what a
+/// connection that broke had already delivered), at most.
+const DRAIN_FOR: Duration = Duration::from_secs(1);
+/// A body being given up stops at the first pause this long.
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
+
 /// Streams a request body, giving up when no byte arrives for `read_timeout` or when `cancel`
-/// fires (a newer request for the same upload took over).
+/// fires (a newer request for the same upload took over, or the server stops). Once `cancel`
+/// fires the body still takes what is already on its way, for at most [`DRAIN_FOR`] and until
+/// the first pause: when a client reconnects after a cut, the bytes its broken connection
+/// delivered are kept (a checked chunk's are held) rather than left unread.
 pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToken) -> BodyStream {
+    const SUPERSEDED: &str = "superseded by a newer request for this upload";
     let stream = body.into_data_stream();
-    futures_util::stream::unfold(Some((stream, cancel)), move |state| async move {
-        let (mut stream, cancel) = state?;
-        let next = tokio::select! {
-            _ = cancel.cancelled() => {
-                Err(BodyError::Interrupted("superseded by a newer request for this upload".into()))
+    let start: (_, _, Option<tokio::time::Instant>) = (stream, cancel, None);
+    futures_util::stream::unfold(Some(start), move |state| async move {
+        let (mut stream, cancel, draining) = state?;
+        let next = match draining {
+            Some(deadline) => {
+                let wait = DRAIN_IDLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, stream.next()).await {
+                    Err(_) => Err(BodyError::Interrupted(SUPERSEDED.into())),
+                    Ok(None) => return None,
+                    Ok(Some(Ok(bytes))) => Ok(bytes),
+                    Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+                }
             }
-            r = tokio::time::timeout(read_timeout, stream.next()) => match r {
-                Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
-                Ok(None) => return None,
-                Ok(Some(Ok(bytes))) => Ok(bytes),
-                Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
-            }
+            None => tokio::select! {
+                _ = cancel.cancelled() => {
+                    let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+                    return Some((Ok(bytes::Bytes::new()), Some((stream, cancel, Some(deadline)))));
+                }
+                r = tokio::time::timeout(read_timeout, stream.next()) => match r {
+                    Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
+                    Ok(None) => return None,
+                    Ok(Some(Ok(bytes))) => Ok(bytes),
+                    Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+                }
+            },
         };
         match next {
-            Ok(bytes) => Some((Ok(bytes), Some((stream, cancel)))),
+            Ok(bytes) => Some((Ok(bytes), Some((stream, cancel, draining)))),
             Err(e) => Some((Err(e), None)),
         }
     })

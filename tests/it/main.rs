@@ -2,6 +2,7 @@
 
 mod cli_send;
 mod faults;
+mod flaky;
 mod interop_serve;
 mod nightly;
 mod pack;

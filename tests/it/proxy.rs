@@ -54,6 +54,8 @@ pub struct PatchRecord {
     pub new_offset: Option<u64>,
     /// `Upload-Checksum` sent.
     pub checksum: Option<String>,
+    /// `Robusto-Chunk-Prefix` sent: the held bytes the body continues.
+    pub prefix: Option<u64>,
 }
 
 /// What passed through.
@@ -100,6 +102,8 @@ impl Log {
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Where the proxy forwards to (a restarted server may listen elsewhere).
+    pub upstream: Arc<Mutex<SocketAddr>>,
     /// The faults in force.
     pub faults: Arc<Mutex<Faults>>,
     /// What passed.
@@ -122,12 +126,14 @@ impl Proxy {
         let faults = Arc::new(Mutex::new(faults));
         let log = Arc::new(Log::default());
         let patch_counter = Arc::new(AtomicU64::new(0));
-        let (f, l, c) = (faults.clone(), log.clone(), patch_counter.clone());
+        let upstream = Arc::new(Mutex::new(upstream));
+        let (f, l, c, u) = (faults.clone(), log.clone(), patch_counter.clone(), upstream.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (f, l, c) = (f.clone(), l.clone(), c.clone());
+                let to = *u.lock().unwrap();
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
+                    if let Ok(server) = TcpStream::connect(to).await {
                         let _ = serve_connection(client, server, f, l, c).await;
                     }
                 });
@@ -135,6 +141,7 @@ impl Proxy {
         });
         Proxy {
             addr,
+            upstream,
             faults,
             log,
             patch_counter,
@@ -145,6 +152,11 @@ impl Proxy {
     /// The endpoint URL through the proxy.
     pub fn endpoint(&self) -> String {
         format!("http://{}/files/", self.addr)
+    }
+
+    /// Forwards new connections to `to` from now on.
+    pub fn set_upstream(&self, to: SocketAddr) {
+        *self.upstream.lock().unwrap() = to;
     }
 
     /// Changes the faults.
@@ -233,6 +245,7 @@ async fn serve_connection(
                 status: None,
                 new_offset: None,
                 checksum: req.get("upload-checksum").map(str::to_string),
+                prefix: req.u64("robusto-chunk-prefix"),
             });
             p.len() - 1
         });
@@ -274,6 +287,14 @@ async fn serve_connection(
                 want.min((len / 2 - sent.min(len / 2)).max(1) as usize)
             } else {
                 want
+            };
+            // A link that breaks after N bytes carries no byte past them: read up to the cut.
+            let want = match f.cut_every {
+                Some(every) if patch_no.is_some() && f.cuts_left.is_none_or(|c| c > 0) => {
+                    let carried = log.cut_counter.load(Ordering::SeqCst);
+                    want.min(every.saturating_sub(carried).max(1) as usize)
+                }
+                _ => want,
             };
             let n = cr.read(&mut buf[..want]).await?;
             if n == 0 {

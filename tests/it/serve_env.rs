@@ -18,6 +18,7 @@ pub struct Server {
     /// The server's state (for direct calls such as the sweeper).
     pub state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
@@ -35,6 +36,11 @@ impl Server {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        // The old server answers what it is finishing (a PATCH cut off by the shutdown records
+        // what it keeps) before the new one opens the same data.
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config = self.state.config.as_ref().clone();
         Self::serve(dir, config).await
@@ -45,7 +51,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
+        let task = tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
             let _ = stopped.await;
         }));
         Server {
@@ -53,6 +59,7 @@ impl Server {
             dir,
             state,
             stop: Some(stop),
+            task: Some(task),
         }
     }
 
