@@ -11,7 +11,7 @@ use md5::Digest as _;
 use reqwest::{StatusCode, Url};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::retry::{Budget, RetryPolicy};
+use super::retry::{Exhausted, Retrier, RetryPolicy, Stopped};
 use super::session::{Session, SessionConfig, SessionError, UploadState};
 use crate::durable;
 use crate::fingerprint::Md5;
@@ -113,43 +113,30 @@ fn session(opts: &GetOptions) -> Result<Session, GetError> {
 async fn retrying<T>(
     opts: &GetOptions,
     url: &Url,
-    mut attempt: impl AsyncFnMut() -> Result<T, SessionError>,
+    attempt: impl AsyncFnMut() -> Result<T, SessionError>,
 ) -> Result<T, GetError> {
-    let mut budget = Budget::default();
-    loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(SessionError::Transient(reason)) => wait(&opts.retry, &mut budget, reason).await?,
-            Err(source) => {
-                return Err(GetError::Server {
-                    url: url.to_string(),
-                    source,
-                });
-            }
-        }
-    }
+    Retrier::new(opts.retry, None)
+        .run(attempt)
+        .await
+        .map_err(|stopped| match stopped {
+            Stopped::Exhausted(e) => e.into(),
+            Stopped::Failed(source) => GetError::Server {
+                url: url.to_string(),
+                source,
+            },
+        })
 }
 
 async fn head(opts: &GetOptions, s: &Session) -> Result<UploadState, GetError> {
     retrying(opts, &opts.url, async || s.head(&opts.url).await).await
 }
 
-async fn wait(policy: &RetryPolicy, budget: &mut Budget, reason: String) -> Result<(), GetError> {
-    match budget.fail(policy) {
-        Some(d) => {
-            tracing::warn!(
-                "retry {}/{} in {:.1}s: {reason}",
-                budget.used(),
-                policy.retries,
-                d.as_secs_f32()
-            );
-            tokio::time::sleep(d).await;
-            Ok(())
+impl From<Exhausted> for GetError {
+    fn from(e: Exhausted) -> Self {
+        GetError::RetriesExhausted {
+            attempts: e.attempts,
+            reason: e.reason,
         }
-        None => Err(GetError::RetriesExhausted {
-            attempts: budget.used(),
-            reason,
-        }),
     }
 }
 
@@ -244,12 +231,12 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
             let _ = hash.send(HashMsg::Data(bytes::Bytes::from(buf))).await;
         }
     }
-    let mut budget = Budget::default();
+    let mut retry = Retrier::new(opts.retry, None);
     while have < length {
         let resp = match s.get_from(&opts.url, have).await {
             Ok(r) => r,
-            Err(SessionError::Transient(reason)) => {
-                wait(&opts.retry, &mut budget, reason).await?;
+            Err(e) if e.is_transient() => {
+                retry.wait_out(e.reason(), false).await?;
                 continue;
             }
             Err(source) => {
@@ -272,15 +259,15 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
                     file.write_all(&bytes).await.map_err(io(&partial))?;
                     have += bytes.len() as u64;
                     let _ = hash.send(HashMsg::Data(bytes)).await;
-                    budget.reset();
+                    retry.progressed();
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    wait(&opts.retry, &mut budget, e.to_string()).await?;
+                    retry.wait_out(e.to_string(), false).await?;
                     break;
                 }
                 Err(_) => {
-                    wait(&opts.retry, &mut budget, "stalled".into()).await?;
+                    retry.wait_out("stalled".into(), false).await?;
                     break;
                 }
             }

@@ -34,7 +34,7 @@ use crate::manifest::{self, Manifest, ManifestError, SourceInfo};
 use crate::progress::{Event, Progress};
 use crate::protocol::{Checksum, ChecksumAlgorithm, Metadata, meta};
 use journal::{Journal, JournalError, JournalState, Part};
-use retry::{Budget, Pieces, RetryPolicy};
+use retry::{Exhausted, Pieces, Retrier, RetryPolicy};
 use session::{Capabilities, Creation, Session, SessionConfig, SessionError};
 use throttle::{Throttle, Timetable};
 
@@ -405,40 +405,14 @@ impl Job<'_> {
         self.manifest.chunks.get(i).map(|c| (i, c))
     }
 
-    /// One failure counted against the chunk: wait and return `Ok`, or give up.
-    async fn backoff(&self, budget: &mut Budget, url: Option<&Url>, reason: String) -> Result<(), SendError> {
-        self.count_failure(budget, url, reason, false).await
+    /// A fresh retry budget for one loop, reporting to the job's progress.
+    fn retrier(&self) -> Retrier<'_> {
+        Retrier::new(self.opts.retry, Some(self.progress))
     }
 
-    /// Counts a failure and waits the backoff (none for the first failure in a row when
-    /// `first_at_once`: a connection that broke while sending is tried again straight away).
-    async fn count_failure(
-        &self,
-        budget: &mut Budget,
-        url: Option<&Url>,
-        reason: String,
-        first_at_once: bool,
-    ) -> Result<(), SendError> {
-        let Some(delay) = budget.fail(&self.opts.retry) else {
-            return Err(SendError::RetriesExhausted {
-                url: url.map(|u| u.to_string()),
-                attempts: budget.used(),
-                reason,
-            });
-        };
-        let delay = if first_at_once && budget.used() == 1 {
-            Duration::ZERO
-        } else {
-            delay
-        };
-        self.progress.event(&Event::Retry {
-            attempt: budget.used(),
-            retries: self.opts.retry.retries,
-            delay_ms: delay.as_millis() as u64,
-            reason,
-        });
-        tokio::time::sleep(delay).await;
-        Ok(())
+    /// One failure counted against the chunk: wait and return `Ok`, or give up naming the upload.
+    async fn backoff(&self, retry: &mut Retrier<'_>, url: Option<&Url>, reason: String) -> Result<(), SendError> {
+        retry.wait_out(reason, false).await.map_err(|e| exhausted(e, url))
     }
 
     /// Whether the server holds what arrives of a cut-off chunk for this client to complete.
@@ -459,7 +433,7 @@ impl Job<'_> {
 
     /// Creates the upload of part `index` (with its first chunk when it is the only one and the
     /// server offers creation-with-upload); the caller records its URL.
-    async fn create(&self, index: usize, part: &Part, budget: &mut Budget) -> Result<(Url, u64), SendError> {
+    async fn create(&self, index: usize, part: &Part, retry: &mut Retrier<'_>) -> Result<(Url, u64), SendError> {
         let len = part.end - part.start;
         let with_upload = !self.multi
             && len > 0
@@ -487,7 +461,7 @@ impl Job<'_> {
                 Ok(created) => {
                     tracing::debug!("created {}", created.url);
                     if created.offset > 0 {
-                        budget.reset();
+                        retry.progressed();
                         self.set_acked(index, created.offset);
                         self.progress.event(&Event::ChunkSent {
                             index: 0,
@@ -499,9 +473,7 @@ impl Job<'_> {
                     }
                     return Ok((created.url, created.offset));
                 }
-                Err(SessionError::Transient(reason) | SessionError::Cut { reason, .. }) => {
-                    self.backoff(budget, None, reason).await?
-                }
+                Err(e) if e.is_transient() => self.backoff(retry, None, e.reason()).await?,
                 Err(SessionError::ChecksumMismatch) => {
                     return Err(SendError::Damaged {
                         index: 0,
@@ -518,7 +490,7 @@ impl Job<'_> {
     /// Sends part `index` until the server holds all of it (or the deadline passes).
     async fn run_part(&self, index: usize, part: Part) -> Result<PartEnd, SendError> {
         let len = part.end - part.start;
-        let mut budget = Budget::default();
+        let mut retry = self.retrier();
         let mut checksum_failures = 0u32;
         let mut known: Option<(Url, Option<u64>)> = self.part_url(index).await.map(|u| (u, None));
         // The next chunk, read from disk while this one is on the wire.
@@ -537,7 +509,7 @@ impl Job<'_> {
             }
             let (url, offset) = match known.take() {
                 None => {
-                    let (url, offset) = self.create(index, &part, &mut budget).await?;
+                    let (url, offset) = self.create(index, &part, &mut retry).await?;
                     let recorded = url.to_string();
                     self.record(|s| s.parts[index].url = Some(recorded)).await?;
                     (url, offset)
@@ -552,16 +524,14 @@ impl Job<'_> {
                             match cut_at.take() {
                                 // The server kept some of what the broken request carried:
                                 // progress, so the budget starts afresh.
-                                Some(before) if position > before => budget.reset(),
-                                Some(_) => {
-                                    self.count_failure(
-                                        &mut budget,
-                                        Some(&url),
+                                Some(before) if position > before => retry.progressed(),
+                                Some(_) => retry
+                                    .wait_out(
                                         "the connection broke and the server kept nothing of the request".into(),
                                         true,
                                     )
-                                    .await?
-                                }
+                                    .await
+                                    .map_err(|e| exhausted(e, Some(&url)))?,
                                 None if offset > 0 => self.progress.event(&Event::UploadResumed {
                                     url: url.to_string(),
                                     offset,
@@ -585,8 +555,8 @@ impl Job<'_> {
                         self.forget_part(index).await?;
                         continue;
                     }
-                    Err(SessionError::Transient(reason)) => {
-                        self.backoff(&mut budget, Some(&url), reason).await?;
+                    Err(e @ SessionError::Transient(_)) => {
+                        self.backoff(&mut retry, Some(&url), e.reason()).await?;
                         known = Some((url, None));
                         continue;
                     }
@@ -639,7 +609,7 @@ impl Job<'_> {
             let body_len = body.len() as u64;
             match self.session.patch(&url, offset, body, sum.as_ref(), prefix).await {
                 Ok(new) if new > offset && new <= len => {
-                    budget.reset();
+                    retry.progressed();
                     pieces.carried(body_len);
                     checksum_failures = 0;
                     self.set_acked(index, new);
@@ -654,7 +624,7 @@ impl Job<'_> {
                 }
                 Ok(new) => {
                     self.backoff(
-                        &mut budget,
+                        &mut retry,
                         Some(&url),
                         format!("PATCH at {offset} answered offset {new}"),
                     )
@@ -684,7 +654,7 @@ impl Job<'_> {
                     known = Some((url, Some(offset)));
                 }
                 Err(SessionError::OffsetConflict) => {
-                    self.backoff(&mut budget, Some(&url), "offset conflict (409)".into())
+                    self.backoff(&mut retry, Some(&url), "offset conflict (409)".into())
                         .await?;
                     known = Some((url, None));
                 }
@@ -700,8 +670,8 @@ impl Job<'_> {
                     cut_at = Some(offset + prefix);
                     known = Some((url, None));
                 }
-                Err(SessionError::Transient(reason)) => {
-                    self.backoff(&mut budget, Some(&url), reason).await?;
+                Err(e @ SessionError::Transient(_)) => {
+                    self.backoff(&mut retry, Some(&url), e.reason()).await?;
                     known = Some((url, None));
                 }
                 Err(e) => return Err(Self::fatal(&url, e)),
@@ -735,8 +705,8 @@ impl Job<'_> {
         }
         let results: Vec<Result<(usize, String), SendError>> = futures_util::stream::iter(missing)
             .map(|(i, part)| async move {
-                let mut budget = Budget::default();
-                let (url, _) = self.create(i, &part, &mut budget).await?;
+                let mut retry = self.retrier();
+                let (url, _) = self.create(i, &part, &mut retry).await?;
                 Ok::<_, SendError>((i, url.to_string()))
             })
             .buffered(parallel.max(CREATIONS_AT_ONCE))
@@ -764,7 +734,7 @@ impl Job<'_> {
     /// Waits for the server to finish the final upload at `url` (created before its parts were
     /// complete, or recorded by an earlier run): `Ok(None)` when the server no longer has it.
     async fn await_final(&self, url: &Url) -> Result<Option<Url>, SendError> {
-        let mut budget = Budget::default();
+        let mut retry = self.retrier();
         let size = self.manifest.archive.size;
         // A server still checking the whole file (after a restart it reads it again) answers
         // without an offset: that is waited for, patiently, without using up the retries.
@@ -776,7 +746,7 @@ impl Job<'_> {
                     if self.past_deadline() {
                         return Err(SendError::RetriesExhausted {
                             url: Some(url.to_string()),
-                            attempts: budget.used(),
+                            attempts: retry.used(),
                             reason: "the server had not finished the final upload by the deadline".into(),
                         });
                     }
@@ -788,14 +758,14 @@ impl Job<'_> {
                         None => "the server has not finished the final upload".to_string(),
                         Some(o) => format!("the final upload holds {o} of {size} bytes"),
                     };
-                    self.backoff(&mut budget, Some(url), reason).await?;
+                    self.backoff(&mut retry, Some(url), reason).await?;
                 }
                 Err(SessionError::Gone(status)) => {
                     tracing::warn!("the final upload {url} is gone ({status}); concatenating again");
                     self.record(|s| s.final_url = None).await?;
                     return Ok(None);
                 }
-                Err(SessionError::Transient(reason)) => self.backoff(&mut budget, Some(url), reason).await?,
+                Err(e) if e.is_transient() => self.backoff(&mut retry, Some(url), e.reason()).await?,
                 Err(e) => return Err(Self::fatal(url, e)),
             }
         }
@@ -804,7 +774,6 @@ impl Job<'_> {
     /// Creates the final upload of a concatenation: after every part is complete, or (when the
     /// server offers `concatenation-unfinished`) before any is sent. Records its URL.
     async fn concatenate(&self) -> Result<Url, SendError> {
-        let mut budget = Budget::default();
         let parts: Vec<String> = {
             let j = self.journal.lock().await;
             j.state
@@ -817,6 +786,7 @@ impl Job<'_> {
             .filter_map(|u| self.opts.recorded_url(u))
             .map(|u| u.path().to_string())
             .collect();
+        let mut retry = self.retrier();
         loop {
             let creation = Creation {
                 length: None,
@@ -830,7 +800,7 @@ impl Job<'_> {
                     self.record(|s| s.final_url = Some(url)).await?;
                     return Ok(created.url);
                 }
-                Err(SessionError::Transient(reason)) => self.backoff(&mut budget, None, reason).await?,
+                Err(e) if e.is_transient() => self.backoff(&mut retry, None, e.reason()).await?,
                 Err(SessionError::ChecksumMismatch) => {
                     return Err(SendError::Damaged {
                         index: 0,
@@ -845,32 +815,29 @@ impl Job<'_> {
     }
 }
 
+/// The budget ran out: resumable, naming the upload if there is one.
+fn exhausted(e: Exhausted, url: Option<&Url>) -> SendError {
+    SendError::RetriesExhausted {
+        url: url.map(|u| u.to_string()),
+        attempts: e.attempts,
+        reason: e.reason,
+    }
+}
+
 /// OPTIONS, retried within the budget.
 async fn discover(opts: &SendOptions, session: &Session, progress: &dyn Progress) -> Result<Capabilities, SendError> {
-    let mut budget = Budget::default();
+    let mut retry = Retrier::new(opts.retry, Some(progress));
     loop {
         match session.discover(&opts.target).await {
             Ok(c) => return Ok(c),
-            Err(SessionError::Transient(reason)) => {
-                let Some(delay) = budget.fail(&opts.retry) else {
-                    return Err(SendError::RetriesExhausted {
-                        url: None,
-                        attempts: budget.used(),
-                        reason,
-                    });
-                };
-                progress.event(&Event::Retry {
-                    attempt: budget.used(),
-                    retries: opts.retry.retries,
-                    delay_ms: delay.as_millis() as u64,
-                    reason,
-                });
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => {
+            Err(e) if e.is_transient() => retry
+                .wait_out(e.reason(), false)
+                .await
+                .map_err(|e| exhausted(e, None))?,
+            Err(source) => {
                 return Err(SendError::Server {
                     url: opts.target.to_string(),
-                    source: e,
+                    source,
                 });
             }
         }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use rand::Rng as _;
 
+use super::session::SessionError;
+use crate::progress::{Event, Progress};
+
 /// How long to wait between attempts, and how many attempts one chunk may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -63,6 +66,100 @@ impl Budget {
     /// The server acknowledged a chunk: the next chunk starts with the whole budget.
     pub fn reset(&mut self) {
         self.used = 0;
+    }
+}
+
+/// The retry budget ran out: the last of `attempts` failures was `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("giving up after {attempts} failed attempts (last: {reason})")]
+pub struct Exhausted {
+    /// Failed attempts counted.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
+}
+
+/// How a retried request ended, short of success.
+#[derive(Debug)]
+pub enum Stopped {
+    /// It kept failing in ways worth retrying, past the budget.
+    Exhausted(Exhausted),
+    /// It failed in a way retrying does not change (the caller decides what that means).
+    Failed(SessionError),
+}
+
+/// The one retry loop of the client: every failure worth retrying is counted against a
+/// [`Budget`], waited out with the policy's backoff, and reported (a [`Event::Retry`] to the
+/// job's progress, else a warning in the log); progress starts the budget afresh.
+pub struct Retrier<'a> {
+    policy: RetryPolicy,
+    budget: Budget,
+    progress: Option<&'a dyn Progress>,
+}
+
+impl<'a> Retrier<'a> {
+    /// A fresh budget under `policy`, reporting waits to `progress` (or the log).
+    pub fn new(policy: RetryPolicy, progress: Option<&'a dyn Progress>) -> Self {
+        Retrier {
+            policy,
+            budget: Budget::default(),
+            progress,
+        }
+    }
+
+    /// Failures counted since the last progress.
+    pub fn used(&self) -> u32 {
+        self.budget.used()
+    }
+
+    /// The request made progress: the budget starts afresh.
+    pub fn progressed(&mut self) {
+        self.budget.reset();
+    }
+
+    /// Counts one failure and waits its backoff; [`Exhausted`] once the budget is spent. With
+    /// `at_once` the first failure in a row is retried without waiting (a connection that broke
+    /// while it was carrying bytes).
+    pub async fn wait_out(&mut self, reason: String, at_once: bool) -> Result<(), Exhausted> {
+        let Some(delay) = self.budget.fail(&self.policy) else {
+            return Err(Exhausted {
+                attempts: self.budget.used(),
+                reason,
+            });
+        };
+        let delay = if at_once && self.budget.used() == 1 {
+            Duration::ZERO
+        } else {
+            delay
+        };
+        let event = Event::Retry {
+            attempt: self.budget.used(),
+            retries: self.policy.retries,
+            delay_ms: delay.as_millis() as u64,
+            reason,
+        };
+        match (self.progress, &event) {
+            (Some(p), _) => p.event(&event),
+            (None, Event::Retry { attempt, reason, .. }) => tracing::warn!(
+                "retry {attempt}/{} in {:.1}s: {reason}",
+                self.policy.retries,
+                delay.as_secs_f32()
+            ),
+            (None, _) => {}
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// Runs `attempt` until it succeeds, waiting out transient failures within the budget.
+    pub async fn run<T>(&mut self, mut attempt: impl AsyncFnMut() -> Result<T, SessionError>) -> Result<T, Stopped> {
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => self.wait_out(e.reason(), false).await.map_err(Stopped::Exhausted)?,
+                Err(e) => return Err(Stopped::Failed(e)),
+            }
+        }
     }
 }
 

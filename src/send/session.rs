@@ -24,8 +24,8 @@ const BIG_SLICE: usize = 512 << 10;
 pub enum SessionError {
     /// A network fault, a stall, or a server that is busy or failing (5xx, 423, 429): try again
     /// after a backoff, then ask the server (HEAD) where it stands.
-    #[error("{0}")]
-    Transient(String),
+    #[error(transparent)]
+    Transient(Fault),
     /// The connection broke (or stalled) while the request body was being sent, after `sent`
     /// bytes were handed to it: ask the server (HEAD) at once how much it kept.
     #[error("the connection broke after {sent} bytes of the body: {reason}")]
@@ -57,13 +57,51 @@ pub enum SessionError {
     Protocol(String),
 }
 
+/// A failure worth trying again, with what caused it when that was an HTTP client error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Fault {
+    what: String,
+    #[source]
+    source: Option<reqwest::Error>,
+}
+
 impl SessionError {
+    fn transient(what: impl Into<String>) -> Self {
+        SessionError::Transient(Fault {
+            what: what.into(),
+            source: None,
+        })
+    }
+
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_builder() {
             SessionError::Protocol(format!("cannot build the request: {e}"))
         } else {
-            SessionError::Transient(format!("{e}"))
+            SessionError::Transient(Fault {
+                what: e.to_string(),
+                source: Some(e),
+            })
         }
+    }
+
+    /// Whether trying again may succeed: a fault of the network or of a busy server.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SessionError::Transient(_) | SessionError::Cut { .. })
+    }
+
+    /// The error with its causes, for a log line or a retry's reason.
+    pub fn reason(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            cause = c.source();
+        }
+        text
     }
 }
 
@@ -227,8 +265,8 @@ fn classify(status: StatusCode, message: String) -> SessionError {
         protocol::STATUS_CHECKSUM_MISMATCH => SessionError::ChecksumMismatch,
         409 => SessionError::OffsetConflict,
         404 | 410 => SessionError::Gone(status),
-        408 | 423 | 429 => SessionError::Transient(format!("server answered {status}")),
-        s if s >= 500 => SessionError::Transient(format!("server answered {status} {message}")),
+        408 | 423 | 429 => SessionError::transient(format!("server answered {status}")),
+        s if s >= 500 => SessionError::transient(format!("server answered {status} {message}")),
         _ => SessionError::Rejected { status, message },
     }
 }
@@ -316,7 +354,7 @@ impl Session {
         };
         tokio::select! {
             r = rb.send() => r.map_err(SessionError::from_reqwest),
-            _ = watchdog => Err(SessionError::Transient(format!("stalled: no progress for {}s", limit.as_secs_f32()))),
+            _ = watchdog => Err(SessionError::transient(format!("stalled: no progress for {}s", limit.as_secs_f32()))),
         }
     }
 
@@ -437,10 +475,10 @@ impl Session {
         }
         let rb = rb.body(self.body(data, &stamp));
         let resp = match self.send(rb, &stamp).await {
-            Err(SessionError::Transient(reason)) if stamp.sent() > 0 => {
+            Err(e @ SessionError::Transient(_)) if stamp.sent() > 0 => {
                 return Err(SessionError::Cut {
                     sent: stamp.sent(),
-                    reason,
+                    reason: e.reason(),
                 });
             }
             other => other?,
@@ -505,7 +543,7 @@ impl Session {
         }
         let body = tokio::time::timeout(self.config.stall_timeout, resp.bytes())
             .await
-            .map_err(|_| SessionError::Transient("stalled reading the listing".into()))?
+            .map_err(|_| SessionError::transient("stalled reading the listing"))?
             .map_err(SessionError::from_reqwest)?;
         serde_json::from_slice(&body).map_err(|e| SessionError::Rejected {
             status: StatusCode::OK,

@@ -133,7 +133,13 @@ async fn tus_js_client_over_a_link_cut_every_2_mb_is_unaffected_by_held_chunks()
     assert!(cuts >= 8, "{cuts} cuts");
     let wire = proxy.log.body_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(wire, (16 * MIB + 3) as u64, "every cut cost only the bytes in flight");
-    assert!(proxy.log.patches().iter().all(|p| p.prefix.is_none() && p.checksum.is_none()));
+    assert!(
+        proxy
+            .log
+            .patches()
+            .iter()
+            .all(|p| p.prefix.is_none() && p.checksum.is_none())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
