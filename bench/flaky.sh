@@ -70,13 +70,16 @@ declare -A res
 for i in $(seq "$runs"); do
   for cut in 2000000 10000000; do
     for kind in robusto noext tus; do
-      res[$kind-$cut]="${res[$kind-$cut]:-}$(run_one "$kind" "$cut")"$'\n'
+      line=$(run_one "$kind" "$cut")
+      echo "run $i, cut $cut, $kind: $line" >&2
+      res[$kind-$cut]="${res[$kind-$cut]:-}$line"$'\n'
     done
   done
 done
-# median and spread of column COL of the runs
-stat() { printf '%s' "$1" | awk -v c="$2" 'NF { v[n++] = $c } END { asort(v); m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2; printf "%s (%s–%s)", m, v[1], v[n] }'; }
-med() { printf '%s' "$1" | awk -v c="$2" 'NF { v[n++] = $c } END { asort(v); print (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'; }
+# median and spread (min–max) of column COL of the runs
+column() { printf '%s' "$1" | awk -v c="$2" 'NF { print $c }' | sort -g; }
+stat() { column "$1" "$2" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s (%s–%s)", m, v[1], v[NR] }'; }
+med() { column "$1" "$2" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf '64 MiB, 8 MiB chunks, %s runs each: medians (min–max)\n' "$runs"
 printf '%-9s %-52s %-26s %-24s %s\n' "cut every" "client → server" "wire bytes / file" "seconds" "cuts"
 for cut in 2000000 10000000; do

@@ -7,18 +7,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
-use tokio::sync::oneshot;
 
-use crate::serve::{self, AppState, Config};
+use crate::serve::Config;
+use crate::serve::in_process::InProcess;
 
 /// A folder served on 127.0.0.1 for the length of one job.
 pub struct LocalServer {
     /// The tus creation endpoint, `http://127.0.0.1:PORT/files/`.
     pub endpoint: Url,
-    dir: PathBuf,
-    state: AppState,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<io::Result<()>>,
+    server: InProcess,
 }
 
 /// The journal key of a folder destination: its absolute path.
@@ -30,41 +27,19 @@ pub fn job_key(dir: &Path) -> String {
 impl LocalServer {
     /// Creates `dir` if needed and serves it on 127.0.0.1:0.
     pub async fn start(dir: &Path) -> io::Result<LocalServer> {
-        tokio::fs::create_dir_all(dir).await?;
-        let state = AppState::open(Config::new(dir.to_path_buf()))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let endpoint = Url::parse(&format!("http://{addr}/files/")).map_err(io::Error::other)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let server = InProcess::start(Config::new(dir.to_path_buf())).await?;
+        let endpoint = Url::parse(&server.endpoint()).map_err(io::Error::other)?;
         tracing::debug!("serving {} on {endpoint}", dir.display());
-        Ok(LocalServer {
-            endpoint,
-            dir: dir.to_path_buf(),
-            state,
-            stop,
-            task,
-        })
+        Ok(LocalServer { endpoint, server })
     }
 
     /// Where the completed upload at `url` was published in the folder.
     pub async fn published(&self, url: &str) -> Option<PathBuf> {
-        let id = url.trim_end_matches('/').rsplit('/').next()?;
-        let info = self.state.store.info(id).await.ok()?;
-        let name = info.published?;
-        let direct = self.dir.join(&name);
-        if direct.exists() {
-            Some(direct)
-        } else {
-            Some(self.dir.join("files").join(name))
-        }
+        self.server.published(url).await
     }
 
     /// Stops serving.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod digest;
 pub mod error;
+pub mod in_process;
 pub mod routes;
 pub mod store;
 pub mod uploads;

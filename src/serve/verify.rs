@@ -119,28 +119,31 @@ pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToke
     let start: (_, _, Option<tokio::time::Instant>) = (stream, cancel, None);
     futures_util::stream::unfold(Some(start), move |state| async move {
         let (mut stream, cancel, draining) = state?;
-        let next = match draining {
-            Some(deadline) => {
-                let wait = DRAIN_IDLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match tokio::time::timeout(wait, stream.next()).await {
-                    Err(_) => Err(BodyError::Interrupted(SUPERSEDED.into())),
-                    Ok(None) => return None,
-                    Ok(Some(Ok(bytes))) => Ok(bytes),
-                    Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+        let mut draining = draining;
+        if draining.is_none() {
+            tokio::select! {
+                _ = cancel.cancelled() => draining = Some(tokio::time::Instant::now() + DRAIN_FOR),
+                r = tokio::time::timeout(read_timeout, stream.next()) => {
+                    let next = match r {
+                        Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
+                        Ok(None) => return None,
+                        Ok(Some(Ok(bytes))) => Ok(bytes),
+                        Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+                    };
+                    return match next {
+                        Ok(bytes) => Some((Ok(bytes), Some((stream, cancel, None)))),
+                        Err(e) => Some((Err(e), None)),
+                    };
                 }
             }
-            None => tokio::select! {
-                _ = cancel.cancelled() => {
-                    let deadline = tokio::time::Instant::now() + DRAIN_FOR;
-                    return Some((Ok(bytes::Bytes::new()), Some((stream, cancel, Some(deadline)))));
-                }
-                r = tokio::time::timeout(read_timeout, stream.next()) => match r {
-                    Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
-                    Ok(None) => return None,
-                    Ok(Some(Ok(bytes))) => Ok(bytes),
-                    Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
-                }
-            },
+        }
+        let deadline = draining.unwrap_or_else(tokio::time::Instant::now);
+        let wait = DRAIN_IDLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let next = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => Err(BodyError::Interrupted(SUPERSEDED.into())),
+            Ok(None) => return None,
+            Ok(Some(Ok(bytes))) => Ok(bytes),
+            Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
         };
         match next {
             Ok(bytes) => Some((Ok(bytes), Some((stream, cancel, draining)))),

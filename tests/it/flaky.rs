@@ -33,13 +33,6 @@ fn packed(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
     file
 }
 
-/// Where the completed upload at `url` was published.
-async fn published(server: &Server, url: &str) -> PathBuf {
-    let id = url.trim_end_matches('/').rsplit('/').next().unwrap();
-    let info = server.state.store.info(id).await.unwrap();
-    server.data().join("files").join(info.published.expect("published"))
-}
-
 /// Reads every few milliseconds the offset the server records for each of its uploads (what
 /// its HEAD answers; a HEAD itself would take over from the PATCH in flight), and keeps them.
 struct OffsetWatch {
@@ -95,7 +88,7 @@ fn wire(proxy: &Proxy) -> u64 {
 /// flight. Returns the number of cuts.
 async fn cut_every(cut: u64, chunk: u64, size: u64) -> u64 {
     let server = Server::start(|_| {}).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let addr = server.addr;
     let proxy = Proxy::start(
         addr,
         Faults {
@@ -111,7 +104,7 @@ async fn cut_every(cut: u64, chunk: u64, size: u64) -> u64 {
     let url = send_ok(&opts).await;
     let heads = watch.stop();
     let what = format!("cut every {cut} B, {chunk} B chunks");
-    assert_eq!(md5_file(&published(&server, &url).await), md5_file(&file), "{what}");
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file), "{what}");
     let patches = proxy.log.patches();
     only_whole_chunks_counted(&heads, &patches, chunk, size);
     proxy.log.assert_no_acked_resend();
@@ -148,7 +141,7 @@ async fn cuts_within_64_mib_chunks_cost_only_the_bytes_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_held_chunks_the_rest_goes_in_smaller_checked_pieces() {
     let server = Server::start(|c| c.keep_prefixes = false).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let addr = server.addr;
     let proxy = Proxy::start(
         addr,
         Faults {
@@ -162,7 +155,7 @@ async fn without_held_chunks_the_rest_goes_in_smaller_checked_pieces() {
     let file = packed(dir.path(), size, 8 * MIB, 5);
     let opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
     let url = send_ok(&opts).await;
-    assert_eq!(md5_file(&published(&server, &url).await), md5_file(&file));
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
     proxy.log.assert_no_acked_resend();
     let patches = proxy.log.patches();
     let acked: Vec<_> = patches.iter().filter(|p| p.status == Some(204)).collect();
@@ -185,7 +178,7 @@ async fn without_held_chunks_the_rest_goes_in_smaller_checked_pieces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bit_flipped_before_a_cut_is_caught_and_the_chunk_sent_again() {
     let server = Server::start(|_| {}).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let addr = server.addr;
     // The first PATCH gets a bit flipped half-way (at 4 MiB) and is cut at 6 MB: the server
     // holds 6 MB with a damaged byte in them.
     let proxy = Proxy::start(
@@ -205,7 +198,7 @@ async fn a_bit_flipped_before_a_cut_is_caught_and_the_chunk_sent_again() {
     let watch = OffsetWatch::start(&server);
     let url = send_ok(&opts).await;
     let heads = watch.stop();
-    assert_eq!(md5_file(&published(&server, &url).await), md5_file(&file));
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
     let patches = proxy.log.patches();
     only_whole_chunks_counted(&heads, &patches, 8 * MIB, size);
     assert_eq!(patches[0].status, None, "the first PATCH was cut: {patches:?}");
@@ -224,7 +217,7 @@ async fn a_bit_flipped_before_a_cut_is_caught_and_the_chunk_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_while_it_holds_a_chunk_continues_it() {
     let server = Server::start(|_| {}).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let addr = server.addr;
     // A slow link (8 MiB in about 4 s) that breaks once, 3 MB into the first chunk.
     let proxy = Proxy::start(
         addr,
@@ -263,12 +256,12 @@ async fn a_server_restarted_while_it_holds_a_chunk_continues_it() {
     assert_eq!(held, Some(3 * MB), "the cut chunk's first bytes were held");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let server = server.restart().await;
-    proxy.set_upstream(server.base.trim_start_matches("http://").parse().unwrap());
+    proxy.set_upstream(server.addr);
     let url = match sending.await.unwrap() {
         Ok(SendOutcome::Complete { url }) => url,
         other => panic!("the send did not complete: {other:?}"),
     };
-    assert_eq!(md5_file(&published(&server, &url).await), md5_file(&file));
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
     proxy.log.assert_no_acked_resend();
     let patches = proxy.log.patches();
     let continued: Vec<_> = patches.iter().filter_map(|p| p.prefix).collect();
@@ -283,7 +276,7 @@ async fn a_server_restarted_while_it_holds_a_chunk_continues_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_killed_while_the_server_holds_a_chunk_continues_it() {
     let server = Server::start(|_| {}).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
+    let addr = server.addr;
     let proxy = Proxy::start(
         addr,
         Faults {
@@ -341,7 +334,7 @@ async fn a_client_killed_while_the_server_holds_a_chunk_continues_it() {
     let out = robusto(&args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let url = out.stdout.trim();
-    assert_eq!(md5_file(&published(&server, url).await), md5_file(&file));
+    assert_eq!(md5_file(&server.published(url).await), md5_file(&file));
     let patches = proxy.log.patches();
     let rerun = patches.iter().find(|p| p.prefix.is_some()).expect("a continued PATCH");
     assert_eq!(

@@ -111,9 +111,8 @@ async fn tus_js_client_over_a_link_cut_every_2_mb_is_unaffected_by_held_chunks()
     // robusto serve announces robusto-chunk-prefix; tus-js-client sends no checksum, so what
     // arrives before each cut is kept and counted (tus), and it never sees a held chunk.
     let server = Server::start(|_| {}).await;
-    let addr = server.base.trim_start_matches("http://").parse().unwrap();
     let proxy = crate::proxy::Proxy::start(
-        addr,
+        server.addr,
         crate::proxy::Faults {
             cut_every: Some(2_000_000),
             ..Default::default()

@@ -7,18 +7,20 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use robusto::protocol::{Metadata, header};
+use robusto::serve::in_process::InProcess;
 use robusto::serve::{AppState, Config};
 
 /// An in-process server over the fs store in a temporary `--data`.
 pub struct Server {
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
     /// `--data`
     pub dir: tempfile::TempDir,
     /// The server's state (for direct calls such as the sweeper).
     pub state: AppState,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: Option<InProcess>,
 }
 
 impl Server {
@@ -31,15 +33,11 @@ impl Server {
     }
 
     /// Stops this server and starts a new one (fresh memory, a new port) over the same `--data`:
-    /// a restart.
+    /// a restart. The old server answers what it is finishing (a PATCH cut off by the shutdown
+    /// records what it keeps) before the new one opens the same data.
     pub async fn restart(mut self) -> Server {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        // The old server answers what it is finishing (a PATCH cut off by the shutdown records
-        // what it keeps) before the new one opens the same data.
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server.stop()).await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let config = self.state.config.as_ref().clone();
@@ -47,19 +45,25 @@ impl Server {
     }
 
     async fn serve(dir: tempfile::TempDir, config: Config) -> Server {
-        let state = AppState::open(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let server = InProcess::start(config).await.unwrap();
         Server {
-            base,
+            base: format!("http://{}", server.addr),
+            addr: server.addr,
             dir,
-            state,
-            stop: Some(stop),
-            task: Some(task),
+            state: server.state.clone(),
+            server: Some(server),
+        }
+    }
+
+    /// The published file of the completed upload at `url`.
+    pub async fn published(&self, url: &str) -> PathBuf {
+        let server = self.server.as_ref().expect("running");
+        match server.published(url).await {
+            Some(path) => path,
+            None => panic!(
+                "{url} was not published: {:?}",
+                self.state.store.info(&id_of(url)).await
+            ),
         }
     }
 
@@ -76,14 +80,6 @@ impl Server {
     /// `--data`
     pub fn data(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
 }
 

@@ -3,71 +3,16 @@
 //! on disk stops after three 460s pointing at `robusto verify`; `--parallel` uses concatenation;
 //! `--to DIR`; `status` and a resumed Range `get`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use robusto::progress::Silent;
 use robusto::send::{SendError, send};
-use robusto::serve::{AppState, Config};
-use tokio::sync::oneshot;
 
 use super::peers::{md5_file, random_file};
 use super::proxy::{Faults, Proxy};
 use super::send::{options, send_ok};
+use super::serve_env::Server;
 use super::support::robusto;
-
-/// `robusto serve` running in this process.
-pub struct Served {
-    pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
-    pub state: AppState,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Served {
-    pub async fn start() -> Served {
-        Self::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(dir.path().to_path_buf());
-        configure(&mut config);
-        let state = AppState::open(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(robusto::serve::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Served {
-            addr,
-            dir,
-            state,
-            _stop: stop,
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}/files/", self.addr)
-    }
-
-    /// The published file of the completed upload at `url`.
-    pub async fn published(&self, url: &str) -> PathBuf {
-        let id = url.trim_end_matches('/').rsplit('/').next().unwrap();
-        let info = self.state.store.info(id).await.unwrap();
-        let name = info
-            .published
-            .clone()
-            .unwrap_or_else(|| panic!("{url} was not published: {info:?}"));
-        let direct = self.dir.path().join(&name);
-        if direct.exists() {
-            direct
-        } else {
-            self.dir.path().join("files").join(name)
-        }
-    }
-}
 
 fn packed_like(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
     let file = dir.join("a.bin");
@@ -81,7 +26,7 @@ fn packed_like(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chunk_carries_the_manifest_md5_and_a_flipped_bit_is_resent() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let proxy = Proxy::start(
         server.addr,
         Faults {
@@ -124,7 +69,7 @@ async fn every_chunk_carries_the_manifest_md5_and_a_flipped_bit_is_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_damaged_on_disk_stops_after_three_460s() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), 3 << 20, 1 << 20, 92);
     // Damage chunk 1 after the manifest was written.
@@ -143,7 +88,7 @@ async fn a_file_damaged_on_disk_stops_after_three_460s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_uploads_concatenate() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), (10 << 20) + 5, 1 << 20, 93);
     let mut opts = options(&file, &server.endpoint(), &dir.path().join("state"));
@@ -159,7 +104,7 @@ async fn parallel_uploads_concatenate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_uploads_follow_what_the_server_offers() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let proxy = Proxy::start(server.addr, Faults::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), (10 << 20) + 5, 1 << 20, 95); // 11 chunks
@@ -189,7 +134,7 @@ async fn parallel_uploads_follow_what_the_server_offers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_upload_lost_in_the_middle_is_made_again() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), 12 << 20, 1 << 20, 91);
     let state = dir.path().join("state");
@@ -245,7 +190,7 @@ async fn a_final_upload_lost_in_the_middle_is_made_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resumes_a_partial_download_with_range() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), (3 << 20) + 7, 1 << 20, 94);
     let url = send_ok(&options(&file, &server.endpoint(), &dir.path().join("state"))).await;
@@ -315,7 +260,7 @@ fn send_and_push_to_a_local_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loop_with_parallel_uploads() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let proxy = Proxy::start(server.addr, Faults::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), 40 << 20, 1 << 20, 96);
@@ -340,7 +285,7 @@ async fn sigkill_loop_with_parallel_uploads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cuts_stalls_and_503s_against_robusto_serve() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let proxy = Proxy::start(
         server.addr,
         Faults {
@@ -378,7 +323,7 @@ async fn cuts_stalls_and_503s_against_robusto_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_from_a_file_or_the_environment() {
-    let server = Served::start_with(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
+    let server = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
     let dir = tempfile::tempdir().unwrap();
     let file = packed_like(dir.path(), 100_000, 1 << 20, 98);
     let state = dir.path().join("state");
@@ -412,7 +357,7 @@ async fn bearer_tokens_from_a_file_or_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_announcing_only_creation_gets_plain_patches() {
-    let server = Served::start().await;
+    let server = Server::start(|_| {}).await;
     let proxy = Proxy::start(
         server.addr,
         Faults {

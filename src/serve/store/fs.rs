@@ -75,7 +75,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send +
 
 /// Writes all of `batch` (one `writev` when the kernel takes it whole); returns the bytes written.
 fn write_batch(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+    let mut slices: Vec<IoSlice<'_>> = batch
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
     let mut rest = &mut slices[..];
     let mut total = 0u64;
     while !rest.is_empty() {
@@ -766,5 +770,20 @@ impl Store for FsStore {
             .await
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_empty_frames_writes_nothing_and_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = File::create(dir.path().join("f")).unwrap();
+        assert_eq!(write_batch(&mut file, &[Bytes::new()]).unwrap(), 0);
+        let batch = [Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"c")];
+        assert_eq!(write_batch(&mut file, &batch).unwrap(), 3);
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"abc");
     }
 }
