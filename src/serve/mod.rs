@@ -3,7 +3,9 @@
 //!
 //! A request passes [`tus_layer`] (method override, `Tus-Resumable`, bearer token, CORS), is
 //! routed to a thin handler in [`routes`], which checks headers with [`verify`] and acts through
-//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`].
+//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`]. Handlers and
+//! the functions of [`uploads`] run in `tracing` spans carrying the upload id; a `tower_http`
+//! trace layer logs each request and response at debug level.
 
 pub mod auth;
 pub mod digest;
@@ -27,6 +29,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
 use tokio::net::TcpListener;
+use tower_http::classify::ServerErrorsFailureClass;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::protocol::{self, header};
 use auth::Tokens;
@@ -97,7 +102,8 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application: tus under `/files/`.
+/// The whole HTTP application: tus under `/files/`. Outermost, a trace layer logs every request
+/// and response at debug level (default logs stay as they are).
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route(
@@ -119,10 +125,24 @@ pub fn router(state: AppState) -> Router {
         .route("/files/{id}/status", get(routes::status))
         .layer(DefaultBodyLimit::disable())
         .with_state(state.clone());
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+        .on_failure(response_failed);
     // The layer sits outside the routing, so X-HTTP-Method-Override can change the route.
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(state, tus_layer))
+        .layer(trace)
+}
+
+/// The trace layer's word on a failed response: a 5xx status is logged where it is made
+/// already, so only a body that failed after its head was sent is, at debug level.
+fn response_failed(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    if let ServerErrorsFailureClass::Error(e) = class {
+        tracing::debug!(?latency, "the response body failed: {e}");
+    }
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, with the expiry sweeper
