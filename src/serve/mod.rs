@@ -3,9 +3,10 @@
 //!
 //! A request passes [`tus_layer`] (method override, `Tus-Resumable`, bearer token, CORS), is
 //! routed to a thin handler in [`routes`], which checks headers with [`verify`] and acts through
-//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`]. Handlers and
-//! the functions of [`uploads`] run in `tracing` spans carrying the upload id; a `tower_http`
-//! trace layer logs each request and response at debug level.
+//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`]; every 5xx
+//! answer is logged once, by [`error::log_server_errors`]. Handlers and the functions of
+//! [`uploads`] run in `tracing` spans carrying the upload id; a `tower_http` trace layer logs
+//! each request and response at debug level.
 
 pub mod auth;
 pub mod digest;
@@ -103,7 +104,8 @@ impl AppState {
 }
 
 /// The whole HTTP application: tus under `/files/`. Outermost, a trace layer logs every request
-/// and response at debug level (default logs stay as they are).
+/// and response at debug level (default logs stay as they are); inside the tus layer, 5xx
+/// answers are logged once with the upload id and the method.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route(
@@ -124,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/files/{id}/status", get(routes::status))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(error::log_server_errors))
         .with_state(state.clone());
     let trace = TraceLayer::new_for_http()
         .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
@@ -137,8 +140,9 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
 }
 
-/// The trace layer's word on a failed response: a 5xx status is logged where it is made
-/// already, so only a body that failed after its head was sent is, at debug level.
+/// The trace layer's word on a failed response: a 5xx status is logged by
+/// [`error::log_server_errors`] already, so only a body that failed after its head was sent
+/// is, at debug level.
 fn response_failed(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
     if let ServerErrorsFailureClass::Error(e) = class {
         tracing::debug!(?latency, "the response body failed: {e}");

@@ -135,15 +135,19 @@ pub async fn create(
     if with_data && info.state == UploadState::Receiving {
         let lease = state.uploads.acquire(&info.id).await;
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        // A failure after the upload exists is logged with its id (the path names none).
         match uploads::append(&state, info.clone(), checksum, 0, stream).await {
             Ok(after) => info = after,
             // The body was cut off: the upload exists, the client learns the offset and
             // continues with PATCH. Any other failure (checksum, disk) is answered as such.
             Err(ServeError::BadRequest(reason)) => {
                 tracing::info!(id = %info.id, "data sent with the creation request was not kept: {reason}");
-                info = state.store.info(&info.id).await?;
+                match state.store.info(&info.id).await {
+                    Ok(now) => info = now,
+                    Err(e) => return Ok(ServeError::from(e).into_response_for(&info.id)),
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Ok(e.into_response_for(&info.id)),
         }
     }
     Ok(created(&info, with_data))

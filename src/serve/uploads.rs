@@ -994,7 +994,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         tokio::spawn(
             async move {
                 if let Err(e) = complete_final(&state, &final_id).await {
-                    tracing::warn!(id = %final_id, "the final upload could not be finished: {e}");
+                    tracing::warn!(id = %final_id, "the final upload could not be finished: {}", e.detail());
                 }
             }
             .in_current_span(),
