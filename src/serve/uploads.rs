@@ -13,7 +13,8 @@
 //! the file is published. Losing any of this in memory (a restart) only costs a re-read.
 //!
 //! Each function that acts on one upload runs in a debug-level span carrying its id (the
-//! handler's info-level span carries it in default logs).
+//! handler's info-level span carries it in default logs); what it counts goes to
+//! [`super::metrics`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -420,6 +421,7 @@ pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<Up
     info.owner = owner.0.clone();
     info.expires = expiry(state);
     state.store.create(info.clone()).await?;
+    state.metrics.created(&info);
     if info.is_partial() {
         tracing::debug!(id = %info.id, length = ?info.length, "partial upload created");
     } else {
@@ -503,6 +505,7 @@ pub async fn concatenate(
         .concatenate(info, &parts, running.as_ref().map(RunningDigest::feed))
         .await;
     let info = concatenated?;
+    state.metrics.created(&info);
     if let Some(mut digest) = running.take() {
         digest.commit(info.offset).await;
         state.uploads.put_running(&info.id, digest);
@@ -567,6 +570,7 @@ async fn begin_unfinished(
     if existing.is_none() {
         // No expiry of its own: it lives as long as its parts do (see `sweep`).
         state.store.create(info.clone()).await?;
+        state.metrics.created(&info);
     }
     let mut bases = Vec::with_capacity(parts.len());
     let mut at = 0u64;
@@ -875,7 +879,15 @@ pub async fn append(
         keep_prefix: state.config.keep_prefixes,
         continues: continuation,
     };
+    let receiving = state.metrics.receiving();
+    let (body, body_end) = state.metrics.meter(body);
     let appended = state.store.append(&info.id, append, body).await;
+    drop(receiving);
+    match &appended {
+        Ok(a) => state.metrics.committed(a.info.offset.saturating_sub(before), &body_end),
+        Err(super::store::StoreError::ChecksumMismatch { .. }) => state.metrics.chunk_refused(),
+        Err(_) => {}
+    }
     if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead)
         && let Some(bytes) = kept.take()
     {
@@ -965,7 +977,8 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             tracing::warn!(%id, "{reason}");
             info.state = UploadState::Error;
             info.error = Some(reason.clone());
-            state.store.update(info).await?;
+            state.store.update(info.clone()).await?;
+            state.metrics.failed(&info);
             return Err(ServeError::ChecksumMismatch(reason));
         }
     }
@@ -986,6 +999,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         info.completed = Some(now_secs());
         state.store.update(info.clone()).await?;
     }
+    state.metrics.completed(&info);
     if let Some(final_id) = info.final_upload.clone() {
         // The final upload waiting for this part may be complete now: finished in the
         // background (its check may take long after a restart), not in this part's answer. Its
@@ -1166,6 +1180,7 @@ pub async fn sweep(state: &AppState) -> usize {
         match state.store.expire(&id).await {
             Ok(()) => {
                 state.uploads.forget(&id);
+                state.metrics.expired();
                 tracing::info!(%id, "unfinished upload expired; its bytes were freed");
                 n += 1;
             }
