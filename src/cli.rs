@@ -590,6 +590,9 @@ pub struct ServeArgs {
     /// for the client to complete (the robusto-chunk-prefix extension; plain tus then).
     #[arg(long)]
     pub no_chunk_prefix: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: none).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
@@ -619,6 +622,7 @@ impl ServeArgs {
         }
         config.cors_origins = self.cors_origin.clone();
         config.keep_prefixes = !self.no_chunk_prefix;
+        config.metrics = self.metrics;
         Ok(config)
     }
 }

@@ -1,7 +1,12 @@
 //! The one error type of the server and its one mapping to HTTP answers: a status code and a
-//! short plain-text reason, never an internal detail (those go to the log).
+//! short plain-text reason, never an internal detail. Those go to the log, once, from
+//! [`log_server_errors`]: the answer carries them there in a response extension.
 
+use std::error::Error as _;
+
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::store::{BodyError, StoreError};
@@ -100,13 +105,83 @@ impl ServeError {
     }
 }
 
+impl ServeError {
+    /// What the log says of this error: the answer's reason, and for an internal error the
+    /// detail behind it with its causes (never answered).
+    pub fn detail(&self) -> String {
+        let ServeError::Internal(source) = self else {
+            return self.to_string();
+        };
+        let mut line = source.to_string();
+        let mut cause = source.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !line.contains(&text) {
+                line = format!("{line}: {text}");
+            }
+            cause = c.source();
+        }
+        line
+    }
+
+    /// The answer, for a request about upload `id` whose path does not name it (a creation
+    /// that failed after the upload was created): its 5xx is logged with that id.
+    pub fn into_response_for(self, id: &str) -> Response {
+        let mut response = self.into_response();
+        response.extensions_mut().insert(UploadId(id.to_string()));
+        response
+    }
+}
+
+/// The detail of a 5xx answer, from [`ServeError::into_response`] to [`log_server_errors`].
+#[derive(Clone, Debug)]
+struct Detail(String);
+
+/// The upload a request was about, when its path does not name it.
+#[derive(Clone, Debug)]
+struct UploadId(String);
+
+/// The upload id in a request path (`/files/{id}`, `/files/{id}/status`), if any.
+fn id_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/files/")?;
+    let id = rest.split('/').next().unwrap_or("");
+    super::uploads::is_valid_id(id).then_some(id)
+}
+
+/// Logs every 5xx answer once, with the upload id and the method: 500 at error level with the
+/// internal detail (which the answer never carries), the others (503, 507) at warn.
+pub async fn log_server_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path_id = id_in_path(req.uri().path()).map(str::to_string);
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if !status.is_server_error() {
+        return response;
+    }
+    let detail = response.extensions_mut().remove::<Detail>().map(|d| d.0);
+    let detail = detail.unwrap_or_else(|| status.canonical_reason().unwrap_or("server error").to_string());
+    let id = match response.extensions_mut().remove::<UploadId>() {
+        Some(UploadId(id)) => Some(id),
+        None => path_id,
+    };
+    let id = id.as_deref().unwrap_or("-");
+    let code = status.as_u16();
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(%id, %method, status = code, "request failed: {detail}");
+    } else {
+        tracing::warn!(%id, %method, status = code, "request failed: {detail}");
+    }
+    response
+}
+
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
-        if let ServeError::Internal(source) = &self {
-            tracing::error!("request failed: {source}");
-        }
         let status = self.status();
+        let detail = status.is_server_error().then(|| Detail(self.detail()));
         let mut response = (status, format!("{self}\n")).into_response();
+        if let Some(detail) = detail {
+            response.extensions_mut().insert(detail);
+        }
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -152,5 +227,37 @@ mod tests {
             actual: "b".into(),
         };
         assert_eq!(ServeError::from(mismatch).status().as_u16(), 460);
+    }
+
+    #[test]
+    fn a_5xx_carries_its_detail_to_the_log_not_to_the_client() {
+        let e = ServeError::from(StoreError::Io(std::io::Error::other("/secret/path broke")));
+        assert_eq!(e.detail(), "storage I/O: /secret/path broke");
+        let r = e.into_response();
+        assert_eq!(
+            r.extensions().get::<Detail>().map(|d| d.0.as_str()),
+            Some("storage I/O: /secret/path broke")
+        );
+        assert!(
+            ServeError::NotFound
+                .into_response()
+                .extensions()
+                .get::<Detail>()
+                .is_none()
+        );
+        let r = ServeError::DiskFull.into_response_for("abc");
+        assert_eq!(r.extensions().get::<UploadId>().map(|i| i.0.as_str()), Some("abc"));
+        assert!(r.extensions().get::<Detail>().is_some());
+    }
+
+    #[test]
+    fn ids_in_paths() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(id_in_path(&format!("/files/{id}")), Some(id));
+        assert_eq!(id_in_path(&format!("/files/{id}/status")), Some(id));
+        assert_eq!(id_in_path("/files/not-an-id"), None);
+        assert_eq!(id_in_path("/files/"), None);
+        assert_eq!(id_in_path("/files"), None);
+        assert_eq!(id_in_path("/other/abc"), None);
     }
 }

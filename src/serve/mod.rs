@@ -3,12 +3,16 @@
 //!
 //! A request passes [`tus_layer`] (method override, `Tus-Resumable`, bearer token, CORS), is
 //! routed to a thin handler in [`routes`], which checks headers with [`verify`] and acts through
-//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`].
+//! [`uploads`] on a [`store::Store`]. Every failure is one [`error::ServeError`]; every 5xx
+//! answer is logged once, by [`error::log_server_errors`]. Handlers and the functions of
+//! [`uploads`] run in `tracing` spans carrying the upload id; a `tower_http` trace layer logs
+//! each request and response at debug level. [`metrics`] counts what happens, for Prometheus.
 
 pub mod auth;
 pub mod digest;
 pub mod error;
 pub mod in_process;
+pub mod metrics;
 pub mod routes;
 pub mod store;
 pub mod uploads;
@@ -16,6 +20,7 @@ pub mod verify;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +32,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
 use tokio::net::TcpListener;
+use tower_http::classify::ServerErrorsFailureClass;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::protocol::{self, header};
 use auth::Tokens;
+use metrics::Metrics;
 use store::Store;
 use store::fs::FsStore;
 use uploads::Uploads;
@@ -52,6 +61,8 @@ pub struct Config {
     /// Hold the bytes of a checked chunk whose request was cut off, for the client to complete
     /// (`robusto-chunk-prefix`; off with `--no-chunk-prefix`).
     pub keep_prefixes: bool,
+    /// Where to serve the metrics for Prometheus (`--metrics`); `None` for nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -65,6 +76,7 @@ impl Config {
             read_timeout: Duration::from_secs(60),
             cors_origins: Vec::new(),
             keep_prefixes: true,
+            metrics: None,
         }
     }
 }
@@ -78,6 +90,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Locks and running digests.
     pub uploads: Arc<Uploads>,
+    /// What the server counts (served by [`run_metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -93,11 +107,14 @@ impl AppState {
             store,
             config: Arc::new(config),
             uploads: Arc::new(Uploads::default()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
 
-/// The whole HTTP application: tus under `/files/`.
+/// The whole HTTP application: tus under `/files/`. Outermost, a trace layer logs every request
+/// and response at debug level (default logs stay as they are); inside the tus layer, 5xx
+/// answers are logged once with the upload id and the method.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route(
@@ -118,21 +135,55 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/files/{id}/status", get(routes::status))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(error::log_server_errors))
         .with_state(state.clone());
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+        .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+        .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+        .on_failure(response_failed);
     // The layer sits outside the routing, so X-HTTP-Method-Override can change the route.
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(state, tus_layer))
+        .layer(trace)
+}
+
+/// The trace layer's word on a failed response: a 5xx status is logged by
+/// [`error::log_server_errors`] already, so only a body that failed after its head was sent
+/// is, at debug level.
+fn response_failed(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    if let ServerErrorsFailureClass::Error(e) = class {
+        tracing::debug!(?latency, "the response body failed: {e}");
+    }
+}
+
+/// Serves the metrics (`GET /metrics`, Prometheus text format) on `listener`, logging its URL,
+/// until the task is dropped.
+pub async fn run_metrics(listener: TcpListener, state: AppState) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    axum::serve(listener, metrics::router(Arc::clone(&state.metrics))).await
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, with the expiry sweeper
-/// running alongside. At shutdown, requests still streaming a body give up (what they may keep
-/// is committed) and the server returns once every connection has been answered.
+/// running alongside, and the metrics on `config.metrics` if set (see [`run_metrics`]). At
+/// shutdown, requests still streaming a body give up (what they may keep is committed) and the
+/// server returns once every connection has been answered.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let metrics = match state.config.metrics {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for metrics on {addr}: {e}")))?;
+            Some(tokio::spawn(run_metrics(listener, state.clone())))
+        }
+        None => None,
+    };
     let sweeper_state = state.clone();
     let sweeper = tokio::spawn(async move {
         let every = uploads::sweep_interval(sweeper_state.config.expire_after);
@@ -151,6 +202,9 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     result
 }
 

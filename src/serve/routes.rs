@@ -8,6 +8,7 @@ use axum::http::header::IntoHeaderName;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header as http};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use tracing::{Instrument as _, instrument};
 
 use super::AppState;
 use super::error::ServeError;
@@ -41,6 +42,7 @@ fn set_expires(headers: &mut HeaderMap, info: &UploadInfo) {
 }
 
 /// `OPTIONS`: what this server speaks.
+#[instrument(skip_all)]
 pub async fn options(State(state): State<AppState>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
@@ -61,7 +63,9 @@ pub async fn options(State(state): State<AppState>) -> Response {
     r
 }
 
-/// `POST /files`: creation, creation-with-upload, creation-defer-length, concatenation.
+/// `POST /files`: creation, creation-with-upload, creation-defer-length, concatenation. Its span
+/// carries the new upload's id once it is known.
+#[instrument(skip_all, fields(id = tracing::field::Empty))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -86,6 +90,7 @@ pub async fn create(
         }
         let concat = concat.clone().unwrap_or_default();
         let info = uploads::concatenate(&state, &owner, metadata, concat, parts).await?;
+        tracing::Span::current().record("id", tracing::field::display(&info.id));
         return Ok(created(&info, false));
     }
     if concat.as_deref().is_some_and(|c| c != "partial") {
@@ -126,18 +131,23 @@ pub async fn create(
         },
     )
     .await?;
+    tracing::Span::current().record("id", tracing::field::display(&info.id));
     if with_data && info.state == UploadState::Receiving {
         let lease = state.uploads.acquire(&info.id).await;
         let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        // A failure after the upload exists is logged with its id (the path names none).
         match uploads::append(&state, info.clone(), checksum, 0, stream).await {
             Ok(after) => info = after,
             // The body was cut off: the upload exists, the client learns the offset and
             // continues with PATCH. Any other failure (checksum, disk) is answered as such.
             Err(ServeError::BadRequest(reason)) => {
                 tracing::info!(id = %info.id, "data sent with the creation request was not kept: {reason}");
-                info = state.store.info(&info.id).await?;
+                match state.store.info(&info.id).await {
+                    Ok(now) => info = now,
+                    Err(e) => return Ok(ServeError::from(e).into_response_for(&info.id)),
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Ok(e.into_response_for(&info.id)),
         }
     }
     Ok(created(&info, with_data))
@@ -177,7 +187,7 @@ async fn finish_final(state: &AppState, mut info: UploadInfo) -> Result<UploadIn
     }
     let finishing = {
         let (state, id) = (state.clone(), info.id.clone());
-        tokio::spawn(async move { uploads::complete_final(&state, &id).await })
+        tokio::spawn(async move { uploads::complete_final(&state, &id).await }.in_current_span())
     };
     let done = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
         Ok(Ok(done)) => done?,
@@ -203,6 +213,7 @@ fn settled(info: UploadInfo) -> Result<UploadInfo> {
 }
 
 /// `HEAD /files/{id}`: where the upload stands. Takes over from a stalled PATCH.
+#[instrument(skip_all, fields(id = %id))]
 pub async fn head(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -247,6 +258,7 @@ pub async fn head(
 }
 
 /// `PATCH /files/{id}`: append a chunk (checked against `Upload-Checksum` if sent).
+#[instrument(skip_all, fields(id = %id))]
 pub async fn patch(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -344,6 +356,7 @@ pub async fn patch(
 }
 
 /// `DELETE /files/{id}`: termination.
+#[instrument(skip_all, fields(id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -361,6 +374,7 @@ pub async fn delete(
 }
 
 /// `GET /files/{id}/status`: the robusto status report (DESIGN §5).
+#[instrument(skip_all, fields(id = %id))]
 pub async fn status(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -376,6 +390,7 @@ pub async fn status(
 }
 
 /// `GET /files`: the completed uploads the caller's token may see, as JSON, oldest first.
+#[instrument(skip_all)]
 pub async fn list(State(state): State<AppState>, Extension(owner): Extension<Owner>) -> Result<Json<Vec<Listed>>> {
     Ok(Json(uploads::list_complete(&state, &owner).await?))
 }
@@ -409,6 +424,7 @@ fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u
 }
 
 /// `GET /files/{id}`: the bytes of a completed upload, with `Range`.
+#[instrument(skip_all, fields(id = %id))]
 pub async fn download(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,

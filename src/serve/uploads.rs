@@ -11,6 +11,10 @@
 //! back). The last part to complete finishes the final in the background: the parts not in
 //! place are copied in, the follower's digest is compared with the `checksum` metadata, and
 //! the file is published. Losing any of this in memory (a restart) only costs a re-read.
+//!
+//! Each function that acts on one upload runs in a debug-level span carrying its id (the
+//! handler's info-level span carries it in default logs); what it counts goes to
+//! [`super::metrics`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, instrument};
 
 use super::AppState;
 use bytes::Bytes;
@@ -405,13 +410,18 @@ pub async fn load_live(state: &AppState, id: &str, owner: &Owner) -> Result<Uplo
 }
 
 /// Creates an upload (not a final one); an empty upload is complete at once.
+#[instrument(level = "debug", skip_all, fields(id = tracing::field::Empty))]
 pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<UploadInfo, ServeError> {
-    let mut info = UploadInfo::new(new_id(), req.length, now_secs());
+    let id = new_id();
+    // Into this span, or the handler's when this one is off.
+    tracing::Span::current().record("id", tracing::field::display(&id));
+    let mut info = UploadInfo::new(id, req.length, now_secs());
     info.metadata = req.metadata;
     info.concat = req.concat;
     info.owner = owner.0.clone();
     info.expires = expiry(state);
     state.store.create(info.clone()).await?;
+    state.metrics.created(&info);
     if info.is_partial() {
         tracing::debug!(id = %info.id, length = ?info.length, "partial upload created");
     } else {
@@ -428,6 +438,7 @@ pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<Up
 /// parts are linked to it (and, where the store can, write straight into it), a digest
 /// follower hashes their bytes in order as they arrive, and the last part to complete finishes
 /// it.
+#[instrument(level = "debug", skip_all, fields(id = tracing::field::Empty, parts = parts.len()))]
 pub async fn concatenate(
     state: &AppState,
     owner: &Owner,
@@ -472,6 +483,7 @@ pub async fn concatenate(
         )));
     }
     let mut info = UploadInfo::new(new_id(), None, now_secs());
+    tracing::Span::current().record("id", tracing::field::display(&info.id));
     info.metadata = metadata;
     info.concat = Some(concat);
     info.owner = owner.0.clone();
@@ -493,6 +505,7 @@ pub async fn concatenate(
         .concatenate(info, &parts, running.as_ref().map(RunningDigest::feed))
         .await;
     let info = concatenated?;
+    state.metrics.created(&info);
     if let Some(mut digest) = running.take() {
         digest.commit(info.offset).await;
         state.uploads.put_running(&info.id, digest);
@@ -520,6 +533,7 @@ const LINKS_AT_ONCE: usize = 16;
 
 /// Records a final upload whose parts are still arriving, links them to it and starts its
 /// digest follower; finishes it at once if the parts completed meanwhile.
+#[instrument(level = "debug", skip_all, fields(id = %info.id))]
 async fn begin_unfinished(
     state: &AppState,
     info: UploadInfo,
@@ -539,6 +553,7 @@ async fn begin_unfinished(
             == (&info.concat, &info.metadata, &info.owner, info.length)
     {
         tracing::info!(id = %found.id, "the final upload of these parts exists already");
+        tracing::Span::current().record("id", tracing::field::display(&found.id));
         info = found;
         existing = Some(());
     }
@@ -555,6 +570,7 @@ async fn begin_unfinished(
     if existing.is_none() {
         // No expiry of its own: it lives as long as its parts do (see `sweep`).
         state.store.create(info.clone()).await?;
+        state.metrics.created(&info);
     }
     let mut bases = Vec::with_capacity(parts.len());
     let mut at = 0u64;
@@ -584,12 +600,15 @@ async fn begin_unfinished(
     let following = lock(&state.uploads.followers).contains_key(&info.id);
     if !following && let Some(expected) = expected_whole(info.metadata.as_deref()) {
         lock(&state.uploads.ahead).insert(info.id.clone(), Ahead::default());
-        let follower = tokio::spawn(follow(
-            state.clone(),
-            info.id.clone(),
-            bases.iter().map(|(id, _, len)| (id.clone(), *len)).collect(),
-            expected.algorithm,
-        ));
+        let follower = tokio::spawn(
+            follow(
+                state.clone(),
+                info.id.clone(),
+                bases.iter().map(|(id, _, len)| (id.clone(), *len)).collect(),
+                expected.algorithm,
+            )
+            .in_current_span(),
+        );
         lock(&state.uploads.followers).insert(info.id.clone(), follower);
     }
     drop(final_lease);
@@ -600,6 +619,7 @@ async fn begin_unfinished(
 /// Marks the parts placed into final upload `final_id` expired before its bytes go (it is
 /// deleted or expires): their bytes live in its file, and a part must never claim bytes that
 /// are gone. Their client learns 410 and sends them again.
+#[instrument(level = "debug", skip_all, fields(id = %final_info.id))]
 pub async fn expire_placed_parts(state: &AppState, final_info: &UploadInfo) {
     let Ok(parts) = parts_of(final_info) else {
         return;
@@ -631,6 +651,7 @@ pub async fn expire_placed_parts(state: &AppState, final_info: &UploadInfo) {
 /// Hashes the bytes of an unfinished final upload's parts in order as they are committed, so
 /// that its whole-file check at the end has (almost) nothing left to read. Leaves the digest
 /// as the final's running digest; on any trouble it leaves nothing and the final is re-read.
+#[instrument(level = "debug", skip_all, fields(id = %final_id))]
 async fn follow(state: AppState, final_id: String, parts: Vec<(String, u64)>, algorithm: ChecksumAlgorithm) {
     if let Some(digest) = follow_parts(&state, &final_id, parts, algorithm).await {
         state.uploads.put_running(&final_id, digest);
@@ -736,6 +757,7 @@ pub fn complete_final<'a>(
     final_id: &'a str,
 ) -> futures_util::future::BoxFuture<'a, Result<UploadInfo, ServeError>> {
     use futures_util::FutureExt as _;
+    let span = tracing::debug_span!("complete_final", id = %final_id);
     async move {
         let _lease = state.uploads.acquire_waiting(final_id).await;
         let info = state.store.info(final_id).await?;
@@ -783,6 +805,7 @@ pub fn complete_final<'a>(
         tracing::info!(id = %info.id, parts = parts.len(), length = ?info.length, "final upload complete: all its parts are in");
         finish(state, info).await
     }
+    .instrument(span)
     .boxed()
 }
 
@@ -791,6 +814,7 @@ pub fn complete_final<'a>(
 /// caller checked that the upload holds them for this checksum). A checked body that is cut off
 /// leaves its bytes held when the server keeps prefixes; the answer is still an error (nothing
 /// was committed) naming what is held.
+#[instrument(level = "debug", skip_all, fields(id = %info.id, offset = info.offset))]
 pub async fn append(
     state: &AppState,
     info: UploadInfo,
@@ -855,7 +879,15 @@ pub async fn append(
         keep_prefix: state.config.keep_prefixes,
         continues: continuation,
     };
+    let receiving = state.metrics.receiving();
+    let (body, body_end) = state.metrics.meter(body);
     let appended = state.store.append(&info.id, append, body).await;
+    drop(receiving);
+    match &appended {
+        Ok(a) => state.metrics.committed(a.info.offset.saturating_sub(before), &body_end),
+        Err(super::store::StoreError::ChecksumMismatch { .. }) => state.metrics.chunk_refused(),
+        Err(_) => {}
+    }
     if let (Ok(a), Some((final_id, at, kept))) = (&appended, ahead)
         && let Some(bytes) = kept.take()
     {
@@ -907,6 +939,7 @@ pub async fn append(
 
 /// Runs the whole-file check of a fully received upload, then publishes it (partial uploads
 /// are only marked complete). On a mismatch the upload is marked `error` and not published.
+#[instrument(level = "debug", skip_all, fields(id = %info.id))]
 pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo, ServeError> {
     let id = info.id.clone();
     let length = info.offset;
@@ -944,7 +977,8 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             tracing::warn!(%id, "{reason}");
             info.state = UploadState::Error;
             info.error = Some(reason.clone());
-            state.store.update(info).await?;
+            state.store.update(info.clone()).await?;
+            state.metrics.failed(&info);
             return Err(ServeError::ChecksumMismatch(reason));
         }
     }
@@ -965,16 +999,20 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
         info.completed = Some(now_secs());
         state.store.update(info.clone()).await?;
     }
+    state.metrics.completed(&info);
     if let Some(final_id) = info.final_upload.clone() {
         // The final upload waiting for this part may be complete now: finished in the
         // background (its check may take long after a restart), not in this part's answer. Its
         // failure is its own, reported on its URL.
         let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = complete_final(&state, &final_id).await {
-                tracing::warn!(id = %final_id, "the final upload could not be finished: {e}");
+        tokio::spawn(
+            async move {
+                if let Err(e) = complete_final(&state, &final_id).await {
+                    tracing::warn!(id = %final_id, "the final upload could not be finished: {}", e.detail());
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
     Ok(info)
 }
@@ -1142,6 +1180,7 @@ pub async fn sweep(state: &AppState) -> usize {
         match state.store.expire(&id).await {
             Ok(()) => {
                 state.uploads.forget(&id);
+                state.metrics.expired();
                 tracing::info!(%id, "unfinished upload expired; its bytes were freed");
                 n += 1;
             }

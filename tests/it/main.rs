@@ -4,6 +4,7 @@ mod cli_send;
 mod faults;
 mod flaky;
 mod interop_serve;
+mod metrics;
 mod nightly;
 mod pack;
 mod peers;
