@@ -19,9 +19,10 @@ fn pack_then_restore_gives_the_same_tree_in_every_format() {
         ("e.tar.gz", &["--format", "tar", "--compress", "gzip"]),
         ("f.tar.zst", &["--format", "tar", "--compress", "zstd"]),
     ] {
-        env.pack(&tree, name).args(flags).ok();
+        let archive = env.join(name);
+        env.pack(&tree, &archive).args(flags).ok();
         let out = env.join(format!("out-{name}"));
-        env.restore(name, &out).ok();
+        env.restore(&archive, &out).ok();
         assert_same_tree(&tree, &out.join("tree"));
     }
 }
@@ -51,9 +52,10 @@ fn a_damaged_archive_is_not_extracted() {
 fn dry_run_lists_and_writes_nothing() {
     let env = TestEnv::new();
     let tree = env.awkward_tree();
-    env.pack(&tree, "l.zip").ok();
+    let archive = env.join("l.zip");
+    env.pack(&tree, &archive).ok();
     let out = env.join("never");
-    let r = env.restore("l.zip", &out).arg("--dry-run").ok();
+    let r = env.restore(&archive, &out).arg("--dry-run").ok();
     assert!(!out.exists());
     assert!(
         r.stdout
@@ -182,11 +184,12 @@ fn setuid_bits_and_owners_survive_a_restore() {
     let root = env.mkdir("s");
     chmod(env.write("s/tool", b"#!/bin/sh\n"), 0o4755);
     set_mtimes(&root, MTIME);
-    env.pack(&root, "s.tar")
+    let archive = env.join("s.tar");
+    env.pack(&root, &archive)
         .args(["--format", "tar", "--compress", "none"])
         .ok();
     let out = env.join("out");
-    env.restore("s.tar", &out).ok();
+    env.restore(&archive, &out).ok();
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(out.join("s/tool")).unwrap();
     assert_eq!(

@@ -90,12 +90,10 @@ impl TestEnv {
             .arg(self.join(archive))
     }
 
-    /// `robusto restore ARCHIVE --into INTO` (relative paths are inside the environment).
-    pub fn restore(&self, archive: impl AsRef<Path>, into: impl AsRef<Path>) -> TestCommand {
-        self.robusto("restore")
-            .arg(self.join(archive))
-            .arg("--into")
-            .arg(self.join(into))
+    /// `robusto restore WHAT --into INTO`: WHAT (an archive, an upload's URL or name) as given,
+    /// a relative INTO inside the environment.
+    pub fn restore(&self, what: impl AsRef<OsStr>, into: impl AsRef<Path>) -> TestCommand {
+        self.robusto("restore").arg(what).arg("--into").arg(self.join(into))
     }
 
     /// `robusto send FILE --to TO --state-dir STATE` with this environment's [`state`](Self::state).
