@@ -2,8 +2,6 @@
 //! and runs the real `robusto` binary there ([`TestCommand`] → [`Run`]); also the system's own
 //! archive tools, and tree snapshots to compare byte for byte.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -274,7 +272,7 @@ fn shell_word(s: &OsStr) -> String {
 }
 
 /// Whether the tests run as root.
-pub fn is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
