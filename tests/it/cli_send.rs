@@ -4,54 +4,32 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
-use tokio::process::Command;
 
 use super::peers::{TusNode, md5_file, random_file};
 use super::proxy::{Faults, Proxy};
-use super::support::{Run, bin};
+use super::support::{Run, TestEnv, send_command, signal};
 
 fn upstream(server: &TusNode) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.port))
 }
 
-fn send_cmd(file: &Path, to: &str, state: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(bin());
-    c.arg("send")
-        .arg(file)
-        .arg("--to")
-        .arg(to)
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env_remove("ROBUSTO_URL")
-        .env_remove("ROBUSTO_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
-
-async fn run(mut c: Command) -> Run {
-    c.output().await.expect("run robusto").into()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_stdout() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, (2 << 20) + 5, 21);
 
     // 0: done; stdout is the URL and nothing else.
-    let out = run(send_cmd(&file, &server.endpoint(), &state, &["--chunk-size", "1M"])).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .send(&file, &server.endpoint())
+        .args(["--chunk-size", "1M"])
+        .run_async()
+        .await
+        .ok();
     let url = out.stdout.trim();
     assert_eq!(out.stdout.lines().count(), 1, "stdout: {:?}", out.stdout);
     assert!(url.starts_with(&server.endpoint()), "{url}");
@@ -64,14 +42,12 @@ async fn exit_codes_and_stdout() {
         &["--max-duration", "soon"],
         &["--parallel", "0"],
     ] {
-        let out = run(send_cmd(&file, &server.endpoint(), &state, bad)).await;
-        assert_eq!(out.code, 2, "{bad:?}: {}", out.stderr);
+        let out = env.send(&file, &server.endpoint()).args(bad).run_async().await.code(2);
         assert!(out.stdout.is_empty());
     }
 
     // 1: a file that is not there; a server that refuses.
-    let out = run(send_cmd(&dir.path().join("missing"), &server.endpoint(), &state, &[])).await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    let out = env.send("missing", &server.endpoint()).run_async().await.code(1);
     assert!(out.stderr.contains("missing"), "{}", out.stderr);
 
     // 75: the link fails past the budget; the message names the upload; the rerun finishes.
@@ -83,16 +59,14 @@ async fn exit_codes_and_stdout() {
         },
     )
     .await;
-    let other = dir.path().join("b.bin");
+    let other = env.join("b.bin");
     random_file(&other, 3 << 20, 22);
-    let out = run(send_cmd(
-        &other,
-        &proxy.endpoint(),
-        &state,
-        &["--chunk-size", "1M", "--retries", "2", "--json"],
-    ))
-    .await;
-    assert_eq!(out.code, 75, "{}", out.stderr);
+    let out = env
+        .send(&other, &proxy.endpoint())
+        .args(["--chunk-size", "1M", "--retries", "2", "--json"])
+        .run_async()
+        .await
+        .code(75);
     assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
     assert!(
         out.stderr.contains(&format!("http://{}/files/", proxy.addr)),
@@ -103,14 +77,12 @@ async fn exit_codes_and_stdout() {
     assert!(out.stderr.contains(r#""event":"error""#), "{}", out.stderr);
     assert!(out.stderr.contains(r#""event":"chunk_sent""#), "{}", out.stderr);
     proxy.set(|f| f.fail_patches.clear());
-    let out = run(send_cmd(
-        &other,
-        &proxy.endpoint(),
-        &state,
-        &["--chunk-size", "1M", "--json"],
-    ))
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .send(&other, &proxy.endpoint())
+        .args(["--chunk-size", "1M", "--json"])
+        .run_async()
+        .await
+        .ok();
     assert!(out.stderr.contains(r#""event":"complete""#), "{}", out.stderr);
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&other));
     proxy.log.assert_no_acked_resend();
@@ -119,16 +91,15 @@ async fn exit_codes_and_stdout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_of_the_same_job_is_refused_with_the_holder() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, 4 << 20, 31);
+    let send = env.send(&file, &server.endpoint());
     let args = ["--chunk-size", "256K", "--bwlimit", "1M"];
-    let mut first = send_cmd(&file, &server.endpoint(), &state, &args).spawn().unwrap();
+    let mut first = send.clone().args(args).spawn();
     let pid = first.id().expect("pid");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let out = run(send_cmd(&file, &server.endpoint(), &state, &args)).await;
-    assert_eq!(out.code, 1, "{}", out.stderr);
+    let out = send.clone().args(args).run_async().await.code(1);
     assert!(
         out.stderr.contains(&format!("process {pid}")),
         "names the holder {pid}: {}",
@@ -137,8 +108,7 @@ async fn a_second_run_of_the_same_job_is_refused_with_the_holder() {
     // A dead holder's lock is taken over.
     first.start_kill().unwrap();
     first.wait().await.unwrap();
-    let out = run(send_cmd(&file, &server.endpoint(), &state, &["--chunk-size", "256K"])).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = send.args(["--chunk-size", "256K"]).run_async().await.ok();
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
 }
 
@@ -148,7 +118,7 @@ pub async fn kill_loop(file: &Path, endpoint: &str, state: &Path, args: &[&str])
     let mut kills = 0;
     let mut rng = rand::rng();
     for _ in 0..200 {
-        let mut child = send_cmd(file, endpoint, state, args).spawn().unwrap();
+        let mut child = send_command(file, endpoint, state).args(args).spawn();
         let wait = Duration::from_millis(if kills < 20 {
             rng.random_range(150..1200)
         } else {
@@ -179,14 +149,13 @@ pub async fn kill_loop(file: &Path, endpoint: &str, state: &Path, args: &[&str])
 async fn sigkill_at_random_moments_then_rerun() {
     let server = TusNode::start();
     let proxy = Proxy::start(upstream(&server), Faults::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, 48 << 20, 41);
     let (kills, url) = kill_loop(
         &file,
         &proxy.endpoint(),
-        &state,
+        &env.state(),
         &["--chunk-size", "1M", "--bwlimit", "2M"],
     )
     .await;
@@ -198,35 +167,36 @@ async fn sigkill_at_random_moments_then_rerun() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_duration_stops_resumably_and_the_rerun_finishes() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, 6 << 20, 51);
     let t = Instant::now();
-    let out = run(send_cmd(
-        &file,
-        &server.endpoint(),
-        &state,
-        &["--chunk-size", "512K", "--bwlimit", "1M", "--max-duration", "2s"],
-    ))
-    .await;
-    assert_eq!(out.code, 75, "{}", out.stderr);
+    let out = env
+        .send(&file, &server.endpoint())
+        .args(["--chunk-size", "512K", "--bwlimit", "1M", "--max-duration", "2s"])
+        .run_async()
+        .await
+        .code(75);
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "stopped at a chunk boundary soon after 2 s"
     );
     assert!(out.stderr.contains("max-duration"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
-    let out = run(send_cmd(&file, &server.endpoint(), &state, &["--chunk-size", "512K"])).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .send(&file, &server.endpoint())
+        .args(["--chunk-size", "512K"])
+        .run_async()
+        .await
+        .ok();
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bwlimit_2m_sends_40_mib_in_about_20_s() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, 40 << 20, 61);
     // The manifest is computed before the clock starts (a separate, unthrottled run would
     // upload it; computing it is what a first run does anyway).
@@ -235,15 +205,13 @@ async fn bwlimit_2m_sends_40_mib_in_about_20_s() {
         .write(&robusto::manifest::path_for(&file))
         .unwrap();
     let t = Instant::now();
-    let out = run(send_cmd(
-        &file,
-        &server.endpoint(),
-        &dir.path().join("state"),
-        &["--bwlimit", "2M"],
-    ))
-    .await;
+    let out = env
+        .send(&file, &server.endpoint())
+        .args(["--bwlimit", "2M"])
+        .run_async()
+        .await;
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = out.ok();
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
     assert!(
         (18.0..=22.0).contains(&secs),
@@ -254,27 +222,16 @@ async fn bwlimit_2m_sends_40_mib_in_about_20_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_exits_130_and_the_rerun_finishes() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("a.bin");
+    let env = TestEnv::new();
+    let file = env.join("a.bin");
     random_file(&file, 4 << 20, 81);
-    let child = send_cmd(
-        &file,
-        &server.endpoint(),
-        &state,
-        &["--chunk-size", "256K", "--bwlimit", "1M"],
-    )
-    .spawn()
-    .unwrap();
+    let send = env.send(&file, &server.endpoint());
+    let child = send.clone().args(["--chunk-size", "256K", "--bwlimit", "1M"]).spawn();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let pid = child.id().expect("pid") as libc::pid_t;
-    // SAFETY: sends SIGINT to the child we spawned and still own.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let out: Run = child.wait_with_output().await.unwrap().into();
-    assert_eq!(out.code, 130, "{}", out.stderr);
+    signal(&child, libc::SIGINT);
+    let out = Run::of_child(child).await.code(130);
     assert!(out.stdout.is_empty());
-    let out = run(send_cmd(&file, &server.endpoint(), &state, &["--chunk-size", "256K"])).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = send.args(["--chunk-size", "256K"]).run_async().await.ok();
     assert!(out.stderr.contains("resuming"), "{}", out.stderr);
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&file));
 }

@@ -35,21 +35,13 @@ fn round_trip_through_system_tools_in_every_format() {
     for tool in ["unzip", "bsdtar", "tar", "gzip", "zstd"] {
         require_tool(tool);
     }
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
     for (format, codec) in COMBOS {
-        let archive = d.path().join(format!("out-{format}-{codec}"));
-        let r = robusto([
-            "pack".as_ref(),
-            tree.as_os_str(),
-            "-o".as_ref(),
-            archive.as_os_str(),
-            "--format".as_ref(),
-            format.as_ref(),
-            "--compress".as_ref(),
-            codec.as_ref(),
-        ]);
-        assert_eq!(r.code, 0, "{format}/{codec}: {}", r.stderr);
+        let archive = env.join(format!("out-{format}-{codec}"));
+        env.pack(&tree, &archive)
+            .args(["--format", format, "--compress", codec])
+            .ok();
         let m = Manifest::read_for(&archive).unwrap();
         assert_eq!(m.archive.format, format);
         assert_eq!(m.archive.compress, if codec == "gzip" { "deflate" } else { codec });
@@ -63,24 +55,17 @@ fn round_trip_through_system_tools_in_every_format() {
         );
         assert_eq!(m.source.files, 10, "{format}/{codec}: files counted");
         assert!(m.source.skipped.is_empty());
-        let out = d.path().join(format!("x-{format}-{codec}"));
+        let out = env.join(format!("x-{format}-{codec}"));
         if (format, codec) == ("zip", "zstd") {
             // libarchive 3.6 (bsdtar) fails on zstd zip entries that compress ~100:1 once the
             // input is used up before the output ("Truncated zstd file body", the reader bug of
             // libarchive#615); the stream itself is sound, see zip_zstd_entries_decode_with_the_zstd_tool.
-            fs::rename(tree.join("nested/big-text.log"), d.path().join("aside.log")).unwrap();
+            fs::rename(tree.join("nested/big-text.log"), env.join("aside.log")).unwrap();
             set_mtimes(&tree.join("nested"), MTIME);
-            let small = d.path().join("small.zip");
-            let r = robusto([
-                "pack".as_ref(),
-                tree.as_os_str(),
-                "-o".as_ref(),
-                small.as_os_str(),
-                "--compress=zstd".as_ref(),
-            ]);
-            assert_eq!(r.code, 0, "{}", r.stderr);
+            let small = env.join("small.zip");
+            env.pack(&tree, &small).arg("--compress=zstd").ok();
             extract(format, codec, &small, &out);
-            fs::rename(d.path().join("aside.log"), tree.join("nested/big-text.log")).unwrap();
+            fs::rename(env.join("aside.log"), tree.join("nested/big-text.log")).unwrap();
             set_mtimes(&tree.join("nested"), MTIME);
             let mut expected = snapshot(&tree);
             expected.remove("nested/big-text.log");
@@ -96,19 +81,10 @@ fn round_trip_through_system_tools_in_every_format() {
 #[test]
 fn zip_zstd_entries_decode_with_the_zstd_tool() {
     require_tool("zstd");
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let archive = d.path().join("z.zip");
-    let r = robusto([
-        "pack".as_ref(),
-        tree.as_os_str(),
-        "-o".as_ref(),
-        archive.as_os_str(),
-        "--compress=zstd".as_ref(),
-        "-l".as_ref(),
-        "9".as_ref(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let archive = env.join("z.zip");
+    env.pack(&tree, &archive).args(["--compress=zstd", "-l", "9"]).ok();
     let mut zip = zip::ZipArchive::new(fs::File::open(&archive).unwrap()).unwrap();
     let mut checked = 0;
     for i in 0..zip.len() {
@@ -139,19 +115,13 @@ fn zip_zstd_entries_decode_with_the_zstd_tool() {
 #[test]
 fn manifest_digests_equal_md5sum_of_the_file_and_its_slices() {
     require_tool("md5sum");
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let archive = d.path().join("a.tar.zst");
-    let r = robusto([
-        "pack".as_ref(),
-        tree.as_os_str(),
-        "-o".as_ref(),
-        archive.as_os_str(),
-        "--format=tar".as_ref(),
-        "--compress=zstd".as_ref(),
-        "--chunk-size=256K".as_ref(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let archive = env.join("a.tar.zst");
+    let r = env
+        .pack(&tree, &archive)
+        .args(["--format=tar", "--compress=zstd", "--chunk-size=256K"])
+        .ok();
     let m = Manifest::read_for(&archive).unwrap();
     let size = fs::metadata(&archive).unwrap().len();
     assert_eq!(m.archive.size, size);
@@ -178,25 +148,15 @@ fn manifest_digests_equal_md5sum_of_the_file_and_its_slices() {
 
 #[test]
 fn same_tree_same_bytes_whatever_the_thread_count() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
     for (format, codec) in [("zip", "deflate"), ("zip", "zstd"), ("tar", "zstd"), ("tar", "gzip")] {
         let mut digests = Vec::new();
         for (run, threads) in [(0, "1"), (1, "4"), (2, "4")] {
-            let archive = d.path().join(format!("{format}-{codec}-{run}"));
-            let r = robusto([
-                "pack".as_ref(),
-                tree.as_os_str(),
-                "-o".as_ref(),
-                archive.as_os_str(),
-                "--format".as_ref(),
-                format.as_ref(),
-                "--compress".as_ref(),
-                codec.as_ref(),
-                "--threads".as_ref(),
-                threads.as_ref(),
-            ]);
-            assert_eq!(r.code, 0, "{}", r.stderr);
+            let archive = env.join(format!("{format}-{codec}-{run}"));
+            env.pack(&tree, &archive)
+                .args(["--format", format, "--compress", codec, "--threads", threads])
+                .ok();
             digests.push(Manifest::read_for(&archive).unwrap().archive.md5);
             // atime changes between runs must not matter either
             sh(&format!(
@@ -213,18 +173,11 @@ fn same_tree_same_bytes_whatever_the_thread_count() {
 
 #[test]
 fn symlinks_are_stored_as_links_or_followed() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let followed = d.path().join("f.zip");
-    let r = robusto([
-        "pack".as_ref(),
-        tree.as_os_str(),
-        "-o".as_ref(),
-        followed.as_os_str(),
-        "--follow-symlinks".as_ref(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let out = d.path().join("xf");
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let followed = env.join("f.zip");
+    env.pack(&tree, &followed).arg("--follow-symlinks").ok();
+    let out = env.join("xf");
     extract("zip", "deflate", &followed, &out);
     let link = out.join("tree/link-to-readme");
     assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
@@ -234,34 +187,15 @@ fn symlinks_are_stored_as_links_or_followed() {
 
 #[test]
 fn unreadable_file_is_skipped_named_and_exit_3() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    chmod(env.path(), 0o777);
     // everything else readable by the unprivileged user that runs pack here
     sh(&format!("chmod -R a+rX '{}'", tree.display()));
-    let secret = tree.join("docs/locked.txt");
-    fs::write(&secret, b"no").unwrap();
-    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
-    let archive = d.path().join("u.zip");
-    // root reads anything: drop to nobody for this run
-    let cmd = format!(
-        "{} '{}' pack '{}' -o '{}'",
-        if unsafe_is_root() {
-            "setpriv --reuid=65534 --regid=65534 --clear-groups"
-        } else {
-            ""
-        },
-        bin().display(),
-        tree.display(),
-        archive.display()
-    );
-    let r: Run = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(r.code, 3, "stderr: {}", r.stderr);
+    let secret = env.write("tree/docs/locked.txt", b"no");
+    chmod(&secret, 0o000);
+    let archive = env.join("u.zip");
+    let r = env.pack(&tree, &archive).unprivileged().code(3);
     assert!(
         r.stderr.contains("locked.txt"),
         "the skipped file is named: {}",
@@ -282,33 +216,21 @@ fn unreadable_file_is_skipped_named_and_exit_3() {
     assert!(listing.contains("tree/README.txt"));
 }
 
-fn unsafe_is_root() -> bool {
-    sh("id -u").stdout.trim() == "0"
-}
-
 #[test]
 fn empty_tree_and_empty_file_pack_and_extract() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("hollow");
-    fs::create_dir_all(root.join("nothing/here")).unwrap();
-    fs::write(root.join("zero"), b"").unwrap();
+    let env = TestEnv::new();
+    env.mkdir("hollow/nothing/here");
+    env.write("hollow/zero", b"");
+    let root = env.join("hollow");
     set_mtimes(&root, MTIME);
     for (format, codec) in [("zip", "deflate"), ("tar", "zstd")] {
-        let archive = d.path().join(format!("h.{format}"));
-        let r = robusto([
-            "pack".as_ref(),
-            root.as_os_str(),
-            "-o".as_ref(),
-            archive.as_os_str(),
-            "--format".as_ref(),
-            format.as_ref(),
-            "--compress".as_ref(),
-            codec.as_ref(),
-        ]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        let archive = env.join(format!("h.{format}"));
+        env.pack(&root, &archive)
+            .args(["--format", format, "--compress", codec])
+            .ok();
         let m = Manifest::read_for(&archive).unwrap();
         assert_eq!((m.source.files, m.source.bytes), (1, 0));
-        let out = d.path().join(format!("x{format}"));
+        let out = env.join(format!("x{format}"));
         extract(format, codec, &archive, &out);
         assert_same_tree(&root, &out.join("hollow"));
     }
@@ -316,22 +238,15 @@ fn empty_tree_and_empty_file_pack_and_extract() {
 
 #[test]
 fn excludes_and_robustoignore_leave_things_out() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    fs::write(tree.join(".robustoignore"), "*.bin\nnested/a/b/c\n").unwrap();
-    fs::write(d.path().join("ex.txt"), "# comment\nprivate.txt\n").unwrap();
-    let archive = d.path().join("e.zip");
-    let r = robusto([
-        "pack".as_ref(),
-        tree.as_os_str(),
-        "-o".as_ref(),
-        archive.as_os_str(),
-        "--exclude".as_ref(),
-        "*.log".as_ref(),
-        "--exclude-from".as_ref(),
-        d.path().join("ex.txt").as_os_str(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    env.write("tree/.robustoignore", "*.bin\nnested/a/b/c\n");
+    let ex = env.write("ex.txt", "# comment\nprivate.txt\n");
+    let archive = env.join("e.zip");
+    env.pack(&tree, &archive)
+        .args(["--exclude", "*.log", "--exclude-from"])
+        .arg(&ex)
+        .ok();
     let listing = sh(&format!("unzip -Z1 '{}'", archive.display())).stdout;
     for gone in ["noise.bin", "big-text.log", "private.txt", "nested/a/b/c/"] {
         assert!(!listing.contains(gone), "{gone} should be excluded:\n{listing}");
@@ -342,93 +257,51 @@ fn excludes_and_robustoignore_leave_things_out() {
 
 #[test]
 fn verify_passes_then_names_the_flipped_chunk() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let archive = d.path().join("v.zip");
-    let r = robusto([
-        "pack".as_ref(),
-        tree.as_os_str(),
-        "-o".as_ref(),
-        archive.as_os_str(),
-        "--chunk-size".as_ref(),
-        "64K".as_ref(),
-        "--compress".as_ref(),
-        "none".as_ref(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let ok = robusto(["verify".as_ref(), archive.as_os_str()]);
-    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let archive = env.join("v.zip");
+    env.pack(&tree, &archive)
+        .args(["--chunk-size", "64K", "--compress", "none"])
+        .ok();
+    let verify = env.robusto("verify").arg(&archive);
+    verify.ok();
     let mut bytes = fs::read(&archive).unwrap();
     bytes[3 * 65536 + 100] ^= 0x10;
     fs::write(&archive, &bytes).unwrap();
-    let bad = robusto(["verify".as_ref(), archive.as_os_str()]);
-    assert_eq!(bad.code, 1);
+    let bad = verify.code(1);
     assert!(bad.stderr.contains("chunk 3 (bytes 196608..262144)"), "{}", bad.stderr);
     fs::remove_file(robusto::manifest::path_for(&archive)).unwrap();
-    let missing = robusto(["verify".as_ref(), archive.as_os_str()]);
-    assert_eq!(missing.code, 1);
+    let missing = verify.code(1);
     assert!(missing.stderr.contains("no manifest at"), "{}", missing.stderr);
 }
 
 #[test]
 fn bad_flags_exit_2_and_missing_paths_exit_1_before_writing() {
-    let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("o.zip");
-    let r = robusto([
-        "pack".as_ref(),
-        d.path().as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--compress".as_ref(),
-        "zstd".as_ref(),
-        "-l".as_ref(),
-        "23".as_ref(),
-    ]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    let env = TestEnv::new();
+    let out = env.join("o.zip");
+    let pack = env.pack(env.path(), &out);
+    let r = pack.clone().args(["--compress", "zstd", "-l", "23"]).code(2);
     assert!(
         r.stderr.contains("level 23 is out of range for zstd (1–22)"),
         "{}",
         r.stderr
     );
-    let r = robusto([
-        "pack".as_ref(),
-        d.path().as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "-l".as_ref(),
-        "10".as_ref(),
-    ]);
-    assert_eq!(r.code, 2);
-    let r = robusto([
-        "pack".as_ref(),
-        d.path().as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--format".as_ref(),
-        "rar".as_ref(),
-    ]);
-    assert_eq!(r.code, 2);
-    let r = robusto([
-        "pack".as_ref(),
-        d.path().join("absent").as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ]);
-    assert_eq!(r.code, 1);
+    pack.clone().args(["-l", "10"]).code(2);
+    pack.clone().args(["--format", "rar"]).code(2);
+    let r = env.pack(env.join("absent"), &out).code(1);
     assert!(r.stderr.contains("absent"), "{}", r.stderr);
     assert!(!out.exists() && !robusto::durable::partial_path(&out).exists());
 }
 
 #[test]
 fn special_files_and_the_output_itself_are_left_out() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("s");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("kept.txt"), b"kept").unwrap();
+    let env = TestEnv::new();
+    let root = env.mkdir("s");
+    env.write("s/kept.txt", b"kept");
     sh(&format!("mkfifo '{}'", root.join("pipe").display()));
     // the archive is written inside the tree it packs: it must not pack itself
     let archive = root.join("self.zip");
-    let r = robusto(["pack".as_ref(), root.as_os_str(), "-o".as_ref(), archive.as_os_str()]);
+    let r = env.pack(&root, &archive).run();
     assert_eq!(r.code, 0, "a fifo is a note, not a skipped file: {}", r.stderr);
     assert!(r.stderr.contains("pipe") && r.stderr.contains("fifo"), "{}", r.stderr);
     let listing = sh(&format!("unzip -Z1 '{}'", archive.display())).stdout;
@@ -437,21 +310,13 @@ fn special_files_and_the_output_itself_are_left_out() {
 
 #[test]
 fn a_root_that_is_a_symlink_is_packed_as_the_folder_it_points_to() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let link = d.path().join("www");
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let link = env.join("www");
     std::os::unix::fs::symlink(&tree, &link).unwrap();
-    let archive = d.path().join("w.tar");
-    let r = robusto([
-        "pack".as_ref(),
-        link.as_os_str(),
-        "-o".as_ref(),
-        archive.as_os_str(),
-        "--format=tar".as_ref(),
-        "--compress=none".as_ref(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let out = d.path().join("x");
+    let archive = env.join("w.tar");
+    env.pack(&link, &archive).args(["--format=tar", "--compress=none"]).ok();
+    let out = env.join("x");
     extract("tar", "none", &archive, &out);
     assert!(
         fs::symlink_metadata(out.join("www")).unwrap().is_dir(),

@@ -5,31 +5,10 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
-
-use super::peers::{TusNode, md5_file};
-use super::support::{Run, awkward_tree, bin, robusto, sh};
-
-fn push_cmd(paths: &[&Path], to: &str, state: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(bin());
-    c.arg("push")
-        .args(paths)
-        .arg("--to")
-        .arg(to)
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env_remove("ROBUSTO_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    c
-}
+use super::peers::{TusNode, md5_file, random_file};
+use super::support::{TestEnv, chmod, sh};
 
 fn staging_files(state: &Path) -> Vec<String> {
     let out = sh(&format!(
@@ -42,19 +21,18 @@ fn staging_files(state: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_uploads_what_pack_makes_and_cleans_up() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(dir.path());
-    let state = dir.path().join("state");
-    let packed = dir.path().join("ref.zip");
-    let r = robusto(["pack", tree.to_str().unwrap(), "-o", packed.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let state = env.state();
+    let packed = env.join("ref.zip");
+    env.pack(&tree, &packed).ok();
 
-    let out: Run = push_cmd(&[&tree], &server.endpoint(), &state, &["--name", "nightly-{label}"])
-        .output()
+    let out = env
+        .push(&tree, &server.endpoint())
+        .args(["--name", "nightly-{label}"])
+        .run_async()
         .await
-        .unwrap()
-        .into();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+        .ok();
     let url = out.stdout.trim();
     assert_eq!(
         md5_file(&server.stored(url)),
@@ -72,17 +50,12 @@ async fn push_uploads_what_pack_makes_and_cleans_up() {
         "the upload is named by the template: {info}"
     );
 
-    let out: Run = push_cmd(
-        &[&tree],
-        &server.endpoint(),
-        &state,
-        &["--keep-staging", "--format", "tar"],
-    )
-    .output()
-    .await
-    .unwrap()
-    .into();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = env
+        .push(&tree, &server.endpoint())
+        .args(["--keep-staging", "--format", "tar"])
+        .run_async()
+        .await
+        .ok();
     let kept = staging_files(&state);
     assert_eq!(kept.len(), 1, "--keep-staging keeps the archive: {kept:?}");
     assert!(Path::new(&format!("{}.manifest.json", kept[0])).exists());
@@ -95,13 +68,12 @@ async fn push_uploads_what_pack_makes_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_killed_while_sending_resumes_without_packing_again() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tree = dir.path().join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    super::peers::random_file(&tree.join("big.bin"), 3 << 20, 71);
-    let state = dir.path().join("state");
+    let env = TestEnv::new();
+    let tree = env.mkdir("tree");
+    random_file(&tree.join("big.bin"), 3 << 20, 71);
+    let state = env.state();
     let args = ["--chunk-size", "256K", "--compress", "none", "--bwlimit", "1M"];
-    let mut child = push_cmd(&[&tree], &server.endpoint(), &state, &args).spawn().unwrap();
+    let mut child = env.push(&tree, &server.endpoint()).args(args).spawn();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -111,12 +83,12 @@ async fn push_killed_while_sending_resumes_without_packing_again() {
     child.wait().await.unwrap();
     assert_eq!(staging_files(&state).len(), 1, "the staging archive survives the kill");
 
-    let out: Run = push_cmd(&[&tree], &server.endpoint(), &state, &args[..4])
-        .output()
+    let out = env
+        .push(&tree, &server.endpoint())
+        .args(&args[..4])
+        .run_async()
         .await
-        .unwrap()
-        .into();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+        .ok();
     assert!(out.stderr.contains("reusing the archive"), "{}", out.stderr);
     assert!(out.stderr.contains("resuming"), "{}", out.stderr);
     assert!(
@@ -124,18 +96,10 @@ async fn push_killed_while_sending_resumes_without_packing_again() {
         "no second packing: {}",
         out.stderr
     );
-    let packed = dir.path().join("ref.zip");
-    let r = robusto([
-        "pack",
-        tree.to_str().unwrap(),
-        "-o",
-        packed.to_str().unwrap(),
-        "--chunk-size",
-        "256K",
-        "--compress",
-        "none",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let packed = env.join("ref.zip");
+    env.pack(&tree, &packed)
+        .args(["--chunk-size", "256K", "--compress", "none"])
+        .ok();
     assert_eq!(md5_file(&server.stored(out.stdout.trim())), md5_file(&packed));
     assert!(staging_files(&state).is_empty());
 }
@@ -143,41 +107,21 @@ async fn push_killed_while_sending_resumes_without_packing_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_with_a_skipped_file_completes_with_exit_3() {
     let server = TusNode::start();
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let tree = dir.path().join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("ok.txt"), b"fine\n").unwrap();
-    fs::write(tree.join("locked.txt"), b"no\n").unwrap();
+    let env = TestEnv::new();
+    chmod(env.path(), 0o777);
+    let tree = env.mkdir("tree");
+    env.write("tree/ok.txt", b"fine\n");
+    let locked = env.write("tree/locked.txt", b"no\n");
     sh(&format!("chmod -R a+rwX '{}'", tree.display()));
-    fs::set_permissions(
-        tree.join("locked.txt"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o000),
-    )
-    .unwrap();
-    let state = dir.path().join("state");
-    fs::create_dir_all(&state).unwrap();
-    fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    chmod(&locked, 0o000);
+    chmod(env.mkdir("state"), 0o777);
     // root reads anything: run as nobody so that the file is really unreadable
-    let as_nobody = if sh("id -u").stdout.trim() == "0" {
-        "setpriv --reuid=65534 --regid=65534 --clear-groups"
-    } else {
-        ""
-    };
-    let cmd = format!(
-        "{as_nobody} '{}' push '{}' --to '{}' --state-dir '{}'",
-        bin().display(),
-        tree.display(),
-        server.endpoint(),
-        state.display()
-    );
-    let out: Run = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(out.code, 3, "{}", out.stderr);
+    let out = env
+        .push(&tree, &server.endpoint())
+        .unprivileged()
+        .run_async()
+        .await
+        .code(3);
     assert!(
         out.stderr.contains("locked.txt"),
         "the skipped file is named: {}",

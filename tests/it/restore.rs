@@ -7,28 +7,10 @@ use std::path::Path;
 
 use crate::support::*;
 
-fn pack(tree: &Path, archive: &Path, extra: &[&str]) {
-    let mut args: Vec<&std::ffi::OsStr> = vec!["pack".as_ref(), tree.as_os_str(), "-o".as_ref(), archive.as_os_str()];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    let r = robusto(args);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-}
-
-fn restore(archive: &Path, into: &Path, extra: &[&str]) -> Run {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "restore".as_ref(),
-        archive.as_os_str(),
-        "--into".as_ref(),
-        into.as_os_str(),
-    ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-    robusto(args)
-}
-
 #[test]
 fn pack_then_restore_gives_the_same_tree_in_every_format() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
     for (name, flags) in [
         ("a.zip", &["--compress", "deflate"][..]),
         ("b.zip", &["--compress", "zstd", "-l", "9"]),
@@ -37,48 +19,43 @@ fn pack_then_restore_gives_the_same_tree_in_every_format() {
         ("e.tar.gz", &["--format", "tar", "--compress", "gzip"]),
         ("f.tar.zst", &["--format", "tar", "--compress", "zstd"]),
     ] {
-        let archive = d.path().join(name);
-        pack(&tree, &archive, flags);
-        let out = d.path().join(format!("out-{name}"));
-        let r = restore(&archive, &out, &[]);
-        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let archive = env.join(name);
+        env.pack(&tree, &archive).args(flags).ok();
+        let out = env.join(format!("out-{name}"));
+        env.restore(&archive, &out).ok();
         assert_same_tree(&tree, &out.join("tree"));
     }
 }
 
 #[test]
 fn a_damaged_archive_is_not_extracted() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let archive = d.path().join("t.tar");
-    pack(
-        &tree,
-        &archive,
-        &["--format", "tar", "--compress", "none", "--chunk-size", "64K"],
-    );
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let archive = env.join("t.tar");
+    env.pack(&tree, &archive)
+        .args(["--format", "tar", "--compress", "none", "--chunk-size", "64K"])
+        .ok();
     let mut bytes = fs::read(&archive).unwrap();
     bytes[70_000] ^= 1;
     fs::write(&archive, &bytes).unwrap();
-    let out = d.path().join("out");
-    let r = restore(&archive, &out, &[]);
-    assert_eq!(r.code, 1);
+    let out = env.join("out");
+    let restore = env.restore(&archive, &out);
+    let r = restore.code(1);
     assert!(r.stderr.contains("chunk 1 (bytes 65536..131072)"), "{}", r.stderr);
     assert!(!out.exists(), "nothing extracted");
     fs::remove_file(robusto::manifest::path_for(&archive)).unwrap();
-    let r = restore(&archive, &out, &[]);
-    assert_eq!(r.code, 1);
+    let r = restore.code(1);
     assert!(r.stderr.contains("--no-verify"), "{}", r.stderr);
 }
 
 #[test]
 fn dry_run_lists_and_writes_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let tree = awkward_tree(d.path());
-    let archive = d.path().join("l.zip");
-    pack(&tree, &archive, &[]);
-    let out = d.path().join("never");
-    let r = restore(&archive, &out, &["--dry-run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let archive = env.join("l.zip");
+    env.pack(&tree, &archive).ok();
+    let out = env.join("never");
+    let r = env.restore(&archive, &out).arg("--dry-run").ok();
     assert!(!out.exists());
     assert!(
         r.stdout
@@ -124,8 +101,8 @@ fn crafted_tar(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
 
 #[test]
 fn crafted_tar_with_dotdot_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let archive = d.path().join("evil.tar");
+    let env = TestEnv::new();
+    let archive = env.join("evil.tar");
     crafted_tar(
         &archive,
         &[
@@ -133,24 +110,21 @@ fn crafted_tar_with_dotdot_is_refused() {
             ("../escaped.txt", tar::EntryType::Regular, "gotcha"),
         ],
     );
-    let out = d.path().join("out");
-    let r = restore(&archive, &out, &["--no-verify"]);
-    assert_eq!(r.code, 1);
+    let r = env.restore(&archive, "out").arg("--no-verify").code(1);
     assert!(
         r.stderr
             .contains("refusing entry '../escaped.txt': '..' would leave the target folder"),
         "{}",
         r.stderr
     );
-    assert!(!d.path().join("escaped.txt").exists());
+    assert!(!env.join("escaped.txt").exists());
 }
 
 #[test]
 fn crafted_tar_writing_through_an_absolute_symlink_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let outside = d.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    let archive = d.path().join("link.tar");
+    let env = TestEnv::new();
+    let outside = env.mkdir("outside");
+    let archive = env.join("link.tar");
     crafted_tar(
         &archive,
         &[
@@ -158,9 +132,8 @@ fn crafted_tar_writing_through_an_absolute_symlink_is_refused() {
             ("evil/pwned.txt", tar::EntryType::Regular, "gotcha"),
         ],
     );
-    let out = d.path().join("out");
-    let r = restore(&archive, &out, &["--no-verify"]);
-    assert_eq!(r.code, 1);
+    let out = env.join("out");
+    let r = env.restore(&archive, &out).arg("--no-verify").code(1);
     assert!(
         r.stderr
             .contains("refusing entry 'evil/pwned.txt': a folder above it is a symlink"),
@@ -174,21 +147,20 @@ fn crafted_tar_writing_through_an_absolute_symlink_is_refused() {
         "the link itself is restored"
     );
 
-    let absolute = d.path().join("abs.tar");
+    let absolute = env.join("abs.tar");
     crafted_tar(
         &absolute,
         &[("/tmp/robusto-abs-escape.txt", tar::EntryType::Regular, "x")],
     );
-    let r = restore(&absolute, &d.path().join("out2"), &["--no-verify"]);
-    assert_eq!(r.code, 1);
+    let r = env.restore(&absolute, "out2").arg("--no-verify").code(1);
     assert!(r.stderr.contains("absolute path"), "{}", r.stderr);
     assert!(!Path::new("/tmp/robusto-abs-escape.txt").exists());
 }
 
 #[test]
 fn crafted_zip_with_dotdot_is_refused_before_anything_is_written() {
-    let d = tempfile::tempdir().unwrap();
-    let archive = d.path().join("evil.zip");
+    let env = TestEnv::new();
+    let archive = env.join("evil.zip");
     let mut z = zip::ZipWriter::new(fs::File::create(&archive).unwrap());
     let opts = zip::write::SimpleFileOptions::default();
     z.start_file("first.txt", opts).unwrap();
@@ -196,11 +168,10 @@ fn crafted_zip_with_dotdot_is_refused_before_anything_is_written() {
     z.start_file("../../escaped.txt", opts).unwrap();
     z.write_all(b"gotcha").unwrap();
     z.finish().unwrap();
-    let out = d.path().join("a/b");
-    let r = restore(&archive, &out, &["--no-verify"]);
-    assert_eq!(r.code, 1);
+    let out = env.join("a/b");
+    let r = env.restore(&archive, &out).arg("--no-verify").code(1);
     assert!(r.stderr.contains("refusing entry '../../escaped.txt'"), "{}", r.stderr);
-    assert!(!d.path().join("escaped.txt").exists() && !d.path().join("a/escaped.txt").exists());
+    assert!(!env.join("escaped.txt").exists() && !env.join("a/escaped.txt").exists());
     assert!(
         !out.join("first.txt").exists(),
         "a zip is checked whole before extraction"
@@ -209,17 +180,16 @@ fn crafted_zip_with_dotdot_is_refused_before_anything_is_written() {
 
 #[test]
 fn setuid_bits_and_owners_survive_a_restore() {
-    let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("s");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("tool"), b"#!/bin/sh\n").unwrap();
-    fs::set_permissions(root.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let env = TestEnv::new();
+    let root = env.mkdir("s");
+    chmod(env.write("s/tool", b"#!/bin/sh\n"), 0o4755);
     set_mtimes(&root, MTIME);
-    let archive = d.path().join("s.tar");
-    pack(&root, &archive, &["--format", "tar", "--compress", "none"]);
-    let out = d.path().join("out");
-    let r = restore(&archive, &out, &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let archive = env.join("s.tar");
+    env.pack(&root, &archive)
+        .args(["--format", "tar", "--compress", "none"])
+        .ok();
+    let out = env.join("out");
+    env.restore(&archive, &out).ok();
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(out.join("s/tool")).unwrap();
     assert_eq!(
