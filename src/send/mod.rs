@@ -278,6 +278,10 @@ const FINAL_PATIENCE: Duration = Duration::from_secs(30 * 60);
 /// is mostly the server's fsyncs, which overlap well).
 const CREATIONS_AT_ONCE: usize = 16;
 
+/// How long to wait before asking again when a server that holds cut chunks seems to have
+/// kept nothing of a broken request (its handler may not have run yet).
+const RECHECK_AFTER_CUT: Duration = Duration::from_millis(200);
+
 /// The largest chunk read ahead of its PATCH (the default chunk size).
 const READ_AHEAD_MAX: u64 = 8 << 20;
 
@@ -500,6 +504,8 @@ impl Job<'_> {
         // Where the server stood (offset and held bytes) before a request whose connection
         // broke: the HEAD after it tells whether the attempt made progress.
         let mut cut_at: Option<u64> = None;
+        // Whether the HEAD after that cut was already asked again.
+        let mut asked_again = false;
         // Smaller checked pieces after a cut, for a server that cannot hold a cut chunk.
         let mut pieces = Pieces::new(self.manifest.chunk_size);
         let shrink = self.caps.checksum.is_some() && !self.holds_prefixes();
@@ -525,6 +531,15 @@ impl Job<'_> {
                                 // The server kept some of what the broken request carried:
                                 // progress, so the budget starts afresh.
                                 Some(before) if position > before => retry.progressed(),
+                                // A server that holds cut chunks may not have taken up the
+                                // broken request yet when this HEAD came: ask once more.
+                                Some(before) if self.holds_prefixes() && !asked_again => {
+                                    asked_again = true;
+                                    cut_at = Some(before);
+                                    tokio::time::sleep(RECHECK_AFTER_CUT).await;
+                                    known = Some((url, None));
+                                    continue;
+                                }
                                 Some(_) => retry
                                     .wait_out(
                                         "the connection broke and the server kept nothing of the request".into(),
@@ -668,6 +683,7 @@ impl Job<'_> {
                     tracing::debug!("{url}: {reason} after {sent} bytes at offset {offset}; resuming");
                     pieces.cut(sent);
                     cut_at = Some(offset + prefix);
+                    asked_again = false;
                     known = Some((url, None));
                 }
                 Err(e @ SessionError::Transient(_)) => {

@@ -104,9 +104,9 @@ pub fn expected_whole(raw_metadata: Option<&str>) -> Option<Checksum> {
 
 /// How long a body that was told to give up goes on taking bytes that keep arriving (what a
 /// connection that broke had already delivered), at most.
-const DRAIN_FOR: Duration = Duration::from_secs(1);
+const DRAIN_FOR: Duration = Duration::from_secs(2);
 /// A body being given up stops at the first pause this long.
-const DRAIN_IDLE: Duration = Duration::from_millis(100);
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 /// Streams a request body, giving up when no byte arrives for `read_timeout` or when `cancel`
 /// fires (a newer request for the same upload took over, or the server stops). Once `cancel`
