@@ -22,6 +22,7 @@ pub mod config;
 pub mod durable;
 pub mod fingerprint;
 pub mod hooks;
+pub mod job;
 pub mod manifest;
 pub mod pack;
 pub mod progress;
