@@ -4,83 +4,6 @@
 
 mod cli;
 
-/// The process allocator: glibc's malloc, except on the zip compression workers, which get
-/// mimalloc (see [`robusto::pack::on_compression_worker`]): with glibc alone `pack` reached
-/// 2.7 GB RSS on 48,000 files; with mimalloc alone the server used twice the CPU per GiB. A
-/// block is always freed by the allocator that owns it, whichever thread frees it.
-struct Allocator;
-
-/// Set (before any worker thread exists) for the commands that pack; until then, and for every
-/// other command, all blocks are glibc's and freeing them needs no ownership check.
-static PACKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether `ptr` belongs to mimalloc (only possible once packing started).
-fn mimalloc_owns(ptr: *mut u8) -> bool {
-    // SAFETY: mi_is_in_heap_region only compares the address with mimalloc's own regions.
-    PACKING.load(std::sync::atomic::Ordering::Relaxed) && unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr.cast()) }
-}
-
-// SAFETY: every block is allocated by exactly one of two allocators and returned to the one that
-// owns it (mimalloc answers mi_is_in_heap_region for its own blocks only).
-unsafe impl std::alloc::GlobalAlloc for Allocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if robusto::pack::on_compression_worker() {
-                mimalloc::MiMalloc.alloc(layout)
-            } else {
-                std::alloc::System.alloc(layout)
-            }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if robusto::pack::on_compression_worker() {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
-            } else {
-                std::alloc::System.alloc_zeroed(layout)
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: ptr came from one of the two; each gets back only its own blocks.
-        unsafe {
-            if mimalloc_owns(ptr) {
-                mimalloc::MiMalloc.dealloc(ptr, layout)
-            } else {
-                std::alloc::System.dealloc(ptr, layout)
-            }
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for dealloc; the block stays with the allocator that owns it.
-        unsafe {
-            if mimalloc_owns(ptr) {
-                mimalloc::MiMalloc.realloc(ptr, layout, new_size)
-            } else {
-                std::alloc::System.realloc(ptr, layout, new_size)
-            }
-        }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Allocator = Allocator;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (the v3 header this build compiles).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// The compression workers' freed buffers go back to the system at once (instead of after
-/// 10 ms), so `pack`'s memory stays bounded by its window, not by the number of files.
-fn return_freed_memory_promptly() {
-    // SAFETY: mi_option_set only stores an integer option; 0 is valid for this one.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
-
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -277,23 +200,10 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// The error and its causes on one line, leaving out a cause whose text the message already
-/// carries (most of robusto's errors name their cause themselves).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-    }
-    line
-}
-
 /// The sender holds a few chunk-sized buffers at a time, allocated on whichever blocking thread
-/// reads them. glibc gives each thread its own arena, and freed chunk buffers stranded in
-/// several arenas took `send --parallel 4` from ~43 to ~69 MiB peak RSS; one arena keeps the
-/// client within its bound (32 MiB + parallel × chunk). Its few large allocations do not contend.
+/// reads them; with glibc's arena per thread, buffers freed into several arenas stay mapped and
+/// take the client past its bound (32 MiB + parallel × chunk). One arena keeps it within; its
+/// few large allocations do not contend (bench/pack-results.md has the figures).
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
@@ -315,10 +225,6 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Usage.code());
         }
     };
-    if matches!(cli.command, Command::Pack(_) | Command::Push(_)) {
-        PACKING.store(true, std::sync::atomic::Ordering::Relaxed);
-        return_freed_memory_promptly();
-    }
     if matches!(cli.command, Command::Send(_) | Command::Push(_) | Command::Get(_)) {
         one_malloc_arena();
     }
@@ -329,7 +235,7 @@ fn main() -> ExitCode {
         .or_else(|| profile.as_ref().and_then(|p| p.log_file.clone()));
     init_logging(&cli.global, log_file.as_deref());
     let exit = run(cli, profile).unwrap_or_else(|e| {
-        tracing::error!("{}", error_chain(&e));
+        tracing::error!("{}", job::error_chain(e.as_ref()));
         let usage = e.downcast_ref::<UsageError>().is_some()
             || e.downcast_ref::<job::push::JobError>()
                 .is_some_and(|j| j.exit() == Exit::Usage);
