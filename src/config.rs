@@ -1,5 +1,6 @@
-//! Configuration: named profiles in `robusto.toml` and `ROBUSTO_*` environment variables, both
-//! turned into command-line arguments so that one parser (clap) validates every value the same
+//! Configuration: named profiles in `robusto.toml`, and the names of the `ROBUSTO_*` environment
+//! variables. A profile is read into plain data (flag values by flag id, paths, hooks, log file)
+//! that the command line takes as its defaults, so that one parser validates every value the same
 //! way. Precedence: flags > environment > profile > defaults.
 //!
 //! ```toml
@@ -133,28 +134,16 @@ pub fn env_name(long: &str) -> String {
     format!("ROBUSTO_{}", long.replace('-', "_").to_ascii_uppercase())
 }
 
-/// Gives every long flag of every subcommand its `ROBUSTO_*` environment variable (flags that
-/// already name one keep theirs), and lets a later occurrence of a flag override an earlier one
-/// (so the user's flags override the profile's).
-pub fn with_env(cmd: clap::Command) -> clap::Command {
-    fn add(cmd: clap::Command) -> clap::Command {
-        cmd.args_override_self(true)
-            .mut_args(|a| match (a.get_long(), a.get_env(), a.get_action()) {
-                (Some("help" | "version"), _, _) | (_, Some(_), _) | (None, _, _) => a,
-                (Some(long), None, action) if action.takes_values() => {
-                    let name = env_name(long);
-                    a.env(name)
-                }
-                // a switch: ROBUSTO_JSON=1 / =true sets it, =0 / =false / =no / =off leaves it off
-                (Some(long), None, clap::ArgAction::SetTrue) => {
-                    let name = env_name(long);
-                    a.env(name).value_parser(clap::builder::FalseyValueParser::new())
-                }
-                _ => a,
-            })
-            .mut_subcommands(add)
-    }
-    add(cmd)
+/// A flag of the command a profile configures, as the profile reader needs to know it: a
+/// profile's key is a flag's long name, and its value is stored under the flag's id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    /// The long name (`chunk-size`), which is the key in the file.
+    pub long: String,
+    /// The id the command line knows the flag by.
+    pub id: String,
+    /// Whether it takes values; `false` for a switch (`true`/`false` in the file).
+    pub takes_values: bool,
 }
 
 /// Where the configuration file is: `explicit`, else `$XDG_CONFIG_HOME/robusto/robusto.toml`
@@ -175,16 +164,30 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
         .ok_or(ConfigError::NotFound(tried))
 }
 
-/// Reads profile `name` of `path` for the subcommand `sub` (whose flags define the valid keys).
-pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Profile, ConfigError> {
+/// The file at `path`, parsed.
+fn read_document(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+    text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
-    })?;
+    })
+}
+
+/// The names of the profiles in the file at `path`, in the file's order.
+pub fn profile_names(path: &Path) -> Result<Vec<String>, ConfigError> {
+    Ok(match read_document(path)?.get("profile") {
+        Some(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Reads profile `name` of `path` for a command with the flags `flags` (which define the valid
+/// keys).
+pub fn load_profile(path: &Path, name: &str, flags: &[Flag]) -> Result<Profile, ConfigError> {
+    let doc = read_document(path)?;
     let profiles = match doc.get("profile") {
         Some(toml::Value::Table(t)) => t.clone(),
         _ => toml::Table::new(),
@@ -203,10 +206,7 @@ pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Prof
             known: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     };
-    let flags: BTreeMap<&str, &clap::Arg> = sub
-        .get_arguments()
-        .filter_map(|a| a.get_long().map(|l| (l, a)))
-        .collect();
+    let flags: BTreeMap<&str, &Flag> = flags.iter().map(|f| (f.long.as_str(), f)).collect();
     let bad = |key: &str, reason: String| ConfigError::BadValue {
         path: path.to_path_buf(),
         profile: name.to_string(),
@@ -246,7 +246,7 @@ pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Prof
                 other => p.paths.push(text_of(key, other)?.into()),
             },
             _ => {
-                let Some(arg) = flags.get(key.as_str()) else {
+                let Some(flag) = flags.get(key.as_str()) else {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_path_buf(),
                         profile: name.to_string(),
@@ -254,59 +254,40 @@ pub fn load_profile(path: &Path, name: &str, sub: &clap::Command) -> Result<Prof
                     });
                 };
                 let values = match value {
-                    toml::Value::Boolean(b) if !arg.get_action().takes_values() => vec![b.to_string()],
+                    toml::Value::Boolean(b) if !flag.takes_values => vec![b.to_string()],
                     toml::Value::Boolean(_) => return Err(bad(key, "expected a value, not true/false".into())),
-                    _ if !arg.get_action().takes_values() => {
+                    _ if !flag.takes_values => {
                         return Err(bad(key, "this is a switch: write true or false".into()));
                     }
                     toml::Value::Array(items) => items.iter().map(|i| text_of(key, i)).collect::<Result<_, _>>()?,
                     other => vec![text_of(key, other)?],
                 };
-                p.values.insert(arg.get_id().as_str().to_string(), values);
+                p.values.insert(flag.id.clone(), values);
             }
         }
     }
     Ok(p)
 }
 
-impl Profile {
-    /// The push command with this profile's values as its defaults: a flag on the command line
-    /// or its environment variable still wins (flags > environment > profile > defaults).
-    pub fn apply(&self, push: clap::Command) -> clap::Command {
-        let mut cmd = push;
-        for (id, values) in &self.values {
-            let values: Vec<clap::builder::OsStr> = values.iter().map(|v| v.clone().into()).collect();
-            // a required flag is satisfied by the profile
-            cmd = cmd.mut_arg(id, |a| a.required(false).default_values(values));
-        }
-        if !self.paths.is_empty() {
-            let paths: Vec<clap::builder::OsStr> = self
-                .paths
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned().into())
-                .collect();
-            cmd = cmd.mut_arg("paths", |a| a.required(false).default_values(paths));
-        }
-        cmd
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Arg, ArgAction, Command};
 
-    fn push() -> Command {
-        Command::new("push")
-            .arg(Arg::new("paths").num_args(1..))
-            .arg(Arg::new("to").long("to"))
-            .arg(Arg::new("level").long("level").short('l'))
-            .arg(Arg::new("exclude").long("exclude").action(ArgAction::Append))
-            .arg(
-                Arg::new("one-file-system")
-                    .long("one-file-system")
-                    .action(ArgAction::SetTrue),
-            )
+    fn flag(long: &str, takes_values: bool) -> Flag {
+        Flag {
+            long: long.into(),
+            id: long.into(),
+            takes_values,
+        }
+    }
+
+    fn push() -> Vec<Flag> {
+        vec![
+            flag("to", true),
+            flag("level", true),
+            flag("exclude", true),
+            flag("one-file-system", false),
+        ]
     }
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -317,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_becomes_arguments_and_hooks() {
+    fn a_profile_becomes_flag_values_and_hooks() {
         let (_d, p) = write(
             "[profile.nightly]\npaths = [\"/etc\", \"/home\"]\nto = \"http://h/files/\"\nlevel = 9\n\
              exclude = [\"*.tmp\", \"cache\"]\none-file-system = true\nrun-failed = \"echo failed\"\nlog-file = \"/var/log/r.log\"\n",
@@ -328,22 +309,21 @@ mod tests {
         assert_eq!(prof.values["one-file-system"], ["true"]);
         assert_eq!(prof.values["to"], ["http://h/files/"]);
         assert_eq!(prof.paths, [OsString::from("/etc"), OsString::from("/home")]);
-        // the profile's values are defaults: flags and the environment win
-        let cmd = prof.apply(push());
-        let m = cmd.clone().try_get_matches_from(["push"]).unwrap();
-        assert_eq!(m.get_one::<String>("level").map(String::as_str), Some("9"));
-        assert_eq!(
-            m.get_many::<String>("paths").unwrap().collect::<Vec<_>>(),
-            ["/etc", "/home"]
-        );
-        let m = cmd
-            .try_get_matches_from(["push", "--level", "3", "--exclude", "x", "/srv"])
-            .unwrap();
-        assert_eq!(m.get_one::<String>("level").map(String::as_str), Some("3"));
-        assert_eq!(m.get_many::<String>("exclude").unwrap().collect::<Vec<_>>(), ["x"]);
-        assert_eq!(m.get_many::<String>("paths").unwrap().collect::<Vec<_>>(), ["/srv"]);
         assert_eq!(prof.hooks.failed.as_deref(), Some("echo failed"));
         assert_eq!(prof.log_file, Some(PathBuf::from("/var/log/r.log")));
+        assert_eq!(profile_names(&p).unwrap(), ["nightly"]);
+    }
+
+    #[test]
+    fn values_are_stored_under_the_flag_id() {
+        let (_d, p) = write("[profile.n]\nchunk-size = \"1MiB\"\n");
+        let flags = [Flag {
+            long: "chunk-size".into(),
+            id: "chunk_size".into(),
+            takes_values: true,
+        }];
+        let prof = load_profile(&p, "n", &flags).unwrap();
+        assert_eq!(prof.values["chunk_size"], ["1MiB"]);
     }
 
     #[test]
@@ -367,6 +347,7 @@ mod tests {
         assert!(e.contains("no [profile.b]") && e.contains("profiles here: a"), "{e}");
         let (_d, p) = write("[profile.a\n");
         assert!(matches!(load_profile(&p, "a", &push()), Err(ConfigError::Parse { .. })));
+        assert!(matches!(profile_names(&p), Err(ConfigError::Parse { .. })));
     }
 
     #[test]
@@ -380,17 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn env_names_and_override() {
+    fn env_names() {
         assert_eq!(env_name("chunk-size"), "ROBUSTO_CHUNK_SIZE");
-        let cmd = with_env(Command::new("r").subcommand(push()));
-        let m = cmd
-            .try_get_matches_from(["r", "push", "--level", "3", "--level", "7", "x"])
-            .unwrap();
-        let (_, sub) = m.subcommand().unwrap();
-        assert_eq!(
-            sub.get_one::<String>("level").map(String::as_str),
-            Some("7"),
-            "the later flag wins"
-        );
     }
 }

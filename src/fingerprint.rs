@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -315,94 +315,6 @@ impl<W: Write + Send + 'static> Write for HashingWriter<W> {
     }
 }
 
-/// Bytes a [`PatchingHashingWriter`] holds back from hashing, so that a writer may go back and
-/// rewrite them (a zip local header patched after its entry's data).
-const PATCH_WINDOW: usize = 256 << 10;
-
-/// A hashing writer for formats that patch recently written bytes in place (zip writes each
-/// local header, then the data, then seeks back to fill in sizes and CRC). The last
-/// `PATCH_WINDOW` (256 KiB) bytes stay in memory, neither hashed nor written, until the stream moves past
-/// them; a seek and rewrite within that window changes them in memory, so the file is written
-/// strictly in order with its final bytes. A seek further back is refused with an error rather
-/// than producing a wrong digest.
-pub struct PatchingHashingWriter<W: Write + Send + 'static> {
-    inner: HashingWriter<W>,
-    /// Bytes from `held_start` to `end`, not yet passed on.
-    held: Vec<u8>,
-    held_start: u64,
-    pos: u64,
-    end: u64,
-}
-
-impl<W: Write + Send + 'static> PatchingHashingWriter<W> {
-    /// Wraps `inner`, cutting chunks every `chunk_size` bytes.
-    pub fn new(inner: W, chunk_size: u64) -> Self {
-        PatchingHashingWriter {
-            inner: HashingWriter::new(inner, chunk_size),
-            held: Vec::new(),
-            held_start: 0,
-            pos: 0,
-            end: 0,
-        }
-    }
-
-    fn release(&mut self, keep: usize) -> io::Result<()> {
-        if self.held.len() > keep {
-            let n = self.held.len() - keep;
-            self.inner.write_all(&self.held[..n])?;
-            self.held.drain(..n);
-            self.held_start += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Writes out everything and returns `inner` with the fingerprint of the final bytes.
-    pub fn finish(mut self) -> io::Result<(W, Fingerprint)> {
-        self.release(0)?;
-        self.inner.finish()
-    }
-}
-
-impl<W: Write + Send + 'static> Write for PatchingHashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.pos < self.held_start {
-            return Err(io::Error::other(
-                "rewrite of bytes already written (outside the patch window)",
-            ));
-        }
-        let at = (self.pos - self.held_start) as usize;
-        let overlap = self.held.len().saturating_sub(at).min(buf.len());
-        self.held[at..at + overlap].copy_from_slice(&buf[..overlap]);
-        self.held.extend_from_slice(&buf[overlap..]);
-        self.pos += buf.len() as u64;
-        self.end = self.end.max(self.pos);
-        if self.pos == self.end && self.held.len() >= 4 * PATCH_WINDOW {
-            self.release(PATCH_WINDOW)?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<W: Write + Send + 'static> Seek for PatchingHashingWriter<W> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.end.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
-        if target > self.end {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek past the end"));
-        }
-        self.pos = target;
-        Ok(target)
-    }
-}
-
 /// Fingerprints everything `reader` yields.
 pub fn fingerprint_reader<R: Read>(mut reader: R, chunk_size: u64) -> io::Result<Fingerprint> {
     let mut fp = Fingerprinter::new(chunk_size);
@@ -466,33 +378,6 @@ mod tests {
                 assert_eq!(expect_off, data.len() as u64);
             }
         }
-    }
-
-    #[test]
-    fn patched_bytes_are_hashed_as_finally_written() {
-        let mut w = PatchingHashingWriter::new(Vec::new(), 1000);
-        let data: Vec<u8> = (0..(3 * PATCH_WINDOW as u32 + 77)).map(|i| (i % 251) as u8).collect();
-        w.write_all(&data).unwrap();
-        let end = data.len() as u64;
-        w.seek(SeekFrom::Start(end - 100)).unwrap();
-        w.write_all(b"PATCH").unwrap();
-        w.seek(SeekFrom::Start(end)).unwrap();
-        w.write_all(&data).unwrap(); // moves the window on
-        let (bytes, fp) = w.finish().unwrap();
-        assert_eq!(&bytes[(end - 100) as usize..(end - 95) as usize], b"PATCH");
-        assert_eq!(fp.md5, Md5::of(&bytes));
-        assert_eq!(
-            fp.chunks.iter().map(|c| c.md5).collect::<Vec<_>>(),
-            bytes.chunks(1000).map(Md5::of).collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
-    fn rewrites_outside_the_window_are_refused() {
-        let mut w = PatchingHashingWriter::new(Vec::new(), 1000);
-        w.write_all(&vec![1u8; 8 * PATCH_WINDOW]).unwrap();
-        w.seek(SeekFrom::Start(0)).unwrap();
-        assert!(w.write_all(b"x").is_err());
     }
 
     #[test]

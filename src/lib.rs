@@ -2,9 +2,10 @@
 //!
 //! The data flow, one module per stage:
 //!
-//! 1. [`pack`] walks the chosen paths ([`pack::walk`]), writes them into a zip or tar archive
-//!    ([`pack::archive`]), optionally compressed ([`pack::compress`]), into a staging file
-//!    ([`pack::staging`]: temp → fsync → rename).
+//! 1. [`pack`] walks the chosen paths ([`pack::walk`]) into [`pack::entry`]s, reads each file
+//!    exactly as it was when opened ([`pack::source`]) and writes them into a zip
+//!    ([`pack::zip`]) or tar ([`pack::archive`]) archive, optionally compressed
+//!    ([`pack::compress`]), into a staging file ([`pack::staging`]: temp → fsync → rename).
 //! 2. On the way to disk the bytes pass a hashing writer ([`fingerprint`]) that computes the MD5
 //!    of the whole archive and of every chunk in the same pass; the result is the [`manifest`],
 //!    written atomically beside the archive.
@@ -14,14 +15,28 @@
 //! 4. The server ([`serve`]) checks every chunk and the whole file, stores durably, and reports
 //!    status.
 //!
-//! [`durable`] holds the write-temp/fsync/rename discipline every stage shares; [`writeback`]
-//! streams big writes to disk through a small, recycled piece of page cache; [`units`] parses
-//! sizes and durations; [`progress`] carries events to whatever reporter the CLI chose.
+//! Around the stages:
+//!
+//! - [`job`]: a command's work from start to end — the push job (lock, hooks, pack, send,
+//!   summary), a send to a URL or a local folder, a restore from a file, a URL or an upload's
+//!   name, a prune — and [`job::Exit`], how a command ends.
+//! - [`config`]: profiles of `robusto.toml`, read into plain data the command line applies.
+//! - [`hooks`]: the shell commands a profile runs around its job.
+//! - [`restore`]: checks an archive against its manifest and extracts it, never outside the
+//!   target folder.
+//! - [`retention`]: which completed uploads a last/daily/weekly policy keeps.
+//! - [`progress`]: carries events to whatever reporter the command line chose; the library never
+//!   prints.
+//! - [`stop`]: Ctrl-C and SIGTERM as a request to stop at a point the job resumes from.
+//! - [`durable`]: the write-temp/fsync/rename discipline every stage shares.
+//! - [`writeback`]: streams big writes to disk through a small, recycled piece of page cache.
+//! - [`units`]: sizes, rates and durations as people type them.
 
 pub mod config;
 pub mod durable;
 pub mod fingerprint;
 pub mod hooks;
+pub mod job;
 pub mod manifest;
 pub mod pack;
 pub mod progress;

@@ -101,3 +101,19 @@ pub fn signalled() -> std::io::Result<impl std::future::Future<Output = ()>> {
         request();
     })
 }
+
+/// Completes at Ctrl-C or SIGTERM, for a server (`robusto serve`), which then shuts down; the
+/// stop request of a job is left alone. The handlers are in place when this returns, so a signal
+/// that arrives once the server has said where it listens is never missed.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}

@@ -324,3 +324,51 @@ fn a_root_that_is_a_symlink_is_packed_as_the_folder_it_points_to() {
     );
     assert_same_tree(&tree, &out.join("www"));
 }
+
+#[test]
+fn zip64_sizes_for_a_file_over_4_gib_and_a_count_over_65535_entries() {
+    require_tool("unzip");
+    let d = tempfile::tempdir().unwrap();
+    // a sparse file over 4 GiB (zeros deflate to almost nothing), and a file behind it
+    let big = d.path().join("big");
+    fs::create_dir_all(&big).unwrap();
+    fs::File::create(big.join("sparse.bin"))
+        .unwrap()
+        .set_len((4 << 30) + 12345)
+        .unwrap();
+    fs::write(big.join("z-after.txt"), b"after\n").unwrap();
+    let archive = d.path().join("big.zip");
+    let r = robusto([
+        "pack".as_ref(),
+        big.as_os_str(),
+        "-o".as_ref(),
+        archive.as_os_str(),
+        "-l".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut zip = zip::ZipArchive::new(fs::File::open(&archive).unwrap()).unwrap();
+    assert_eq!(zip.by_name("big/sparse.bin").unwrap().size(), (4 << 30) + 12345);
+    let mut after = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("big/z-after.txt").unwrap(), &mut after).unwrap();
+    assert_eq!(after, "after\n");
+    let listing = sh(&format!("unzip -l '{}'", archive.display())).stdout;
+    assert!(listing.contains(&((4u64 << 30) + 12345).to_string()), "{listing}");
+
+    // more entries than the 16-bit count of the end record holds
+    let many = d.path().join("many");
+    for i in 0..70_000 {
+        let dir = many.join(format!("d{:03}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        fs::write(dir.join(format!("f{i}")), b"").unwrap();
+    }
+    let archive = d.path().join("many.zip");
+    let r = robusto(["pack".as_ref(), many.as_os_str(), "-o".as_ref(), archive.as_os_str()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let zip = zip::ZipArchive::new(fs::File::open(&archive).unwrap()).unwrap();
+    assert_eq!(zip.len(), 1 + 70 + 70_000);
+    let total = sh(&format!("unzip -l '{}' | tail -n 1", archive.display())).stdout;
+    assert!(total.contains("70071 files"), "{total}");
+}

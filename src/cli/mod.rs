@@ -1,11 +1,20 @@
 //! The command line: clap (derive) definitions, and their conversion into the typed, validated
-//! options the library takes. This is the only module that sees clap; a bad value becomes a
-//! [`UsageError`] (exit 2) before any work starts.
+//! options and jobs the library takes. This module and its children are the only code that sees
+//! clap; a bad value becomes a [`UsageError`] (exit 2) before any work starts. [`profile`]
+//! resolves the environment and a configuration profile into the command line, [`output`] is
+//! what the commands show.
+
+pub mod output;
+pub mod profile;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use robusto::config::Profile;
+use robusto::job::push::{self as push_job, Job, Plan};
+use robusto::job::restore::{Origin, RestoreJob};
+use robusto::job::send::Destination;
 use robusto::pack::{self, Codec, Compression, Format, PackOptions, WalkOptions};
 use robusto::units;
 
@@ -117,6 +126,33 @@ impl PushArgs {
         let send = self.send.options(PathBuf::new(), target, None)?;
         Ok((pack, send))
     }
+
+    /// The validated plan of the push job.
+    pub fn plan(&self) -> Result<Plan, UsageError> {
+        let dest = destination(&self.send.to)?;
+        let (pack, send) = self.options(dest.endpoint())?;
+        Ok(Plan {
+            dest,
+            pack,
+            send,
+            name: self.name.clone(),
+            keep_staging: self.keep_staging,
+        })
+    }
+
+    /// The job around the push: a profile's hooks, and its lock in the state directory.
+    pub fn job(&self, profile: Option<&Profile>) -> Job {
+        let state = || {
+            self.send
+                .state_dir
+                .clone()
+                .unwrap_or_else(robusto::send::journal::default_state_dir)
+        };
+        Job {
+            hooks: profile.map(|p| p.hooks.clone()).unwrap_or_default(),
+            lock: profile.map(|p| push_job::lock_path(&state(), &p.name)),
+        }
+    }
 }
 
 /// `robusto verify FILE`
@@ -200,45 +236,9 @@ pub struct GetArgs {
     pub token_file: Option<PathBuf>,
 }
 
-/// Where a send goes.
-#[derive(Clone, Debug)]
-pub enum Destination {
-    /// A tus endpoint.
-    Url(robusto::send::Url),
-    /// A local folder, served in-process.
-    Dir(PathBuf),
-}
-
-impl Destination {
-    /// The tus endpoint (for a folder, a placeholder until its server is started).
-    pub fn endpoint(&self) -> robusto::send::Url {
-        match self {
-            Destination::Url(u) => u.clone(),
-            Destination::Dir(_) => robusto::send::Url::parse("http://127.0.0.1/files/")
-                .unwrap_or_else(|_| unreachable!("a constant URL parses")),
-        }
-    }
-
-    /// What identifies the destination across runs.
-    pub fn key(&self) -> String {
-        match self {
-            Destination::Url(u) => u.to_string(),
-            Destination::Dir(d) => robusto::send::local::job_key(d),
-        }
-    }
-}
-
 /// Parses `--to`: a URL with a scheme, or a folder.
 pub fn destination(to: &str) -> Result<Destination, UsageError> {
-    if to.contains("://") {
-        let url = robusto::send::Url::parse(to).map_err(|e| UsageError(format!("--to {to}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(UsageError(format!("--to {to}: only http and https URLs are supported")));
-        }
-        Ok(Destination::Url(url))
-    } else {
-        Ok(Destination::Dir(PathBuf::from(to)))
-    }
+    Destination::parse(to).map_err(|e| UsageError(e.to_string()))
 }
 
 /// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
@@ -560,6 +560,30 @@ pub struct RestoreArgs {
     /// Extract even without a manifest to check the archive against.
     #[arg(long)]
     pub no_verify: bool,
+}
+
+impl RestoreArgs {
+    /// The restore job: an upload's URL, an upload's name on the `--from` server (when no such
+    /// file exists here), or a local archive.
+    pub fn job(&self) -> Result<RestoreJob, UsageError> {
+        let text = self.file.to_string_lossy();
+        let origin = if robusto::job::restore::is_url(&text) {
+            Origin::Upload(self.remote.options(Some(&text))?)
+        } else if self.remote.from.is_some() && !self.file.exists() {
+            Origin::Named {
+                server: self.remote.options(None)?,
+                name: text.into_owned(),
+            }
+        } else {
+            Origin::File(self.file.clone())
+        };
+        Ok(RestoreJob {
+            origin,
+            into: self.into.clone(),
+            dry_run: self.dry_run,
+            no_verify: self.no_verify,
+        })
+    }
 }
 
 /// `robusto serve`

@@ -1,0 +1,253 @@
+//! The push job: `robusto push` as one unit — a profile's lock, its hooks around the work,
+//! packing into the staging folder (or reusing what a killed run packed, see
+//! [`crate::send::push`]), sending, cleaning up, and the summary event. Ctrl-C or SIGTERM
+//! (`systemctl stop`) ends the job at a point it resumes from, and the hooks still run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::Exit;
+use super::send::{Destination, SendJobError, send_to};
+use crate::config::Hooks;
+use crate::hooks::{self, HookError, JobOutcome};
+use crate::pack::{PackError, PackOptions};
+use crate::progress::{Event, Progress};
+use crate::send::SendOptions;
+use crate::send::journal::{self, JournalError};
+use crate::send::push::{PushError as StageError, stage};
+
+/// The job around the work: what runs before and after it, and what keeps two runs apart.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    /// The hooks to run around the work.
+    pub hooks: Hooks,
+    /// The lock a profile's job holds around its hooks too (see [`lock_path`]): an overlapping
+    /// run must not run `run-before` (a dump, say) under the running one, nor its cleanup after.
+    pub lock: Option<PathBuf>,
+}
+
+/// The lock file of profile `name`'s job in the state directory.
+pub fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("profile-{name}.lock"))
+}
+
+/// What to push, once the job's settings are resolved.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Where to send.
+    pub dest: Destination,
+    /// How to pack (the output is chosen by the job: the staging folder).
+    pub pack: PackOptions,
+    /// How to send (the file is the staging archive, known once packed).
+    pub send: SendOptions,
+    /// The upload's name template (`--name`).
+    pub name: String,
+    /// Keep the staging archive after the upload completes.
+    pub keep_staging: bool,
+}
+
+/// Settings that make no sense, found as the job resolves them (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Why a push job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The settings make no sense: fix them (exit 2).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Another run of the same profile holds its lock, or the state directory is unusable.
+    #[error(transparent)]
+    Lock(JournalError),
+    /// `run-before` failed: the job did not start.
+    #[error(transparent)]
+    Before(HookError),
+    /// Packing into the staging folder, or removing it after the upload, failed.
+    #[error(transparent)]
+    Stage(StageError),
+    /// Sending failed in a way that running again does not fix.
+    #[error(transparent)]
+    Send(SendJobError),
+}
+
+impl JobError {
+    /// The exit code this failure ends the job with.
+    pub fn exit(&self) -> Exit {
+        match self {
+            JobError::Invalid(_) => Exit::Usage,
+            _ => Exit::Failed,
+        }
+    }
+}
+
+/// What a push job did, for its hooks and its summary.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Files packed.
+    pub files: u64,
+    /// Bytes of file content packed.
+    pub bytes_in: u64,
+    /// The archive's size, once packed.
+    pub archive_size: Option<u64>,
+    /// Requests retried while sending.
+    pub retries: u64,
+    /// The upload's URL, when known.
+    pub url: Option<String>,
+}
+
+/// Counts retries on their way to the real reporter, for the job summary.
+struct Counting<'a> {
+    inner: &'a dyn Progress,
+    retries: AtomicU64,
+}
+
+impl Progress for Counting<'_> {
+    fn event(&self, event: &Event) {
+        if matches!(event, Event::Retry { .. }) {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.event(event);
+    }
+}
+
+/// Runs the push job: takes the lock, runs `run-before`, resolves `plan` (so that settings that
+/// make no sense fail the job with its failure hooks), packs and sends, runs the after hooks and
+/// emits [`Event::Summary`]. `progress` hears the packing, `sending` the upload; `receipt` gets
+/// what to show for a completed upload (its URL, or the received file's path) as soon as the
+/// server confirms it.
+pub fn run(
+    job: &Job,
+    plan: impl FnOnce() -> Result<Plan, Invalid>,
+    progress: &dyn Progress,
+    sending: &dyn Progress,
+    receipt: &mut dyn FnMut(&str),
+) -> Result<Exit, JobError> {
+    if let Err(e) = crate::stop::watch_signals() {
+        tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will end the job without its hooks");
+    }
+    let _lock = job
+        .lock
+        .as_deref()
+        .map(journal::lock)
+        .transpose()
+        .map_err(JobError::Lock)?;
+    let started = Instant::now();
+    if let Err(e) = hooks::before(&job.hooks) {
+        // the job does not start; the failure hooks still run (a stop during run-before usually
+        // ends the hook too: that is an interruption, not a failure)
+        let stopped = crate::stop::requested();
+        let exit = if stopped { Exit::Interrupted } else { Exit::Failed };
+        hooks::after(
+            &job.hooks,
+            &JobOutcome {
+                exit: exit.code(),
+                url: None,
+                bytes: None,
+            },
+        );
+        if stopped {
+            tracing::warn!("interrupted during run-before ({e})");
+            return Ok(Exit::Interrupted);
+        }
+        return Err(JobError::Before(e));
+    }
+    let mut summary = Summary::default();
+    let mut result = plan()
+        .map_err(JobError::from)
+        .and_then(|plan| push(plan, progress, sending, &mut summary, receipt));
+    if let Err(e) = &result
+        && crate::stop::requested()
+    {
+        // whatever the stop cut short (a read, a write) reports itself as an error
+        tracing::warn!("interrupted ({})", super::error_chain(e));
+        result = Ok(Exit::Interrupted);
+    }
+    let exit = match &result {
+        Ok(exit) => *exit,
+        Err(e) => e.exit(),
+    };
+    hooks::after(
+        &job.hooks,
+        &JobOutcome {
+            exit: exit.code(),
+            url: summary.url.clone(),
+            bytes: summary.archive_size,
+        },
+    );
+    let (files, bytes_in, archive_size) = (summary.files, summary.bytes_in, summary.archive_size.unwrap_or(0));
+    progress.event(&Event::Summary {
+        exit: exit.code(),
+        files,
+        bytes_in,
+        archive_size,
+        ratio: if bytes_in == 0 {
+            0.0
+        } else {
+            archive_size as f64 / bytes_in as f64
+        },
+        duration_s: started.elapsed().as_secs_f64(),
+        retries: summary.retries,
+        url: summary.url,
+    });
+    result
+}
+
+/// The work: pack into the state dir (or reuse what a killed run packed), send, clean up.
+fn push(
+    plan: Plan,
+    progress: &dyn Progress,
+    sending: &dyn Progress,
+    summary: &mut Summary,
+    receipt: &mut dyn FnMut(&str),
+) -> Result<Exit, JobError> {
+    let Plan {
+        dest,
+        pack,
+        send: mut opts,
+        name,
+        keep_staging,
+    } = plan;
+    let staged = match stage(&opts.state_dir, &pack, &dest.key(), &name, progress) {
+        Err(StageError::Pack(PackError::Interrupted)) => {
+            tracing::warn!("interrupted while packing: run the same command again to start over");
+            return Ok(Exit::Interrupted);
+        }
+        staged => staged.map_err(JobError::Stage)?,
+    };
+    summary.files = staged.manifest.source.files;
+    summary.bytes_in = staged.manifest.source.bytes;
+    summary.archive_size = Some(staged.manifest.archive.size);
+    opts.file = staged.archive.clone();
+    opts.name = Some(staged.name.clone());
+    if crate::stop::requested() {
+        tracing::warn!("interrupted: the archive is packed; run the same command again to send it");
+        return Ok(Exit::Interrupted);
+    }
+    let counting = Counting {
+        inner: sending,
+        retries: AtomicU64::new(0),
+    };
+    let sent = send_to(dest, opts, &counting).map_err(JobError::Send)?;
+    if let Some(r) = &sent.receipt {
+        receipt(r);
+    }
+    summary.retries = counting.retries.load(Ordering::Relaxed);
+    summary.url = sent.url;
+    if sent.exit != Exit::Done {
+        return Ok(sent.exit);
+    }
+    let skipped = staged.skipped().len();
+    if keep_staging {
+        tracing::info!("kept the staging archive {}", staged.archive.display());
+    } else {
+        staged.remove().map_err(JobError::Stage)?;
+    }
+    if skipped > 0 {
+        tracing::warn!("{skipped} file(s) were skipped while packing (named above)");
+        Ok(Exit::Skipped)
+    } else {
+        Ok(Exit::Done)
+    }
+}
