@@ -4,8 +4,8 @@
 //! resolves the environment and a configuration profile into the command line, [`output`] is
 //! what the commands show.
 
-pub mod output;
-pub mod profile;
+pub(crate) mod output;
+pub(crate) mod profile;
 
 use std::path::PathBuf;
 
@@ -21,12 +21,12 @@ use robusto::units;
 /// A flag or argument that makes no sense; exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 /// robusto — get whole folders safely onto a server over bad links.
 #[derive(Debug, Parser)]
 #[command(name = "robusto", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Options every command takes.
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -37,7 +37,7 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -61,7 +61,7 @@ pub struct GlobalArgs {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Pack PATH… into FILE (zip or tar, compressed) and write FILE.manifest.json beside it.
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
@@ -89,7 +89,7 @@ pub enum Command {
 
 /// `robusto config …`
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Validate the configuration file; with --profile, print what `push --profile` would use
     /// (tokens redacted) and where each value comes from.
     Check,
@@ -97,7 +97,7 @@ pub enum ConfigCommand {
 
 /// `robusto push PATH… --to URL|DIR`
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// Files and folders to pack.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -119,7 +119,10 @@ pub struct PushArgs {
 impl PushArgs {
     /// The pack options (the output is chosen by the push job) and the send options (the file is
     /// the staging archive, known once packed).
-    pub fn options(&self, target: robusto::send::Url) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
+    pub(crate) fn options(
+        &self,
+        target: robusto::send::Url,
+    ) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
         let chunk_size = parse_chunk_size(&self.send.chunk_size)?;
         let mut pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
         pack.keep_cached = true; // sent right after
@@ -128,7 +131,7 @@ impl PushArgs {
     }
 
     /// The validated plan of the push job.
-    pub fn plan(&self) -> Result<Plan, UsageError> {
+    pub(crate) fn plan(&self) -> Result<Plan, UsageError> {
         let dest = destination(&self.send.to)?;
         let (pack, send) = self.options(dest.endpoint())?;
         Ok(Plan {
@@ -141,7 +144,7 @@ impl PushArgs {
     }
 
     /// The job around the push: a profile's hooks, and its lock in the state directory.
-    pub fn job(&self, profile: Option<&Profile>) -> Job {
+    pub(crate) fn job(&self, profile: Option<&Profile>) -> Job {
         let state = || {
             self.send
                 .state_dir
@@ -157,14 +160,14 @@ impl PushArgs {
 
 /// `robusto verify FILE`
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The archive; its manifest is FILE.manifest.json.
     pub file: PathBuf,
 }
 
 /// `robusto send FILE --to URL|DIR`
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// The file; with FILE.manifest.json beside it, its chunking and MD5s are used.
     pub file: PathBuf,
     /// Where to send it.
@@ -177,7 +180,7 @@ pub struct SendArgs {
 
 /// Flags of every command that sends (`send`, `push`).
 #[derive(Debug, Args)]
-pub struct SendFlags {
+pub(crate) struct SendFlags {
     /// A tus upload endpoint (http://host:port/files/) or a local folder to receive into.
     #[arg(long, env = "ROBUSTO_URL", value_name = "URL|DIR")]
     pub to: String,
@@ -209,7 +212,7 @@ pub struct SendFlags {
 
 /// `robusto status URL`
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The upload's URL.
     pub url: String,
     /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
@@ -219,7 +222,7 @@ pub struct StatusArgs {
 
 /// `robusto get URL -o FILE`
 #[derive(Debug, Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// The upload's URL.
     pub url: String,
     /// Where to write it (through FILE.partial).
@@ -237,12 +240,12 @@ pub struct GetArgs {
 }
 
 /// Parses `--to`: a URL with a scheme, or a folder.
-pub fn destination(to: &str) -> Result<Destination, UsageError> {
+pub(crate) fn destination(to: &str) -> Result<Destination, UsageError> {
     Destination::parse(to).map_err(|e| UsageError(e.to_string()))
 }
 
 /// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
-pub fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
+pub(crate) fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
     if let Some(f) = file {
         robusto::config::check_secret_file(f);
         let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("--token-file {}: {e}", f.display())))?;
@@ -260,7 +263,7 @@ fn duration(flag: &str, text: &str) -> Result<std::time::Duration, UsageError> {
 
 impl SendFlags {
     /// Typed send options for `file` sent to the endpoint `target`.
-    pub fn options(
+    pub(crate) fn options(
         &self,
         file: PathBuf,
         target: robusto::send::Url,
@@ -314,7 +317,7 @@ impl SendFlags {
 
 /// Archive container (`--format`).
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormatArg {
+pub(crate) enum FormatArg {
     /// zip: entries compressed one by one, in parallel.
     Zip,
     /// tar: the whole stream compressed (.tar.gz, .tar.zst).
@@ -323,7 +326,7 @@ pub enum FormatArg {
 
 /// Compression codec (`--compress`).
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CompressArg {
+pub(crate) enum CompressArg {
     /// No compression.
     None,
     /// DEFLATE, levels 0–9 (default 6).
@@ -335,7 +338,7 @@ pub enum CompressArg {
 
 /// The flags that decide how an archive is made (shared by `pack` and `push`).
 #[derive(Debug, Args)]
-pub struct PackFlags {
+pub(crate) struct PackFlags {
     /// Archive format.
     #[arg(long, value_enum, default_value = "zip")]
     pub format: FormatArg,
@@ -365,7 +368,7 @@ pub struct PackFlags {
 
 /// `robusto pack PATH… -o FILE`
 #[derive(Debug, Args)]
-pub struct PackArgs {
+pub(crate) struct PackArgs {
     /// Files and folders to pack.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -381,7 +384,7 @@ pub struct PackArgs {
 }
 
 /// Parses a chunk size: at least 1 KiB, at most 4 GiB.
-pub fn parse_chunk_size(text: &str) -> Result<u64, UsageError> {
+pub(crate) fn parse_chunk_size(text: &str) -> Result<u64, UsageError> {
     let n = units::parse_size(text).map_err(|e| UsageError(format!("--chunk-size: {e}")))?;
     if !(1024..=(4u64 << 30)).contains(&n) {
         return Err(UsageError(format!(
@@ -393,7 +396,12 @@ pub fn parse_chunk_size(text: &str) -> Result<u64, UsageError> {
 
 impl PackFlags {
     /// The validated pack options for `paths` into `output`.
-    pub fn to_options(&self, paths: Vec<PathBuf>, output: PathBuf, chunk_size: u64) -> Result<PackOptions, UsageError> {
+    pub(crate) fn to_options(
+        &self,
+        paths: Vec<PathBuf>,
+        output: PathBuf,
+        chunk_size: u64,
+    ) -> Result<PackOptions, UsageError> {
         let format = match self.format {
             FormatArg::Zip => Format::Zip,
             FormatArg::Tar => Format::Tar,
@@ -430,14 +438,14 @@ impl PackFlags {
 
 impl GetArgs {
     /// Typed options.
-    pub fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
         get_options(&self.url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
     }
 }
 
 impl StatusArgs {
     /// Typed options.
-    pub fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
         get_options(&self.url, self.token_file.as_ref(), 3, "30s")
     }
 }
@@ -462,7 +470,7 @@ fn get_options(
 
 impl PackArgs {
     /// The validated options.
-    pub fn to_options(&self) -> Result<PackOptions, UsageError> {
+    pub(crate) fn to_options(&self) -> Result<PackOptions, UsageError> {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
         self.flags
             .to_options(self.paths.clone(), self.output.clone(), chunk_size)
@@ -471,7 +479,7 @@ impl PackArgs {
 
 /// A robusto server to talk to (list, prune, restore by name).
 #[derive(Debug, Args)]
-pub struct RemoteArgs {
+pub(crate) struct RemoteArgs {
     /// The server's upload endpoint, e.g. https://backup.example.org/files/.
     #[arg(long = "from", value_name = "URL", env = "ROBUSTO_URL")]
     pub from: Option<String>,
@@ -488,7 +496,7 @@ pub struct RemoteArgs {
 
 impl RemoteArgs {
     /// Options for requests to `url` (an upload, or the endpoint itself when `None`).
-    pub fn options(&self, url: Option<&str>) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self, url: Option<&str>) -> Result<robusto::send::get::GetOptions, UsageError> {
         let url = match (url, &self.from) {
             (Some(u), _) => u.to_string(),
             (None, Some(f)) => f.clone(),
@@ -500,7 +508,7 @@ impl RemoteArgs {
 
 /// `robusto list --from URL`
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// The server.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -508,7 +516,7 @@ pub struct ListArgs {
 
 /// `robusto prune --from URL --keep-…`
 #[derive(Debug, Args)]
-pub struct PruneArgs {
+pub(crate) struct PruneArgs {
     /// The server.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -528,7 +536,7 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     /// The policy; at least one --keep-… is required.
-    pub fn policy(&self) -> Result<robusto::retention::Policy, UsageError> {
+    pub(crate) fn policy(&self) -> Result<robusto::retention::Policy, UsageError> {
         if self.keep_last + self.keep_daily + self.keep_weekly == 0 {
             return Err(UsageError(
                 "say what to keep: --keep-last, --keep-daily and/or --keep-weekly".into(),
@@ -544,7 +552,7 @@ impl PruneArgs {
 
 /// `robusto restore FILE|URL|NAME --into DIR`
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
+pub(crate) struct RestoreArgs {
     /// A local archive (checked against FILE.manifest.json), an upload's URL, or the name of an
     /// upload on the server named by --from (the newest of that name, or starting with it).
     pub file: PathBuf,
@@ -565,7 +573,7 @@ pub struct RestoreArgs {
 impl RestoreArgs {
     /// The restore job: an upload's URL, an upload's name on the `--from` server (when no such
     /// file exists here), or a local archive.
-    pub fn job(&self) -> Result<RestoreJob, UsageError> {
+    pub(crate) fn job(&self) -> Result<RestoreJob, UsageError> {
         let text = self.file.to_string_lossy();
         let origin = if robusto::job::restore::is_url(&text) {
             Origin::Upload(self.remote.options(Some(&text))?)
@@ -588,7 +596,7 @@ impl RestoreArgs {
 
 /// `robusto serve`
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on. Without --token-file, keep it on 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
@@ -621,7 +629,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The validated server options.
-    pub fn to_config(&self) -> Result<robusto::serve::Config, UsageError> {
+    pub(crate) fn to_config(&self) -> Result<robusto::serve::Config, UsageError> {
         use robusto::units::{parse_duration, parse_size};
         let usage = |flag: &str, e: &dyn std::fmt::Display| UsageError(format!("{flag}: {e}"));
         let mut config = robusto::serve::Config::new(self.data.clone());

@@ -13,7 +13,7 @@ use robusto::retention::Decision;
 use super::GlobalArgs;
 
 /// The progress reporter the flags and the terminal call for.
-pub fn reporter(global: &GlobalArgs) -> Box<dyn Progress> {
+pub(crate) fn reporter(global: &GlobalArgs) -> Box<dyn Progress> {
     if global.json {
         Box::new(JsonLines)
     } else if global.quiet {
@@ -27,7 +27,7 @@ pub fn reporter(global: &GlobalArgs) -> Box<dyn Progress> {
 
 /// The reporter for sending: like [`reporter`], but without a TTY a log line every 10 s even
 /// without `-v` (a long upload under cron or systemd should show signs of life).
-pub fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
+pub(crate) fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
     if global.json || global.quiet {
         reporter(global)
     } else {
@@ -39,7 +39,7 @@ pub fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
 }
 
 /// One line of `robusto list`: completion time, size, MD5, name, URL.
-pub fn upload_line(u: &Upload, url: &str) -> String {
+pub(crate) fn upload_line(u: &Upload, url: &str) -> String {
     format!(
         "{}  {:>12}  {}  {}  {}",
         u.completed_at.as_deref().unwrap_or("-"),
@@ -51,7 +51,7 @@ pub fn upload_line(u: &Upload, url: &str) -> String {
 }
 
 /// One line of `robusto prune`: what became of an upload, and why it is kept.
-pub fn prune_line(d: &Decision, action: Action) -> String {
+pub(crate) fn prune_line(d: &Decision, action: Action) -> String {
     let when = d.upload.completed_at.as_deref().unwrap_or("-");
     match action {
         Action::Kept => format!("keep    {when}  {}  ({})", d.upload.name, d.reasons.join(", ")),
@@ -61,7 +61,7 @@ pub fn prune_line(d: &Decision, action: Action) -> String {
 }
 
 /// One line of `restore --dry-run`: kind, mode, size, mtime, name (like `tar -tv`).
-pub fn listing_line(e: &Listed) -> String {
+pub(crate) fn listing_line(e: &Listed) -> String {
     let kind = match &e.kind {
         EntryKind::Dir => 'd',
         EntryKind::File => '-',

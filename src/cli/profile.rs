@@ -13,7 +13,7 @@ use robusto::job::Exit;
 use super::{Cli, Command, GlobalArgs, UsageError};
 
 /// Why the command line could not be taken.
-pub enum ParseFailure {
+pub(crate) enum ParseFailure {
     /// clap's own error (or `--help`, `--version`), printed as clap prints it.
     Clap(clap::Error),
     /// A profile that cannot be used, or a bad value that came from one.
@@ -23,7 +23,7 @@ pub enum ParseFailure {
 /// Gives every long flag of every subcommand its `ROBUSTO_*` environment variable (flags that
 /// already name one keep theirs), and lets a later occurrence of a flag override an earlier one
 /// (so the user's flags override the profile's).
-pub fn with_env(cmd: clap::Command) -> clap::Command {
+pub(crate) fn with_env(cmd: clap::Command) -> clap::Command {
     fn add(cmd: clap::Command) -> clap::Command {
         cmd.args_override_self(true)
             .mut_args(|a| match (a.get_long(), a.get_env(), a.get_action()) {
@@ -59,7 +59,7 @@ fn flags(cmd: &clap::Command) -> Vec<Flag> {
 
 /// `push` with the profile's values as its defaults: a flag on the command line or its
 /// environment variable still wins (flags > environment > profile > defaults).
-pub fn apply(p: &Profile, push: clap::Command) -> clap::Command {
+pub(crate) fn apply(p: &Profile, push: clap::Command) -> clap::Command {
     let mut cmd = push;
     for (id, values) in &p.values {
         let values: Vec<clap::builder::OsStr> = values.iter().map(|v| v.clone().into()).collect();
@@ -91,7 +91,7 @@ fn load(path: &std::path::Path, name: &str) -> Result<Profile, ConfigError> {
 
 /// The command line, with a `--profile` of the configuration file put in front of the user's own
 /// arguments, and every flag's `ROBUSTO_*` variable.
-pub fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
+pub(crate) fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
     let mut cmd = command();
     let lenient = cmd.clone().ignore_errors(true).try_get_matches_from(&argv).ok();
     let name = lenient.as_ref().and_then(|m| m.get_one::<String>("profile").cloned());
@@ -128,7 +128,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure
 
 /// `robusto config check`: the resolved settings of `push --profile P`, with their sources; with
 /// no profile named, every profile in the file must resolve to a valid push.
-pub fn check(global: &GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<Exit> {
+pub(crate) fn check(global: &GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<Exit> {
     let Some(p) = profile else {
         let usage = |e: ConfigError| UsageError(e.to_string());
         let path = config::locate(global.config.as_deref()).map_err(usage)?;
