@@ -9,11 +9,14 @@
 //! each request and response at debug level. [`metrics`] counts what happens, for Prometheus.
 
 pub mod auth;
+pub mod concat;
 pub mod digest;
 pub mod error;
+pub mod expiry;
 pub mod in_process;
 pub mod metrics;
 pub mod routes;
+pub mod status;
 pub mod store;
 pub mod uploads;
 pub mod verify;
@@ -186,10 +189,10 @@ pub async fn run(
     };
     let sweeper_state = state.clone();
     let sweeper = tokio::spawn(async move {
-        let every = uploads::sweep_interval(sweeper_state.config.expire_after);
+        let every = expiry::sweep_interval(sweeper_state.config.expire_after);
         loop {
             tokio::time::sleep(every).await;
-            uploads::sweep(&sweeper_state).await;
+            expiry::sweep(&sweeper_state).await;
         }
     });
     let uploads = Arc::clone(&state.uploads);

@@ -15,6 +15,7 @@ use super::error::ServeError;
 use super::store::{UploadInfo, UploadState};
 use super::uploads::{self, Creation, Owner};
 use super::verify::{self, MAX_CONCAT_PARTS};
+use super::{concat, status};
 use crate::protocol::Listed;
 use crate::protocol::{self, StatusReport, header};
 
@@ -89,7 +90,7 @@ pub async fn create(
             )));
         }
         let concat = concat.clone().unwrap_or_default();
-        let info = uploads::concatenate(&state, &owner, metadata, concat, parts).await?;
+        let info = concat::concatenate(&state, &owner, metadata, concat, parts).await?;
         tracing::Span::current().record("id", tracing::field::display(&info.id));
         return Ok(created(&info, false));
     }
@@ -187,7 +188,7 @@ async fn finish_final(state: &AppState, mut info: UploadInfo) -> Result<UploadIn
     }
     let finishing = {
         let (state, id) = (state.clone(), info.id.clone());
-        tokio::spawn(async move { uploads::complete_final(&state, &id).await }.in_current_span())
+        tokio::spawn(async move { concat::complete_final(&state, &id).await }.in_current_span())
     };
     let done = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
         Ok(Ok(done)) => done?,
@@ -365,7 +366,7 @@ pub async fn delete(
     let _lease = state.uploads.acquire(&id).await;
     let info = uploads::load(&state, &id, &owner).await?;
     if info.is_final() {
-        uploads::expire_placed_parts(&state, &info).await;
+        concat::expire_placed_parts(&state, &info).await;
     }
     state.store.delete(&id).await?;
     state.uploads.forget(&id);
@@ -386,13 +387,13 @@ pub async fn status(
         Some(host) => format!("http://{host}{}", location(&id)),
         None => location(&id),
     };
-    Ok(Json(uploads::status_report(&state, info, url).await))
+    Ok(Json(status::status_report(&state, info, url).await))
 }
 
 /// `GET /files`: the completed uploads the caller's token may see, as JSON, oldest first.
 #[instrument(skip_all)]
 pub async fn list(State(state): State<AppState>, Extension(owner): Extension<Owner>) -> Result<Json<Vec<Listed>>> {
-    Ok(Json(uploads::list_complete(&state, &owner).await?))
+    Ok(Json(status::list_complete(&state, &owner).await?))
 }
 
 /// A single `bytes=` range of a file of `len` bytes; `None` for the whole file.

@@ -669,7 +669,7 @@ async fn expired_uploads_answer_410_and_the_sweeper_frees_them() {
     assert_eq!(c.patch(&loc, 0, b"x", None).await.status(), 410);
 
     let loc2 = c.create(10, "").await;
-    robusto::serve::uploads::sweep(&s.state).await;
+    robusto::serve::expiry::sweep(&s.state).await;
     for l in [&loc, &loc2] {
         assert!(!s.data().join("uploads").join(id_of(l)).exists(), "bytes freed");
     }
@@ -909,7 +909,7 @@ async fn unfinished_concatenation_is_idempotent_and_never_loses_acknowledged_byt
     assert_eq!(c.status(&r1).await["status"], "complete");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(c.head(&f).await.status(), 410, "r2 expired");
-    robusto::serve::uploads::sweep(&s.state).await;
+    robusto::serve::expiry::sweep(&s.state).await;
     assert_eq!(c.head(&r1).await.status(), 410);
     assert_eq!(c.head(&f).await.status(), 410);
 
