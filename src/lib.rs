@@ -11,7 +11,8 @@
 //!    written atomically beside the archive.
 //! 3. The sender uploads the archive chunk by chunk over tus 1.0.0 ([`protocol`]), each chunk
 //!    carrying its MD5 so the server can refuse a damaged one without losing the good ones.
-//!    [`send`] does this resumably: a journal, retries with backoff, HEAD to resync, throttling.
+//!    [`client`] does this resumably: the send job, a journal, one retry loop, HEAD to resync,
+//!    held chunks after a cut, throttling; and reads uploads back (download, status, listing).
 //! 4. The server ([`serve`]) checks every chunk and the whole file, stores durably, and reports
 //!    status.
 //!
@@ -32,6 +33,7 @@
 //! - [`writeback`]: streams big writes to disk through a small, recycled piece of page cache.
 //! - [`units`]: sizes, rates and durations as people type them.
 
+pub mod client;
 pub mod config;
 pub mod durable;
 pub mod fingerprint;
@@ -43,7 +45,6 @@ pub mod progress;
 pub mod protocol;
 pub mod restore;
 pub mod retention;
-pub mod send;
 pub mod serve;
 pub mod stop;
 pub mod units;

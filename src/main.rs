@@ -93,7 +93,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
         }
         Command::List(args) => {
             let opts = args.remote.options(None)?;
-            let uploads = job::runtime()?.block_on(robusto::send::get::list(&opts))?;
+            let uploads = job::runtime()?.block_on(robusto::client::get::list(&opts))?;
             if cli.global.json {
                 println!("{}", serde_json::to_string_pretty(&uploads)?);
             } else {
@@ -150,13 +150,13 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
         Command::Config(cli::ConfigCommand::Check) => cli::profile::check(&cli.global, profile.as_ref()),
         Command::Status(args) => {
             let opts = args.options()?;
-            let v = job::runtime()?.block_on(robusto::send::get::status(&opts))?;
+            let v = job::runtime()?.block_on(robusto::client::get::status(&opts))?;
             println!("{v}");
             Ok(Exit::Done)
         }
         Command::Get(args) => {
             let opts = args.options()?;
-            match job::runtime()?.block_on(robusto::send::get::get(&opts, &args.output)) {
+            match job::runtime()?.block_on(robusto::client::get::get(&opts, &args.output)) {
                 Ok(r) => {
                     let (file, checked) = (
                         args.output.display(),

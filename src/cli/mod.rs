@@ -109,7 +109,7 @@ pub(crate) struct PushArgs {
     pub send: SendFlags,
     /// The upload's name: {host}, {date}, {time}, {label} (the first PATH's name) are replaced;
     /// the format's extension is added.
-    #[arg(long, value_name = "TEMPLATE", default_value = robusto::send::push::DEFAULT_NAME)]
+    #[arg(long, value_name = "TEMPLATE", default_value = robusto::job::staging::DEFAULT_NAME)]
     pub name: String,
     /// Keep the staging archive and its manifest after the upload completes.
     #[arg(long)]
@@ -121,8 +121,8 @@ impl PushArgs {
     /// the staging archive, known once packed).
     pub(crate) fn options(
         &self,
-        target: robusto::send::Url,
-    ) -> Result<(PackOptions, robusto::send::SendOptions), UsageError> {
+        target: robusto::client::Url,
+    ) -> Result<(PackOptions, robusto::client::SendOptions), UsageError> {
         let chunk_size = parse_chunk_size(&self.send.chunk_size)?;
         let mut pack = self.pack.to_options(self.paths.clone(), PathBuf::new(), chunk_size)?;
         pack.keep_cached = true; // sent right after
@@ -149,7 +149,7 @@ impl PushArgs {
             self.send
                 .state_dir
                 .clone()
-                .unwrap_or_else(robusto::send::journal::default_state_dir)
+                .unwrap_or_else(robusto::client::journal::default_state_dir)
         };
         Job {
             hooks: profile.map(|p| p.hooks.clone()).unwrap_or_default(),
@@ -266,9 +266,9 @@ impl SendFlags {
     pub(crate) fn options(
         &self,
         file: PathBuf,
-        target: robusto::send::Url,
+        target: robusto::client::Url,
         name: Option<String>,
-    ) -> Result<robusto::send::SendOptions, UsageError> {
+    ) -> Result<robusto::client::SendOptions, UsageError> {
         let chunk_size =
             robusto::units::parse_size(&self.chunk_size).map_err(|e| UsageError(format!("--chunk-size: {e}")))?;
         if chunk_size == 0 {
@@ -280,7 +280,7 @@ impl SendFlags {
         let bwlimit = self
             .bwlimit
             .as_deref()
-            .map(robusto::send::throttle::Timetable::parse)
+            .map(robusto::client::throttle::Timetable::parse)
             .transpose()
             .map_err(|e| UsageError(format!("--bwlimit: {e}")))?;
         let stall_timeout = duration("--stall-timeout", &self.stall_timeout)?;
@@ -292,13 +292,13 @@ impl SendFlags {
             .as_deref()
             .map(|d| duration("--max-duration", d))
             .transpose()?;
-        Ok(robusto::send::SendOptions {
+        Ok(robusto::client::SendOptions {
             file,
             target,
             chunk_size,
             parallel: self.parallel,
             bwlimit,
-            retry: robusto::send::retry::RetryPolicy {
+            retry: robusto::client::retry::RetryPolicy {
                 retries: self.retries,
                 ..Default::default()
             },
@@ -308,7 +308,7 @@ impl SendFlags {
             state_dir: self
                 .state_dir
                 .clone()
-                .unwrap_or_else(robusto::send::journal::default_state_dir),
+                .unwrap_or_else(robusto::client::journal::default_state_dir),
             name,
             job_key: None,
         })
@@ -438,14 +438,14 @@ impl PackFlags {
 
 impl GetArgs {
     /// Typed options.
-    pub(crate) fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
         get_options(&self.url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
     }
 }
 
 impl StatusArgs {
     /// Typed options.
-    pub(crate) fn options(&self) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
         get_options(&self.url, self.token_file.as_ref(), 3, "30s")
     }
 }
@@ -455,11 +455,11 @@ fn get_options(
     token_file: Option<&PathBuf>,
     retries: u32,
     stall: &str,
-) -> Result<robusto::send::get::GetOptions, UsageError> {
-    let url = robusto::send::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
-    Ok(robusto::send::get::GetOptions {
+) -> Result<robusto::client::get::GetOptions, UsageError> {
+    let url = robusto::client::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    Ok(robusto::client::get::GetOptions {
         url,
-        retry: robusto::send::retry::RetryPolicy {
+        retry: robusto::client::retry::RetryPolicy {
             retries,
             ..Default::default()
         },
@@ -496,7 +496,7 @@ pub(crate) struct RemoteArgs {
 
 impl RemoteArgs {
     /// Options for requests to `url` (an upload, or the endpoint itself when `None`).
-    pub(crate) fn options(&self, url: Option<&str>) -> Result<robusto::send::get::GetOptions, UsageError> {
+    pub(crate) fn options(&self, url: Option<&str>) -> Result<robusto::client::get::GetOptions, UsageError> {
         let url = match (url, &self.from) {
             (Some(u), _) => u.to_string(),
             (None, Some(f)) => f.clone(),

@@ -1,13 +1,15 @@
 //! Jobs: the work of one client command from start to end, put together from the stages — the
 //! push job ([`push`]: lock, hooks, pack, send, summary), a send to a URL or a local folder
-//! ([`send`]), a restore from a file, an upload's URL or its name on a server ([`restore`]), and
+//! ([`client`]), a restore from a file, an upload's URL or its name on a server ([`restore`]), and
 //! the prune of a server's uploads ([`prune`]). A job reports through [`crate::progress`] and
 //! returns what the command line prints; it never prints itself. [`Exit`] is how a job ends.
 
+pub mod local;
 pub mod prune;
 pub mod push;
 pub mod restore;
 pub mod send;
+pub mod staging;
 
 use std::future::Future;
 
@@ -63,7 +65,7 @@ pub fn block_on_then_drop<F: Future>(f: F) -> std::io::Result<F::Output> {
 
 /// The URL of upload `id` under `endpoint` (`…/files/`), kept relative to the endpoint so that a
 /// server behind a path prefix (`https://host/backup/files/`) is addressed right.
-pub fn upload_url(endpoint: &crate::send::Url, id: &str) -> String {
+pub fn upload_url(endpoint: &crate::client::Url, id: &str) -> String {
     format!("{}/{id}", endpoint.as_str().trim_end_matches('/'))
 }
 
@@ -88,7 +90,7 @@ mod tests {
 
     #[test]
     fn upload_urls_stay_under_the_endpoint() {
-        let endpoint = crate::send::Url::parse("https://h/backup/files/").unwrap();
+        let endpoint = crate::client::Url::parse("https://h/backup/files/").unwrap();
         assert_eq!(upload_url(&endpoint, "abc"), "https://h/backup/files/abc");
     }
 

@@ -2,9 +2,9 @@
 //! policy keeps, and delete the others (or, on a dry run, only say so), upload by upload.
 
 use super::upload_url;
+use crate::client::Url;
+use crate::client::get::{self, GetError, GetOptions};
 use crate::retention::{self, Decision, Policy};
-use crate::send::Url;
-use crate::send::get::{self, GetError, GetOptions};
 
 /// What became of one upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

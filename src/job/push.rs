@@ -1,6 +1,6 @@
 //! The push job: `robusto push` as one unit — a profile's lock, its hooks around the work,
 //! packing into the staging folder (or reusing what a killed run packed, see
-//! [`crate::send::push`]), sending, cleaning up, and the summary event. Ctrl-C or SIGTERM
+//! [`crate::job::staging`]), sending, cleaning up, and the summary event. Ctrl-C or SIGTERM
 //! (`systemctl stop`) ends the job at a point it resumes from, and the hooks still run.
 
 use std::path::{Path, PathBuf};
@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use super::Exit;
 use super::send::{Destination, SendJobError, send_to};
+use crate::client::SendOptions;
+use crate::client::journal::{self, JournalError};
 use crate::config::Hooks;
 use crate::hooks::{self, HookError, JobOutcome};
+use crate::job::staging::{PushError as StageError, stage};
 use crate::pack::{PackError, PackOptions};
 use crate::progress::{Event, Progress};
-use crate::send::SendOptions;
-use crate::send::journal::{self, JournalError};
-use crate::send::push::{PushError as StageError, stage};
 
 /// The job around the work: what runs before and after it, and what keeps two runs apart.
 #[derive(Clone, Debug, Default)]

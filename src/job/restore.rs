@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use super::upload_url;
+use crate::client::get::{self, GetError, GetOptions, GetReport};
+use crate::client::{Url, journal};
 use crate::restore::{RestoreError, RestoreOptions, RestoreReport};
-use crate::send::get::{self, GetError, GetOptions, GetReport};
-use crate::send::{Url, journal};
 
 /// Where the archive comes from.
 #[derive(Clone, Debug)]

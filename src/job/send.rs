@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use super::Exit;
+use crate::client::{self, SendError, SendOptions, SendOutcome, Url};
+use crate::job::local::{self, LocalServer};
 use crate::progress::{Event, Progress};
-use crate::send::local::{self, LocalServer};
-use crate::send::{self, SendError, SendOptions, SendOutcome, Url};
 
 /// Where a send goes.
 #[derive(Clone, Debug)]
@@ -130,7 +130,7 @@ async fn send_stoppable(
 ) -> Result<Sent, SendJobError> {
     let stop = crate::stop::signalled().map_err(SendJobError::Setup)?;
     let result = tokio::select! {
-        r = send::send(opts, progress) => r,
+        r = client::send(opts, progress) => r,
         _ = stop => {
             progress.event(&Event::Error { message: "interrupted".into(), resumable: true });
             tracing::warn!("interrupted: run the same command again to continue");

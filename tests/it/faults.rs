@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use robusto::client::{SendError, send};
 use robusto::progress::Silent;
-use robusto::send::{SendError, send};
 
 use super::peers::{TusNode, md5_file, random_file};
 use super::proxy::{Faults, Proxy};

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use robusto::client::{SendOutcome, send};
 use robusto::progress::Silent;
-use robusto::send::{SendOutcome, send};
 
 use super::peers::{md5_file, random_file};
 use super::proxy::{Faults, PatchRecord, Proxy};

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use robusto::client::retry::RetryPolicy;
+use robusto::client::{SendOptions, SendOutcome, Url, send};
 use robusto::progress::Silent;
-use robusto::send::retry::RetryPolicy;
-use robusto::send::{SendOptions, SendOutcome, Url, send};
 
 use super::peers::{TusNode, md5_file, random_file};
 
@@ -69,7 +69,7 @@ async fn a_server_that_lost_the_upload_gets_a_fresh_one() {
     random_file(&file, 3 << 20, 7);
     let mut opts = options(&file, &server.endpoint(), &dir.path().join("state"));
     opts.max_duration = Some(Duration::from_millis(300));
-    opts.bwlimit = Some(robusto::send::throttle::Timetable::parse("2M").unwrap());
+    opts.bwlimit = Some(robusto::client::throttle::Timetable::parse("2M").unwrap());
     let paused = send(&opts, &Silent).await.expect("paused");
     let Some(old) = (match paused {
         SendOutcome::Paused { url } => url,

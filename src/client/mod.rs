@@ -1,6 +1,8 @@
-//! The send job (`robusto send`): upload one file to a tus 1.0.0 server chunk by chunk, using
-//! the chunking and MD5s of its manifest, so that a dropped connection, a stalled link, a damaged
-//! chunk or a killed process costs at most the chunk in flight.
+//! The client: the send job (`robusto send`) in this module, and reading uploads back
+//! ([`get`]: download, status, listing). The send job uploads one file to a tus 1.0.0 server
+//! chunk by chunk, using the chunking and MD5s of its manifest, so that a dropped connection, a
+//! stalled link, a damaged chunk or a killed process costs at most the bytes in flight (a cut
+//! chunk is held by a server that offers `robusto-chunk-prefix`, and completed).
 //!
 //! The job: read (or compute) the manifest → open the journal and take the job lock → ask the
 //! server what it supports (OPTIONS) → create the upload(s) or find them again (HEAD) → one PATCH
@@ -15,9 +17,7 @@
 mod concat;
 pub mod get;
 pub mod journal;
-pub mod local;
 mod part;
-pub mod push;
 pub mod retry;
 pub mod session;
 pub mod throttle;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{self, JournalError};
+use crate::client::journal::{self, JournalError};
 use crate::durable;
 use crate::fingerprint::Md5;
 use crate::manifest::{self, Manifest, Skipped};
