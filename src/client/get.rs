@@ -306,7 +306,7 @@ enum HashMsg {
 /// A running MD5 on a blocking thread: feed it, drop the sender, await the digest.
 fn running_md5() -> (tokio::sync::mpsc::Sender<HashMsg>, tokio::task::JoinHandle<Md5>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<HashMsg>(16);
-    let task = tokio::task::spawn_blocking(move || {
+    let task = super::spawn_io(move || {
         let mut h = md5::Md5::new();
         while let Some(msg) = rx.blocking_recv() {
             match msg {

@@ -180,6 +180,18 @@ impl From<JournalError> for SendError {
     }
 }
 
+/// Starts blocking work (file I/O, hashing) on tokio's blocking pool: with [`blocking`], the one
+/// seam between the async client and the synchronous file system.
+pub(crate) fn spawn_io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(f)
+}
+
+/// Runs blocking work on the blocking pool and waits for it; work that could not run (the
+/// runtime is shutting down) or panicked is an I/O error.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+    spawn_io(f).await.map_err(std::io::Error::other)
+}
+
 /// Reads FILE.manifest.json, or computes (and caches in the state directory) the manifest of a
 /// plain file.
 pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Result<Manifest, SendError> {
@@ -191,7 +203,8 @@ pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Res
     if !meta.is_file() {
         return Err(io(std::io::Error::other("not a regular file")));
     }
-    match Manifest::read_for(file) {
+    let path = file.to_path_buf();
+    match blocking(move || Manifest::read_for(&path)).await.map_err(io)? {
         Ok(m) => {
             if m.archive.size != meta.len() {
                 return Err(ManifestError::SizeMismatch {
@@ -205,7 +218,11 @@ pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Res
         Err(ManifestError::Missing(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    if let Some(m) = journal::cached_manifest(state_dir, file, chunk_size) {
+    let (state, path) = (state_dir.to_path_buf(), file.to_path_buf());
+    if let Some(m) = blocking(move || journal::cached_manifest(&state, &path, chunk_size))
+        .await
+        .map_err(io)?
+    {
         return Ok(m);
     }
     tracing::info!(
@@ -214,13 +231,16 @@ pub async fn manifest_for(file: &Path, chunk_size: u64, state_dir: &Path) -> Res
         crate::units::format_bytes(chunk_size)
     );
     let path = file.to_path_buf();
-    let fp = tokio::task::spawn_blocking(move || fingerprint_file(&path, chunk_size))
+    let fp = blocking(move || fingerprint_file(&path, chunk_size))
         .await
-        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?
         .map_err(io)?;
     let m = Manifest::new(file, "raw", "none", None, fp, SourceInfo::default());
-    if let Err(e) = journal::cache_manifest(state_dir, file, &meta, &m) {
-        tracing::debug!("cannot cache the manifest: {e}");
+    let (state, path, cached) = (state_dir.to_path_buf(), file.to_path_buf(), m.clone());
+    match blocking(move || journal::cache_manifest(&state, &path, &meta, &cached)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("cannot cache the manifest: {e}"),
+        Err(e) => tracing::debug!("cannot cache the manifest: {e}"),
     }
     Ok(m)
 }
@@ -361,11 +381,11 @@ impl Job<'_> {
         // The journal is a few hundred bytes: write it on the blocking pool, holding the async
         // lock so that two parts never write it at once.
         let snapshot = j.snapshot();
-        tokio::task::spawn_blocking(move || snapshot.save())
+        blocking(move || snapshot.save())
             .await
-            .map_err(|e| SendError::Io {
+            .map_err(|source| SendError::Io {
                 path: j.path().to_path_buf(),
-                source: std::io::Error::other(e),
+                source,
             })??;
         Ok(())
     }
@@ -377,7 +397,7 @@ impl Job<'_> {
     /// Starts reading `len` bytes at `offset` on a blocking thread (see [`Self::read_done`]).
     fn start_read(&self, offset: u64, len: u64) -> ReadAhead {
         let file = self.file.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = spawn_io(move || {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
         });
@@ -401,9 +421,7 @@ impl Job<'_> {
             return Some(known);
         }
         let data = data.clone();
-        tokio::task::spawn_blocking(move || compute_checksum(alg, &data))
-            .await
-            .ok()
+        blocking(move || compute_checksum(alg, &data)).await.ok()
     }
 
     fn chunk_at(&self, offset: u64) -> Option<(usize, &ChunkDigest)> {
@@ -471,7 +489,13 @@ async fn discover(opts: &SendOptions, session: &Session, progress: &dyn Progress
 pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOutcome, SendError> {
     let started = Instant::now();
     let manifest = manifest_for(&opts.file, opts.chunk_size, &opts.state_dir).await?;
-    let mut journal = Journal::open(&opts.state_dir, &manifest.archive.md5, &opts.journal_target())?;
+    let (state_dir, md5, target) = (opts.state_dir.clone(), manifest.archive.md5, opts.journal_target());
+    let mut journal = blocking(move || Journal::open(&state_dir, &md5, &target))
+        .await
+        .map_err(|source| SendError::Io {
+            path: opts.state_dir.clone(),
+            source,
+        })??;
     let throttle = opts.bwlimit.clone().map(|t| Arc::new(Throttle::new(t)));
     let session = Session::new(
         SessionConfig {
@@ -560,7 +584,13 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             final_url: None,
             complete: false,
         });
-        journal.save()?;
+        let snapshot = journal.snapshot();
+        blocking(move || snapshot.save())
+            .await
+            .map_err(|source| SendError::Io {
+                path: journal.path().to_path_buf(),
+                source,
+            })??;
     }
     let parts = journal.state.as_ref().map(|s| s.parts.clone()).unwrap_or_default();
     let multi = parts.len() > 1;
@@ -568,10 +598,14 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         tracing::info!("continuing with the {} partial uploads already started", parts.len());
     }
     let workers = want.clamp(1, parts.len().max(1));
-    let file = File::open(&opts.file).map_err(|source| SendError::Io {
-        path: opts.file.clone(),
-        source,
-    })?;
+    let path = opts.file.clone();
+    let file = blocking(move || File::open(path))
+        .await
+        .and_then(|r| r)
+        .map_err(|source| SendError::Io {
+            path: opts.file.clone(),
+            source,
+        })?;
     progress.event(&Event::SendStarted {
         file: opts.file.display().to_string(),
         total_bytes: size,
