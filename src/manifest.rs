@@ -1,5 +1,5 @@
 //! The manifest: `FILE.manifest.json` beside an archive, recording how it was made and the MD5 of
-//! the whole file and of every chunk (DESIGN §4). Written atomically after the archive is complete;
+//! the whole file and of every chunk. Written atomically after the archive is complete;
 //! `robusto verify` re-hashes the archive against it; the sender takes its chunking and digests
 //! from it instead of reading the file twice.
 
@@ -119,7 +119,7 @@ pub struct SourceInfo {
     pub skipped: Vec<Skipped>,
 }
 
-/// The manifest of an archive (DESIGN §4).
+/// The manifest of an archive.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version, [`VERSION`].

@@ -314,7 +314,7 @@ pub enum Status {
     Error,
 }
 
-/// `GET {upload-url}/status` body: `{"status": "partial", "value": "0,1,2"}` (DESIGN §5).
+/// `GET {upload-url}/status` body: `{"status": "partial", "value": "0,1,2"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The state.

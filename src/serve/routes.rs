@@ -374,7 +374,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /files/{id}/status`: the robusto status report (DESIGN §5).
+/// `GET /files/{id}/status`: the robusto status report.
 #[instrument(skip_all, fields(id = %id))]
 pub async fn status(
     State(state): State<AppState>,

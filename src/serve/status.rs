@@ -10,7 +10,7 @@ use crate::protocol::{DEFAULT_CHUNK_SIZE, Metadata, Status, StatusReport, chunks
 
 use super::uploads::*;
 
-/// The status report of an upload (DESIGN §5); `url` is where a complete upload is read.
+/// The status report of an upload; `url` is where a complete upload is read.
 pub fn report(info: UploadInfo, url: String) -> StatusReport {
     let (status, value) = match info.state {
         UploadState::Receiving if info.offset == 0 => (Status::New, String::new()),
