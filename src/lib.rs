@@ -49,3 +49,19 @@ pub mod serve;
 pub mod stop;
 pub mod units;
 pub mod writeback;
+
+/// An error and its causes on one line, leaving out a cause whose text the message already
+/// carries (most of robusto's errors name their cause themselves): for log lines and retry
+/// reasons.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = c.source();
+    }
+    line
+}

@@ -92,16 +92,7 @@ impl SessionError {
 
     /// The error with its causes, for a log line or a retry's reason.
     pub fn reason(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            let more = c.to_string();
-            if !text.contains(&more) {
-                text = format!("{text}: {more}");
-            }
-            cause = c.source();
-        }
-        text
+        crate::error_chain(self)
     }
 }
 

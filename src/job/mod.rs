@@ -69,20 +69,7 @@ pub fn upload_url(endpoint: &crate::client::Url, id: &str) -> String {
     format!("{}/{id}", endpoint.as_str().trim_end_matches('/'))
 }
 
-/// The error and its causes on one line, leaving out a cause whose text the message already
-/// carries (most of robusto's errors name their cause themselves).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-        cause = c.source();
-    }
-    line
-}
+pub use crate::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,6 @@
 //! short plain-text reason, never an internal detail. Those go to the log, once, from
 //! [`log_server_errors`]: the answer carries them there in a response extension.
 
-use std::error::Error as _;
-
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -112,16 +110,7 @@ impl ServeError {
         let ServeError::Internal(source) = self else {
             return self.to_string();
         };
-        let mut line = source.to_string();
-        let mut cause = source.source();
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !line.contains(&text) {
-                line = format!("{line}: {text}");
-            }
-            cause = c.source();
-        }
-        line
+        crate::error_chain(source)
     }
 
     /// The answer, for a request about upload `id` whose path does not name it (a creation

@@ -83,14 +83,8 @@ impl Store for MemoryStore {
                     actual: info.offset,
                 });
             }
+            append.check_continues(&info)?;
             let prefix = append.prefix_len();
-            let held = info.held.as_ref().map_or(0, |h| h.len);
-            if prefix > 0 && held != prefix {
-                return Err(StoreError::PrefixMismatch {
-                    held,
-                    continues: prefix,
-                });
-            }
             // The held bytes come first when continued, and are discarded otherwise.
             let mut chunk = {
                 let mut inner = self.lock();

@@ -183,6 +183,18 @@ impl Append {
     pub fn prefix_len(&self) -> u64 {
         self.continues.as_ref().map_or(0, |c| c.len)
     }
+
+    /// Checks that the upload holds the bytes this append continues, if it continues any.
+    pub fn check_continues(&self, info: &UploadInfo) -> StoreResult<()> {
+        let (prefix, held) = (self.prefix_len(), info.held.as_ref().map_or(0, |h| h.len));
+        if prefix > 0 && held != prefix {
+            return Err(StoreError::PrefixMismatch {
+                held,
+                continues: prefix,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Append {

@@ -70,14 +70,8 @@ impl FsStore {
             });
         }
         let committed = info.offset;
+        append.check_continues(&info)?;
         let prefix = append.prefix_len();
-        let held = info.held.as_ref().map_or(0, |h| h.len);
-        if prefix > 0 && held != prefix {
-            return Err(StoreError::PrefixMismatch {
-                held,
-                continues: prefix,
-            });
-        }
         if prefix == 0 && info.held.is_some() {
             // A chunk sent anew replaces the held bytes: they stop counting before they are
             // overwritten, so the info never names bytes the file no longer has.
