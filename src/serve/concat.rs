@@ -24,7 +24,7 @@ use super::uploads::*;
 /// parts are linked to it (and, where the store can, write straight into it), a digest
 /// follower hashes their bytes in order as they arrive, and the last part to complete finishes
 /// it.
-#[instrument(level = "debug", skip_all, fields(id = tracing::field::Empty, parts = parts.len()))]
+#[instrument(level = "debug", skip_all, fields(parts = parts.len()))]
 pub async fn concatenate(
     state: &AppState,
     owner: &Owner,
@@ -69,7 +69,6 @@ pub async fn concatenate(
         )));
     }
     let mut info = UploadInfo::new(new_id(), None, now_secs());
-    tracing::Span::current().record("id", tracing::field::display(&info.id));
     info.metadata = metadata;
     info.concat = Some(concat);
     info.owner = owner.0.clone();
@@ -139,7 +138,6 @@ async fn begin_unfinished(
             == (&info.concat, &info.metadata, &info.owner, info.length)
     {
         tracing::info!(id = %found.id, "the final upload of these parts exists already");
-        tracing::Span::current().record("id", tracing::field::display(&found.id));
         info = found;
         existing = Some(());
     }

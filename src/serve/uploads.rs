@@ -405,11 +405,10 @@ pub async fn load_live(state: &AppState, id: &str, owner: &Owner) -> Result<Uplo
 }
 
 /// Creates an upload (not a final one); an empty upload is complete at once.
-#[instrument(level = "debug", skip_all, fields(id = tracing::field::Empty))]
+#[instrument(level = "debug", skip_all)]
 pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<UploadInfo, ServeError> {
     let id = new_id();
     // Into this span, or the handler's when this one is off.
-    tracing::Span::current().record("id", tracing::field::display(&id));
     let mut info = UploadInfo::new(id, req.length, now_secs());
     info.metadata = req.metadata;
     info.concat = req.concat;
