@@ -303,14 +303,7 @@ impl Job<'_> {
         }
         // The journal is a few hundred bytes: write it on the blocking pool, holding the async
         // lock so that two parts never write it at once.
-        let snapshot = j.snapshot();
-        blocking(move || snapshot.save())
-            .await
-            .map_err(|source| SendError::Io {
-                path: j.path().to_path_buf(),
-                source,
-            })??;
-        Ok(())
+        save(&j).await
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Bytes, SendError> {
@@ -377,6 +370,18 @@ impl Job<'_> {
     fn past_deadline(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
+}
+
+/// Writes the journal atomically, on the blocking pool.
+async fn save(journal: &Journal) -> Result<(), SendError> {
+    let snapshot = journal.snapshot();
+    blocking(move || snapshot.save())
+        .await
+        .map_err(|source| SendError::Io {
+            path: journal.path().to_path_buf(),
+            source,
+        })??;
+    Ok(())
 }
 
 /// The budget ran out: resumable, naming the upload if there is one.
@@ -507,13 +512,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             final_url: None,
             complete: false,
         });
-        let snapshot = journal.snapshot();
-        blocking(move || snapshot.save())
-            .await
-            .map_err(|source| SendError::Io {
-                path: journal.path().to_path_buf(),
-                source,
-            })??;
+        save(&journal).await?;
     }
     let parts = journal.state.as_ref().map(|s| s.parts.clone()).unwrap_or_default();
     let multi = parts.len() > 1;

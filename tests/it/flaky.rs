@@ -5,7 +5,6 @@
 //! every case the file arrives byte for byte and no byte is ever counted (by HEAD, by a PATCH
 //! answer) before the chunk or piece that carried it passed its MD5.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,24 +12,30 @@ use std::time::Duration;
 use robusto::client::{SendOutcome, send};
 use robusto::progress::Silent;
 
-use super::peers::{md5_file, random_file};
+use super::peers::md5_file;
 use super::proxy::{Faults, PatchRecord, Proxy};
 use super::send::{options, send_ok};
 use super::serve_env::Server;
+use super::serve_send::packed_like;
 use super::support::robusto;
 
 const MB: u64 = 1_000_000;
 const MIB: u64 = 1 << 20;
 
-/// A file of `size` random bytes with its manifest in `chunk`-byte chunks, as `pack` leaves it.
-fn packed(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
-    let file = dir.join("a.bin");
-    random_file(&file, size, seed);
-    let fp = robusto::fingerprint::fingerprint_file(&file, chunk).unwrap();
-    robusto::manifest::Manifest::new(&file, "raw", "none", None, fp, Default::default())
-        .write(&robusto::manifest::path_for(&file))
-        .unwrap();
-    file
+/// The bytes the server holds of a cut chunk, as soon as any upload records some (`None` when
+/// none did within `patience`).
+async fn first_held(server: &Server, patience: Duration) -> Option<u64> {
+    let store = server.state.store.clone();
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        for id in store.list().await.unwrap() {
+            if let Some(h) = store.info(&id).await.unwrap().held {
+                return Some(h.len);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
 }
 
 /// Reads every few milliseconds the offset the server records for each of its uploads (what
@@ -98,7 +103,7 @@ async fn cut_every(cut: u64, chunk: u64, size: u64) -> u64 {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let file = packed(dir.path(), size, chunk, cut ^ chunk);
+    let file = packed_like(dir.path(), size, chunk, cut ^ chunk);
     let opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
     let watch = OffsetWatch::start(&server);
     let url = send_ok(&opts).await;
@@ -152,7 +157,7 @@ async fn without_held_chunks_the_rest_goes_in_smaller_checked_pieces() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let size = 32 * MIB;
-    let file = packed(dir.path(), size, 8 * MIB, 5);
+    let file = packed_like(dir.path(), size, 8 * MIB, 5);
     let opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
     let url = send_ok(&opts).await;
     assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
@@ -193,7 +198,7 @@ async fn a_bit_flipped_before_a_cut_is_caught_and_the_chunk_sent_again() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let size = 16 * MIB;
-    let file = packed(dir.path(), size, 8 * MIB, 6);
+    let file = packed_like(dir.path(), size, 8 * MIB, 6);
     let opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
     let watch = OffsetWatch::start(&server);
     let url = send_ok(&opts).await;
@@ -231,7 +236,7 @@ async fn a_server_restarted_while_it_holds_a_chunk_continues_it() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let size = 16 * MIB;
-    let file = packed(dir.path(), size, 8 * MIB, 7);
+    let file = packed_like(dir.path(), size, 8 * MIB, 7);
     let mut opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
     opts.retry.base = Duration::from_millis(200);
     let sending = {
@@ -240,19 +245,7 @@ async fn a_server_restarted_while_it_holds_a_chunk_continues_it() {
     };
     // Once the server holds the cut chunk's first bytes and the rest is on its way, restart
     // it: the shutdown gives up the PATCH in flight, holding what it carried.
-    let store = server.state.store.clone();
-    let mut held = None;
-    for _ in 0..2000 {
-        for id in store.list().await.unwrap() {
-            if let Some(h) = store.info(&id).await.unwrap().held {
-                held = Some(h.len);
-            }
-        }
-        if held.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let held = first_held(&server, Duration::from_secs(10)).await;
     assert_eq!(held, Some(3 * MB), "the cut chunk's first bytes were held");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let server = server.restart().await;
@@ -290,7 +283,7 @@ async fn a_client_killed_while_the_server_holds_a_chunk_continues_it() {
     // of the chunk unsent.
     let chunk = 32 * MIB;
     let size = chunk + 5 * MIB;
-    let file = packed(dir.path(), size, chunk, 8);
+    let file = packed_like(dir.path(), size, chunk, 8);
     let state = dir.path().join("state");
     let args = [
         "send".to_string(),
@@ -316,18 +309,9 @@ async fn a_client_killed_while_the_server_holds_a_chunk_continues_it() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The server holds what arrived once the dead connection's bytes are through.
-    let store = server.state.store.clone();
-    let mut held = None;
-    for _ in 0..4000 {
-        for id in store.list().await.unwrap() {
-            held = held.or(store.info(&id).await.unwrap().held.map(|h| h.len));
-        }
-        if held.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let held = held.expect("the server holds the killed client's chunk");
+    let held = first_held(&server, Duration::from_secs(20))
+        .await
+        .expect("the server holds the killed client's chunk");
     assert!((4 * MIB..chunk).contains(&held), "{held}");
     let before = wire(&proxy);
     proxy.set(|f| f.delay_per_64k = None);

@@ -14,7 +14,8 @@ use super::send::{options, send_ok};
 use super::serve_env::Server;
 use super::support::robusto;
 
-fn packed_like(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
+/// A file of `size` random bytes with its manifest in `chunk`-byte chunks, as `pack` leaves it.
+pub(crate) fn packed_like(dir: &Path, size: u64, chunk: u64, seed: u64) -> PathBuf {
     let file = dir.join("a.bin");
     random_file(&file, size, seed);
     let fp = robusto::fingerprint::fingerprint_file(&file, chunk).unwrap();
