@@ -187,13 +187,26 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let state = robusto::serve::AppState::open(config.clone())
-            .with_context(|| format!("cannot use --data {}", config.data.display()))?;
+            .await
+            .with_context(|| match &config.store {
+                robusto::serve::StoreChoice::Fs => format!("cannot use --data {}", config.data.display()),
+                robusto::serve::StoreChoice::S3(s3) => format!("cannot use --s3-bucket {}", s3.bucket),
+            })?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
         let shutdown = robusto::stop::shutdown_signal()?;
-        tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display());
+        match &config.store {
+            robusto::serve::StoreChoice::Fs => {
+                tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display())
+            }
+            robusto::serve::StoreChoice::S3(s3) => tracing::info!(
+                "listening on http://{addr}/files/ (data in s3://{}/{})",
+                s3.bucket,
+                s3.prefix
+            ),
+        }
         robusto::serve::run(listener, state, shutdown).await?;
         tracing::info!("stopped");
         Ok(Exit::Done)

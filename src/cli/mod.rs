@@ -625,6 +625,34 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: none).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where uploads are stored: fs (under --data) or s3 (a bucket several nodes share).
+    #[arg(long, value_enum, default_value_t = StoreKind::Fs)]
+    pub store: StoreKind,
+    /// With --store s3: the bucket. Credentials come from AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY or the AWS profile files (AWS_PROFILE).
+    #[arg(long, value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// With --store s3: the endpoint, e.g. http://ceph-rgw:7480 (default: AWS in --s3-region).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// With --store s3: keep everything under this key prefix, e.g. backups/.
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub s3_prefix: String,
+    /// With --store s3: the region (default: AWS_REGION, the profile's region, us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// With --store s3: address the bucket as ENDPOINT/BUCKET (always so for an IP address).
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+/// `--store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StoreKind {
+    /// Local disk under --data.
+    Fs,
+    /// An S3-compatible bucket.
+    S3,
 }
 
 impl ServeArgs {
@@ -655,6 +683,24 @@ impl ServeArgs {
         config.cors_origins = self.cors_origin.clone();
         config.keep_prefixes = !self.no_chunk_prefix;
         config.metrics = self.metrics;
+        config.store = match (self.store, &self.s3_bucket) {
+            (StoreKind::Fs, None) => robusto::serve::StoreChoice::Fs,
+            (StoreKind::Fs, Some(_)) => {
+                return Err(UsageError("--s3-bucket needs --store s3".into()));
+            }
+            (StoreKind::S3, None) => return Err(UsageError("--store s3 needs --s3-bucket".into())),
+            (StoreKind::S3, Some(bucket)) => {
+                let s3 = robusto::serve::store::s3::S3Config::from_env(
+                    bucket.clone(),
+                    self.s3_endpoint.clone(),
+                    self.s3_prefix.clone(),
+                    self.s3_region.clone(),
+                    self.s3_path_style,
+                )
+                .map_err(|e| usage("--store s3", &e))?;
+                robusto::serve::StoreChoice::S3(s3)
+            }
+        };
         Ok(config)
     }
 }

@@ -84,7 +84,9 @@ pub async fn concatenate(
         info.length = Some(total);
         return begin_unfinished(state, info, infos).await;
     }
-    let mut running = expected_whole(info.metadata.as_deref()).map(|c| RunningDigest::start(c.algorithm));
+    let mut running = expected_whole(info.metadata.as_deref())
+        .filter(|c| !(state.store.keeps_whole_md5() && c.algorithm == ChecksumAlgorithm::Md5))
+        .map(|c| RunningDigest::start(c.algorithm));
     let concatenated = state
         .store
         .concatenate(info, &parts, running.as_ref().map(RunningDigest::feed))
@@ -182,7 +184,10 @@ async fn begin_unfinished(
         .filter(|p| p.placed_at.is_some() && p.final_upload.as_deref() == Some(info.id.as_str()))
         .count();
     let following = lock(&state.uploads.followers).contains_key(&info.id);
-    if !following && let Some(expected) = expected_whole(info.metadata.as_deref()) {
+    if !following
+        && state.store.reads_unfinished()
+        && let Some(expected) = expected_whole(info.metadata.as_deref())
+    {
         lock(&state.uploads.ahead).insert(info.id.clone(), Ahead::default());
         let follower = tokio::spawn(
             follow(

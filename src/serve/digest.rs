@@ -115,6 +115,52 @@ impl Collected {
     }
 }
 
+/// A whole-file MD5 that can be stopped and resumed anywhere: its state (the 16-byte digest
+/// state, the byte count and the partial block) travels as base64 in the upload's info, so the
+/// node that receives the next bytes continues it.
+#[derive(Clone)]
+pub struct WholeMd5(md5_resumable::Md5);
+
+impl WholeMd5 {
+    /// Resumes from a saved state, or starts afresh without one.
+    pub fn resume(state: Option<&str>) -> Result<Self, String> {
+        use base64::Engine as _;
+        use md5_resumable::digest::common::hazmat::SerializableState as _;
+        let Some(state) = state else {
+            return Ok(WholeMd5(md5_resumable::Md5::default()));
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(state)
+            .map_err(|e| format!("digest state: {e}"))?;
+        let array = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("digest state: {} bytes is not a state", raw.len()))?;
+        md5_resumable::Md5::deserialize(array)
+            .map(WholeMd5)
+            .map_err(|e| format!("digest state: {e}"))
+    }
+
+    /// Hashes the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        use md5_resumable::Digest as _;
+        self.0.update(bytes);
+    }
+
+    /// The state to save.
+    pub fn state(&self) -> String {
+        use base64::Engine as _;
+        use md5_resumable::digest::common::hazmat::SerializableState as _;
+        base64::engine::general_purpose::STANDARD.encode(self.0.serialize().as_slice())
+    }
+
+    /// The digest of everything hashed.
+    pub fn finish(self) -> Vec<u8> {
+        use md5_resumable::Digest as _;
+        self.0.finalize().to_vec()
+    }
+}
+
 /// One upload's running digest: the bytes `0..offset()` once the task has caught up.
 pub struct RunningDigest {
     tx: mpsc::Sender<Msg>,

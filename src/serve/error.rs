@@ -65,9 +65,10 @@ impl From<StoreError> for ServeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ServeError::NotFound,
-            StoreError::OffsetMismatch { .. } | StoreError::PrefixMismatch { .. } => {
+            StoreError::OffsetMismatch { .. } | StoreError::PrefixMismatch { .. } | StoreError::Conflict => {
                 ServeError::Conflict(e.to_string())
             }
+            StoreError::ChunkTooLarge { .. } => ServeError::TooLarge(e.to_string()),
             StoreError::ChecksumMismatch { .. } => ServeError::ChecksumMismatch(e.to_string()),
             StoreError::Body(BodyError::TooLong) => ServeError::TooLarge(e.to_string()),
             StoreError::Body(BodyError::Interrupted(_)) => {

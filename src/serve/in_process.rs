@@ -24,7 +24,7 @@ impl InProcess {
     /// Creates `config.data` if needed and serves it on 127.0.0.1:0.
     pub async fn start(config: Config) -> io::Result<InProcess> {
         tokio::fs::create_dir_all(&config.data).await?;
-        let state = AppState::open(config)?;
+        let state = AppState::open(config).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -66,6 +66,18 @@ pub struct Config {
     pub keep_prefixes: bool,
     /// Where to serve the metrics for Prometheus (`--metrics`); `None` for nowhere.
     pub metrics: Option<SocketAddr>,
+    /// Where uploads are stored (`--store`): the fs store under `data`, or an S3 bucket.
+    pub store: StoreChoice,
+}
+
+/// The store a server runs on.
+#[derive(Clone, Debug, Default)]
+pub enum StoreChoice {
+    /// Local disk under [`Config::data`] (the default).
+    #[default]
+    Fs,
+    /// An S3-compatible bucket, shared by any number of nodes.
+    S3(store::s3::S3Config),
 }
 
 impl Config {
@@ -80,6 +92,7 @@ impl Config {
             cors_origins: Vec::new(),
             keep_prefixes: true,
             metrics: None,
+            store: StoreChoice::Fs,
         }
     }
 }
@@ -98,10 +111,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over the default fs store under `config.data`.
-    pub fn open(config: Config) -> io::Result<Self> {
-        let store = FsStore::open(&config.data)?;
-        Ok(Self::with_store(config, Arc::new(store)))
+    /// State over the store `config` chooses: the fs store under `config.data`, or S3 (whose
+    /// bucket must answer).
+    pub async fn open(config: Config) -> io::Result<Self> {
+        let store: Arc<dyn Store> = match &config.store {
+            StoreChoice::Fs => Arc::new(FsStore::open(&config.data)?),
+            StoreChoice::S3(s3) => Arc::new(
+                store::s3::S3Store::open(s3)
+                    .await
+                    .map_err(|e| io::Error::other(crate::error_chain(&e)))?,
+            ),
+        };
+        Ok(Self::with_store(config, store))
     }
 
     /// State over any store.

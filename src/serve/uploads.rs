@@ -24,7 +24,7 @@ use super::digest::{Collected, RunningDigest};
 use super::error::ServeError;
 use super::store::{Append, BodyStream, Continuation, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
-use crate::protocol::{ChecksumAlgorithm, ChecksumHasher, Metadata, meta};
+use crate::protocol::{ChecksumAlgorithm, ChecksumHasher};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -459,6 +459,8 @@ pub async fn append(
     if info.held.is_some() && continuation.is_none() {
         state.uploads.drop_prefix(&info.id);
     }
+    // A store that carries the whole-file MD5 with the info needs no digest beside it.
+    let whole = whole.filter(|alg| !(state.store.keeps_whole_md5() && *alg == ChecksumAlgorithm::Md5));
     let mut running = match &continuation {
         Some(c) if c.hasher.is_none() => {
             state.uploads.drop_running(&info.id);
@@ -569,9 +571,18 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             Some(d) => d.finish().await,
             None => None,
         };
-        let digest = match running {
-            Some(digest) => digest,
-            None => {
+        let carried = (state.store.keeps_whole_md5() && expected.algorithm == ChecksumAlgorithm::Md5)
+            .then(|| info.whole_md5.as_deref())
+            .map(super::digest::WholeMd5::resume);
+        let digest = match (running, carried) {
+            (Some(digest), _) => digest,
+            (None, Some(Ok(whole))) => whole.finish(),
+            (None, Some(Err(e))) => {
+                return Err(ServeError::Internal(super::store::StoreError::Io(
+                    std::io::Error::other(e),
+                )));
+            }
+            (None, None) => {
                 tracing::debug!(%id, "no running digest (server restarted?); re-reading the file");
                 let stream = state.store.read_once(&id, 0..length).await?;
                 digest_stream(stream, expected.algorithm)
@@ -602,12 +613,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     }
     state.uploads.drop_running(&id);
     if !info.is_partial() {
-        let meta = info
-            .metadata
-            .as_deref()
-            .and_then(|m| Metadata::parse(m).ok())
-            .unwrap_or_default();
-        let name = sanitize_filename(meta.get_str(meta::FILENAME), &id);
+        let name = super::store::published_name(&info);
         info.published = Some(state.store.publish(&id, &name).await?);
         tracing::info!(%id, length, name = info.published.as_deref().unwrap_or(""), "upload complete and published");
     }

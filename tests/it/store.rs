@@ -339,3 +339,13 @@ async fn fs_store_cuts_uncommitted_bytes_left_by_a_crash() {
     assert_eq!(std::fs::read(&data).unwrap(), b"abcdefghij");
     assert!(dir.path().join("uploads").join(format!("{id}.info")).exists());
 }
+
+#[tokio::test]
+async fn s3_store_passes_the_suite_on_ceph() {
+    suite(Arc::new(crate::s3::Engine::Ceph.store().await)).await;
+}
+
+#[tokio::test]
+async fn s3_store_passes_the_suite_on_moto() {
+    suite(Arc::new(crate::s3::Engine::Moto.store().await)).await;
+}

@@ -1150,7 +1150,7 @@ async fn shutdown_ends_a_stalled_patch_and_keeps_what_arrived() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path().to_path_buf());
     config.read_timeout = Duration::from_secs(3600);
-    let state = AppState::open(config).unwrap();
+    let state = AppState::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

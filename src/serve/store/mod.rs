@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod memory;
+pub mod s3;
 
 use std::io;
 use std::ops::Range;
@@ -74,6 +75,11 @@ pub struct UploadInfo {
     /// chunk is completed (`robusto-chunk-prefix`); never counted, served or published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<HeldPrefix>,
+    /// The whole-file MD5 of bytes `0..offset` as a resumable digest state (base64), kept by
+    /// stores that carry it with the info ([`Store::keeps_whole_md5`]): whichever node takes
+    /// the last byte checks the whole file without reading it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole_md5: Option<String>,
 }
 
 /// The first bytes of a chunk carrying `Upload-Checksum` whose request was cut off: stored
@@ -106,6 +112,7 @@ impl UploadInfo {
             final_upload: None,
             placed_at: None,
             held: None,
+            whole_md5: None,
         }
     }
 
@@ -266,6 +273,16 @@ pub enum StoreError {
     /// Two uploads cannot take the same id.
     #[error("an upload with this id exists")]
     Exists,
+    /// Another request changed the upload first (a conditional write lost): nothing of this
+    /// one was counted; the client asks for the offset again.
+    #[error("another request changed the upload at the same time; ask for its offset again")]
+    Conflict,
+    /// A checked chunk larger than the store keeps in memory while it checks it.
+    #[error("a chunk with Upload-Checksum may be at most {max} bytes on this server")]
+    ChunkTooLarge {
+        /// The largest checked chunk.
+        max: u64,
+    },
     /// Any other I/O failure.
     #[error("storage I/O: {0}")]
     Io(#[source] io::Error),
@@ -293,11 +310,23 @@ pub fn suffixed(name: &str, n: u32) -> String {
     }
 }
 
+/// The name a completed upload is published under, before any collision suffix: its
+/// sanitised `filename` metadata, or its id.
+pub fn published_name(info: &UploadInfo) -> String {
+    let meta = info
+        .metadata
+        .as_deref()
+        .and_then(|m| crate::protocol::Metadata::parse(m).ok())
+        .unwrap_or_default();
+    crate::serve::uploads::sanitize_filename(meta.get_str(crate::protocol::meta::FILENAME), &info.id)
+}
+
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Storage for uploads. Implementations serialise nothing themselves: the server holds a
-/// per-upload lock around every mutating call.
+/// Storage for uploads. The server holds a per-upload lock around every mutating call within
+/// one process; a store shared by several processes (S3) makes each change a conditional write
+/// and answers [`StoreError::Conflict`] to the loser.
 pub trait Store: Send + Sync + 'static {
     /// Records a new upload (offset 0, no bytes).
     fn create(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>>;
@@ -360,6 +389,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ids of all uploads.
     fn list(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+
+    /// Whether the store keeps [`UploadInfo::whole_md5`] current with every append (and
+    /// concatenation): the server then runs no digest of its own beside the appends, and
+    /// checks the whole file from that state.
+    fn keeps_whole_md5(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Store::read`] serves the bytes of an unfinished upload (the digest follower
+    /// of an unfinished concatenation reads its parts as they arrive).
+    fn reads_unfinished(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,912 @@
+//! The S3 store: uploads in an S3-compatible bucket (AWS S3, Ceph RGW, MinIO, R2…) that any
+//! number of `robusto serve` nodes share, with no other shared state.
+//!
+//! Layout under the store's prefix `P`:
+//!
+//! | key | what |
+//! |---|---|
+//! | `P<name>` | a completed upload, one plain object under its sanitised `filename` |
+//! | `P.robusto/uploads/<id>.json` | the upload's record: its [`UploadInfo`] and where its bytes are |
+//! | `P.robusto/pending/<id>/…` | committed bytes not yet in a multipart part (less than a part), held bytes of a cut chunk |
+//! | `P.robusto/names/<name>` | the claim on a name, made once (create-only) |
+//! | `P.robusto/partials/<id>` | a completed partial upload of a concatenation |
+//!
+//! **The record's conditional write is the lock.** Every change reads the record with its ETag
+//! and writes it back only if it is still at that version (`If-Match`; a new record
+//! `If-None-Match: *`). Two nodes can never both advance one offset: the loser's write fails and
+//! it answers 409, and the client asks again. Nothing is counted before the record that counts
+//! it is written, and what a record counts never changes afterwards.
+//!
+//! **Bytes.** One multipart upload per tus upload, its part size chosen from `Upload-Length` so
+//! that the upload fits in 9,000 parts (at least 8 MiB; 64 MiB while the length is deferred).
+//! A chunk that does not fill a part is kept as a small pending object of its own (a key no
+//! other request uses) until the bytes after the last part make a whole part; that part is then
+//! assembled from them and uploaded. Part numbers are handed out by a conditional write of the
+//! record before a part is uploaded, so two racing requests never write the same part number
+//! and a loser's part never replaces a winner's; parts no record counts are left out when the
+//! upload is completed from the record's list.
+//!
+//! **The whole-file MD5** is carried in the record ([`UploadInfo::whole_md5`], the digest's
+//! serialised state), so whichever node receives the last byte checks the whole file without
+//! reading anything back.
+
+mod client;
+pub mod credentials;
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
+use serde::{Deserialize, Serialize};
+
+pub use client::S3Config;
+
+impl S3Config {
+    /// A bucket's config with credentials from the environment or the AWS profile files
+    /// ([`credentials`]); the region too unless given. Path-style addressing is used when
+    /// asked for, or when the endpoint is an IP address (which has no bucket subdomains).
+    pub fn from_env(
+        bucket: String,
+        endpoint: Option<String>,
+        prefix: String,
+        region: Option<String>,
+        path_style: bool,
+    ) -> Result<Self, String> {
+        let keys = credentials::keys()?;
+        let ip_host = endpoint
+            .as_deref()
+            .and_then(|e| url::Url::parse(e).ok())
+            .is_some_and(|u| matches!(u.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))));
+        Ok(S3Config {
+            bucket,
+            endpoint,
+            region: region.unwrap_or_else(credentials::region),
+            prefix,
+            path_style: path_style || ip_host,
+            access_key: keys.access_key,
+            secret_key: keys.secret_key,
+            session_token: keys.session_token,
+        })
+    }
+}
+use client::{Condition, S3Client};
+
+use super::{
+    Append, Appended, BodyStream, ByteStream, HeldPrefix, Store, StoreError, StoreResult, UploadInfo, UploadState,
+};
+use crate::serve::digest::{DigestFeed, WholeMd5};
+use crate::serve::verify::{ChunkVerifier, Judged};
+
+/// Smallest part this store writes (S3's minimum is 5 MiB for every part but the last).
+const MIN_PART: u64 = 8 << 20;
+/// The part size while the length is deferred (uploads up to 625 GiB).
+const DEFERRED_PART: u64 = 64 << 20;
+/// Parts the part size aims at, leaving room below S3's 10,000 for numbers handed out to
+/// requests that lost a race or were refused.
+const TARGET_PARTS: u64 = 9_000;
+/// S3's last part number.
+const MAX_PART: u16 = 10_000;
+/// Most bytes of one request kept in memory: a checked chunk must fit whole; an unchecked body
+/// is committed in pieces of this size.
+pub const MAX_BUFFER: u64 = 64 << 20;
+
+/// A committed run of bytes in an object of its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Pending {
+    key: String,
+    len: u64,
+}
+
+/// Where an upload's bytes are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Placement {
+    /// The key the bytes are assembled at (chosen with the multipart upload or at the end).
+    #[serde(default)]
+    key: Option<String>,
+    /// The name claimed for it (published uploads).
+    #[serde(default)]
+    name: Option<String>,
+    /// The multipart upload.
+    #[serde(default)]
+    upload_id: Option<String>,
+    /// The size of every part but the last.
+    #[serde(default)]
+    part_size: u64,
+    /// The last part number handed out.
+    #[serde(default)]
+    next_part: u16,
+    /// The counted parts' numbers, in file order.
+    #[serde(default)]
+    parts: Vec<u16>,
+    /// Bytes in the counted parts.
+    #[serde(default)]
+    parts_len: u64,
+    /// The counted bytes after the parts, in order.
+    #[serde(default)]
+    pending: Vec<Pending>,
+    /// The held bytes of a cut checked chunk.
+    #[serde(default)]
+    held: Option<Pending>,
+    /// Whether the bytes are one object at `key` now.
+    #[serde(default)]
+    assembled: bool,
+}
+
+/// The record object of one upload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    info: UploadInfo,
+    #[serde(default)]
+    bytes: Placement,
+}
+
+impl Record {
+    fn pending_len(&self) -> u64 {
+        self.bytes.pending.iter().map(|p| p.len).sum()
+    }
+}
+
+/// Uploads in an S3 bucket.
+pub struct S3Store {
+    s3: S3Client,
+    prefix: String,
+}
+
+fn bad_record(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!("the record {key} is unreadable: {e}")))
+}
+
+fn concat(frames: &[Bytes]) -> Bytes {
+    match frames {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut b = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for f in many {
+                b.extend_from_slice(f);
+            }
+            b.freeze()
+        }
+    }
+}
+
+impl S3Store {
+    /// A store in `config`'s bucket under its prefix. Checks that the bucket answers.
+    pub async fn open(config: &S3Config) -> StoreResult<Self> {
+        let mut prefix = config.prefix.trim_start_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let store = S3Store {
+            s3: S3Client::new(config)?,
+            prefix,
+        };
+        store.s3.list(&store.meta("uploads/")).await.map_err(|e| {
+            StoreError::Io(std::io::Error::other(format!(
+                "the bucket '{}' does not answer: {}",
+                config.bucket,
+                StoreError::from(e)
+            )))
+        })?;
+        Ok(store)
+    }
+
+    /// Creates the bucket if it does not exist (tests, first runs).
+    pub async fn create_bucket(config: &S3Config) -> StoreResult<()> {
+        Ok(S3Client::new(config)?.create_bucket().await?)
+    }
+
+    fn meta(&self, rest: &str) -> String {
+        format!("{}.robusto/{rest}", self.prefix)
+    }
+
+    fn record_key(&self, id: &str) -> StoreResult<String> {
+        if !crate::serve::uploads::is_valid_id(id) {
+            return Err(StoreError::NotFound);
+        }
+        Ok(self.meta(&format!("uploads/{id}.json")))
+    }
+
+    fn pending_key(&self, id: &str, what: &str) -> String {
+        let nonce = hex::encode(rand::random::<[u8; 8]>());
+        self.meta(&format!("pending/{id}/{what}-{nonce}"))
+    }
+
+    async fn load(&self, id: &str) -> StoreResult<(Record, String)> {
+        let key = self.record_key(id)?;
+        let got = self.s3.get(&key).await?;
+        let rec: Record = serde_json::from_slice(&got.body).map_err(|e| bad_record(&key, e))?;
+        Ok((rec, got.etag))
+    }
+
+    /// Writes the record if it is still at `etag`; `etag` becomes the new version.
+    async fn save(&self, rec: &Record, etag: &mut String) -> StoreResult<()> {
+        let key = self.record_key(&rec.info.id)?;
+        let body = serde_json::to_vec(rec).map_err(|e| bad_record(&key, e))?;
+        let new = self.s3.put(&key, Bytes::from(body), Condition::Matches(etag)).await?;
+        *etag = if new.is_empty() {
+            self.load(&rec.info.id).await?.1
+        } else {
+            new
+        };
+        Ok(())
+    }
+
+    /// Deletes objects, best effort: what is left is found again by prefix when the upload ends.
+    async fn delete_all(&self, keys: Vec<String>) {
+        for key in keys {
+            if let Err(e) = self.s3.delete(&key).await {
+                tracing::debug!(key, "could not delete: {}", StoreError::from(e));
+            }
+        }
+    }
+
+    async fn read_pending(&self, pending: &[Pending]) -> StoreResult<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            let got = self.s3.get(&p.key).await?;
+            if got.body.len() as u64 != p.len {
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "{} holds {} bytes, its record says {}",
+                    p.key,
+                    got.body.len(),
+                    p.len
+                ))));
+            }
+            out.push(got.body);
+        }
+        Ok(out)
+    }
+
+    /// Claims a free name derived from `name` for upload `id`: never one another upload
+    /// claimed, nor the key of an object already in the bucket.
+    async fn claim(&self, id: &str, name: &str) -> StoreResult<String> {
+        for n in 0..10_000 {
+            let candidate = super::suffixed(name, n);
+            if self.s3.exists(&format!("{}{candidate}", self.prefix)).await? {
+                continue;
+            }
+            let claim = self.meta(&format!("names/{candidate}"));
+            match self
+                .s3
+                .put(&claim, Bytes::from(id.to_string()), Condition::Create)
+                .await
+            {
+                Ok(_) => return Ok(candidate),
+                Err(client::S3Error::Precondition) => {
+                    // Ours already, from an attempt that did not get to record it.
+                    if self.s3.get(&claim).await.is_ok_and(|c| c.body == id.as_bytes()) {
+                        return Ok(candidate);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Exists)
+    }
+
+    /// Chooses the key of the upload's bytes (a published upload claims its name).
+    async fn choose_key(&self, rec: &mut Record, name: Option<&str>) -> StoreResult<String> {
+        if let Some(k) = &rec.bytes.key {
+            return Ok(k.clone());
+        }
+        let key = if rec.info.is_partial() {
+            self.meta(&format!("partials/{}", rec.info.id))
+        } else {
+            let wanted = name.map_or_else(|| super::published_name(&rec.info), str::to_string);
+            let name = self.claim(&rec.info.id, &wanted).await?;
+            let key = format!("{}{name}", self.prefix);
+            rec.bytes.name = Some(name);
+            key
+        };
+        rec.bytes.key = Some(key.clone());
+        Ok(key)
+    }
+
+    fn part_size(info: &UploadInfo) -> u64 {
+        match info.length {
+            Some(len) => {
+                let per = len.div_ceil(TARGET_PARTS).div_ceil(1 << 20) << 20;
+                per.max(MIN_PART)
+            }
+            None => DEFERRED_PART,
+        }
+    }
+
+    /// Makes `data` (the next bytes after the record's offset) durable and counts them in the
+    /// record (not yet written): as parts once a part's worth is there, else as a pending
+    /// object. Writes the record only to start the multipart upload and to hand out part
+    /// numbers. Returns the pending objects the record no longer counts.
+    async fn place(&self, rec: &mut Record, etag: &mut String, data: Vec<Bytes>) -> StoreResult<Vec<String>> {
+        let n: u64 = data.iter().map(|b| b.len() as u64).sum();
+        let id = rec.info.id.clone();
+        if rec.bytes.part_size == 0 {
+            rec.bytes.part_size = Self::part_size(&rec.info);
+        }
+        let part = rec.bytes.part_size;
+        let tail = rec.pending_len() + n;
+        let full_after = rec.info.length == Some(rec.info.offset + n);
+        let whole_parts = tail / part;
+        let rest = tail % part;
+        // At the end, the bytes after the last part become the last part, unless the upload
+        // has no parts at all (it is then written as one object when it is published).
+        let last_part = full_after && rest > 0 && (whole_parts > 0 || !rec.bytes.parts.is_empty());
+        let count = whole_parts + u64::from(last_part);
+        if count == 0 {
+            if n > 0 {
+                let key = self.pending_key(&id, &format!("{:020}", rec.info.offset));
+                self.s3.put(&key, concat(&data), Condition::None).await?;
+                rec.bytes.pending.push(Pending { key, len: n });
+            }
+            return Ok(Vec::new());
+        }
+        if rec.bytes.upload_id.is_none() {
+            let key = self.choose_key(rec, None).await?;
+            let upload_id = self.s3.create_multipart(&key).await?;
+            rec.bytes.upload_id = Some(upload_id.clone());
+            if let Err(e) = self.save(rec, etag).await {
+                let _ = self.s3.abort_multipart(&key, &upload_id).await;
+                return Err(e);
+            }
+        }
+        let first = rec.bytes.next_part;
+        if u64::from(first) + count > u64::from(MAX_PART) {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "upload {id} would need more than {MAX_PART} parts"
+            ))));
+        }
+        // The numbers are ours once the record says so.
+        rec.bytes.next_part = first + count as u16;
+        self.save(rec, etag).await?;
+        let mut frames = self.read_pending(&rec.bytes.pending).await?;
+        frames.extend(data);
+        let all = concat(&frames);
+        drop(frames);
+        let (key, upload_id) = match (&rec.bytes.key, &rec.bytes.upload_id) {
+            (Some(k), Some(u)) => (k.clone(), u.clone()),
+            _ => return Err(StoreError::Io(std::io::Error::other("multipart upload not recorded"))),
+        };
+        let mut at = 0usize;
+        for i in 0..count {
+            let len = if i < whole_parts { part } else { rest } as usize;
+            let number = first + 1 + i as u16;
+            self.s3
+                .upload_part(&key, &upload_id, number, all.slice(at..at + len))
+                .await?;
+            rec.bytes.parts.push(number);
+            rec.bytes.parts_len += len as u64;
+            at += len;
+        }
+        let consumed = std::mem::take(&mut rec.bytes.pending)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        if at < all.len() {
+            let offset_of_rest = rec.bytes.parts_len;
+            let key = self.pending_key(&id, &format!("{offset_of_rest:020}"));
+            let len = (all.len() - at) as u64;
+            self.s3.put(&key, all.slice(at..), Condition::None).await?;
+            rec.bytes.pending.push(Pending { key, len });
+        }
+        Ok(consumed)
+    }
+
+    /// Puts the counted bytes together as one object at the upload's key (a published
+    /// upload's name, a partial's own key). Idempotent.
+    async fn assemble(&self, rec: &mut Record, etag: &mut String, name: Option<&str>) -> StoreResult<()> {
+        if rec.bytes.assembled {
+            return Ok(());
+        }
+        let key = self.choose_key(rec, name).await?;
+        match rec.bytes.upload_id.clone() {
+            Some(upload_id) => {
+                let listed = match self.s3.list_parts(&key, &upload_id).await {
+                    Ok(l) => l,
+                    // Completed already by a request that did not get to record it.
+                    Err(client::S3Error::NotFound) if self.s3.exists(&key).await? => {
+                        rec.bytes.assembled = true;
+                        return self.save(rec, etag).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut parts = Vec::with_capacity(rec.bytes.parts.len());
+                for n in &rec.bytes.parts {
+                    let (etag, _) = listed.get(n).ok_or_else(|| {
+                        StoreError::Io(std::io::Error::other(format!("part {n} of {key} is missing")))
+                    })?;
+                    parts.push((*n, etag.clone()));
+                }
+                self.s3.complete_multipart(&key, &upload_id, &parts).await?;
+            }
+            None => {
+                let frames = self.read_pending(&rec.bytes.pending).await?;
+                self.s3.put(&key, concat(&frames), Condition::None).await?;
+            }
+        }
+        let leftovers: Vec<String> = rec.bytes.pending.drain(..).map(|p| p.key).collect();
+        rec.bytes.assembled = true;
+        self.save(rec, etag).await?;
+        self.delete_all(leftovers).await;
+        self.sweep_pending(&rec.info.id, &[]).await;
+        Ok(())
+    }
+
+    /// Deletes the pending objects of `id` that are not in `keep` (those of requests that lost).
+    async fn sweep_pending(&self, id: &str, keep: &[&str]) {
+        let prefix = self.meta(&format!("pending/{id}/"));
+        if let Ok(keys) = self.s3.list(&prefix).await {
+            let mut stale = Vec::with_capacity(keys.len());
+            for (k, _) in keys {
+                if !keep.contains(&k.as_str()) {
+                    stale.push(k);
+                }
+            }
+            self.delete_all(stale).await;
+        }
+    }
+
+    /// Streams an upload's counted bytes `range`, as they are now (assembled, or pending only).
+    async fn stream(&self, rec: &Record, range: Range<u64>) -> StoreResult<ByteStream> {
+        let end = range.end.min(rec.info.offset);
+        let start = range.start.min(end);
+        if rec.bytes.assembled {
+            let key = rec.bytes.key.clone().unwrap_or_default();
+            return Ok(self.s3.get_range(&key, start..end).await?);
+        }
+        if !rec.bytes.parts.is_empty() {
+            return Err(StoreError::Io(std::io::Error::other(
+                "the bytes of an unfinished upload in multipart parts cannot be read before it completes",
+            )));
+        }
+        let frames = self.read_pending(&rec.bytes.pending).await?;
+        let all = concat(&frames);
+        Ok(futures_util::stream::iter([Ok(all.slice(start as usize..end as usize))]).boxed())
+    }
+
+    async fn append_chunk(&self, id: &str, append: Append, mut body: BodyStream) -> StoreResult<Appended> {
+        let (mut rec, mut etag) = self.load(id).await?;
+        if rec.info.offset != append.offset {
+            return Err(StoreError::OffsetMismatch {
+                expected: append.offset,
+                actual: rec.info.offset,
+            });
+        }
+        append.check_continues(&rec.info)?;
+        let prefix = append.prefix_len();
+        let old_held = rec.bytes.held.clone();
+        if prefix == 0 && old_held.is_some() {
+            // A chunk sent anew replaces the held bytes.
+            rec.bytes.held = None;
+            rec.info.held = None;
+            self.save(&rec, &mut etag).await?;
+            let old: Vec<String> = old_held.as_ref().map(|h| h.key.clone()).into_iter().collect();
+            self.delete_all(old).await;
+        }
+        let checked = append.checksum.is_some();
+        let mut verifier = ChunkVerifier::new(&append);
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut buffered = 0u64;
+        let mut held_frames = 0usize;
+        if prefix > 0 {
+            let held = old_held.clone().ok_or(StoreError::PrefixMismatch {
+                held: 0,
+                continues: prefix,
+            })?;
+            let bytes = self.read_pending(std::slice::from_ref(&held)).await?;
+            if verifier.needs_prefix(&append) > 0 {
+                for b in &bytes {
+                    verifier.feed(b)?;
+                }
+            }
+            buffered = prefix;
+            held_frames = bytes.len();
+            frames = bytes;
+        }
+        let mut whole = (!rec.info.is_partial())
+            .then(|| WholeMd5::resume(rec.info.whole_md5.as_deref()))
+            .transpose()
+            .map_err(|e| bad_record(id, e))?;
+        let mut committed_now = 0u64;
+        let mut consumed_all = Vec::new();
+        let mut ended = None;
+        loop {
+            let next = body.next().await;
+            let bytes = match next {
+                None => break,
+                Some(Err(e)) => {
+                    ended = Some(e);
+                    break;
+                }
+                Some(Ok(b)) => b,
+            };
+            if let Err(e) = verifier.feed(&bytes) {
+                ended = Some(e);
+                break;
+            }
+            buffered += bytes.len() as u64;
+            frames.push(bytes);
+            if buffered > MAX_BUFFER {
+                if checked {
+                    self.forget_continued(&mut rec, &mut etag, prefix).await;
+                    return Err(StoreError::ChunkTooLarge { max: MAX_BUFFER });
+                }
+                // An unchecked body is committed as it goes (tus keeps what arrives).
+                let n = buffered;
+                let data = std::mem::take(&mut frames);
+                buffered = 0;
+                let skip = std::mem::take(&mut held_frames);
+                consumed_all.extend(
+                    self.commit(&mut rec, &mut etag, data, n, &append, &mut whole, false, skip)
+                        .await?,
+                );
+                committed_now += n;
+            }
+        }
+        let judged = match verifier.finish(ended, append.keep_prefix) {
+            Ok(j) => j,
+            Err(e) => {
+                self.forget_continued(&mut rec, &mut etag, prefix).await;
+                return Err(e);
+            }
+        };
+        match judged {
+            Judged::Hold { len, hasher, cut } => {
+                let key = self.pending_key(id, "held");
+                self.s3.put(&key, concat(&frames), Condition::None).await?;
+                rec.bytes.held = Some(Pending { key, len });
+                rec.info.held = append.checksum.as_ref().map(|c| HeldPrefix {
+                    len,
+                    checksum: c.to_header(),
+                });
+                rec.info.expires = append.expires;
+                self.save(&rec, &mut etag).await?;
+                if let Some(old) = old_held {
+                    self.delete_all(vec![old.key]).await;
+                }
+                Ok(Appended {
+                    info: rec.info,
+                    interrupted: Some(cut),
+                    held: Some(hasher),
+                })
+            }
+            Judged::Commit(verdict) => {
+                let n = verdict.received - committed_now;
+                consumed_all.extend(
+                    self.commit(&mut rec, &mut etag, frames, n, &append, &mut whole, true, held_frames)
+                        .await?,
+                );
+                if let Some(old) = old_held.filter(|_| prefix > 0) {
+                    consumed_all.push(old.key);
+                }
+                self.delete_all(consumed_all).await;
+                Ok(Appended {
+                    info: rec.info,
+                    interrupted: verdict.interrupted,
+                    held: None,
+                })
+            }
+        }
+    }
+
+    /// Drops the held bytes an append continued, after it failed.
+    async fn forget_continued(&self, rec: &mut Record, etag: &mut String, prefix: u64) {
+        if prefix == 0 {
+            return;
+        }
+        if let Some(h) = rec.bytes.held.take() {
+            rec.info.held = None;
+            if self.save(rec, etag).await.is_ok() {
+                self.delete_all(vec![h.key]).await;
+            }
+        }
+    }
+
+    /// Places `n` bytes and writes the record that counts them.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        rec: &mut Record,
+        etag: &mut String,
+        data: Vec<Bytes>,
+        n: u64,
+        append: &Append,
+        whole: &mut Option<WholeMd5>,
+        last: bool,
+        skip_frames: usize,
+    ) -> StoreResult<Vec<String>> {
+        if let Some(w) = whole.as_mut() {
+            for b in &data {
+                w.update(b);
+            }
+        }
+        // The running digest was fed the held bytes when they arrived: it gets the body only.
+        let fed = append
+            .running
+            .as_ref()
+            .map(|_| data[skip_frames.min(data.len())..].to_vec());
+        let consumed = self.place(rec, etag, data).await?;
+        if let Some(w) = whole.as_ref() {
+            rec.info.whole_md5 = Some(w.state());
+        }
+        rec.bytes.held = None;
+        if last {
+            append.commit(&mut rec.info, n);
+        } else {
+            rec.info.offset += n;
+            rec.info.expires = append.expires;
+            rec.info.held = None;
+        }
+        self.save(rec, etag).await?;
+        if let (Some(feed), Some(frames)) = (&append.running, fed) {
+            feed.feed(frames).await;
+        }
+        Ok(consumed)
+    }
+
+    async fn concatenate_parts(
+        &self,
+        info: UploadInfo,
+        parts: &[String],
+        running: Option<DigestFeed>,
+    ) -> StoreResult<UploadInfo> {
+        // The bytes of every part, in order, as they are complete now.
+        let mut sources = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for p in parts {
+            let (mut part, mut part_etag) = self.load(p).await?;
+            if !part.bytes.parts.is_empty() {
+                self.assemble(&mut part, &mut part_etag, None).await?;
+            }
+            total += part.info.offset;
+            sources.push(part);
+        }
+        let id = info.id.clone();
+        let (mut rec, mut etag) = match self.load(&id).await {
+            Ok((rec, etag)) => (rec, etag),
+            Err(StoreError::NotFound) => {
+                let mut fresh = info.clone();
+                fresh.length = Some(total);
+                self.create(fresh).await?;
+                self.load(&id).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.info.length.is_some_and(|l| l != total) {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "the parts hold {total} bytes, the final upload expects {:?}",
+                rec.info.length
+            ))));
+        }
+        rec.info.length = Some(total);
+        rec.info.metadata = info.metadata.clone().or(rec.info.metadata.clone());
+        let mut whole = Some(WholeMd5::resume(rec.info.whole_md5.as_deref()).map_err(|e| bad_record(&id, e))?);
+        // Copied through this node a part's worth at a time; a concatenation cut short resumes
+        // at the final's offset.
+        let step = Self::part_size(&rec.info).min(MAX_BUFFER) as usize;
+        let mut skip = rec.info.offset;
+        let append = Append {
+            offset: rec.info.offset,
+            max_len: total,
+            checksum: None,
+            running: running.clone(),
+            expires: rec.info.expires,
+            yielding: false,
+            complete_at: None,
+            keep_prefix: false,
+            continues: None,
+        };
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut buffered = 0usize;
+        for part in &sources {
+            let len = part.info.offset;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let mut stream = self.stream(part, skip..len).await?;
+            skip = 0;
+            while let Some(bytes) = stream.try_next().await? {
+                buffered += bytes.len();
+                frames.push(bytes);
+                if buffered >= step {
+                    let data = std::mem::take(&mut frames);
+                    let n = std::mem::take(&mut buffered) as u64;
+                    let consumed = self
+                        .commit(&mut rec, &mut etag, data, n, &append, &mut whole, false, 0)
+                        .await?;
+                    self.delete_all(consumed).await;
+                }
+            }
+        }
+        let consumed = self
+            .commit(
+                &mut rec,
+                &mut etag,
+                frames,
+                buffered as u64,
+                &append,
+                &mut whole,
+                false,
+                0,
+            )
+            .await?;
+        self.delete_all(consumed).await;
+        Ok(rec.info)
+    }
+}
+
+impl Store for S3Store {
+    fn create(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>> {
+        async move {
+            let key = self.record_key(&info.id)?;
+            let rec = Record {
+                info,
+                bytes: Placement::default(),
+            };
+            let body = serde_json::to_vec(&rec).map_err(|e| bad_record(&key, e))?;
+            match self.s3.put(&key, Bytes::from(body), Condition::Create).await {
+                Ok(_) => Ok(()),
+                Err(client::S3Error::Precondition) => Err(StoreError::Exists),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .boxed()
+    }
+
+    fn info<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        async move { Ok(self.load(id).await?.0.info) }.boxed()
+    }
+
+    fn update(&self, info: UploadInfo) -> BoxFuture<'_, StoreResult<()>> {
+        async move {
+            // The offset, the held bytes and the digest state change only with the bytes: an
+            // update that meets a newer record applies itself to that one.
+            for _ in 0..8 {
+                let (mut rec, mut etag) = self.load(&info.id).await?;
+                rec.info = UploadInfo {
+                    offset: rec.info.offset,
+                    held: rec.info.held.take(),
+                    whole_md5: rec.info.whole_md5.take(),
+                    ..info.clone()
+                };
+                match self.save(&rec, &mut etag).await {
+                    Err(StoreError::Conflict) => continue,
+                    r => return r,
+                }
+            }
+            Err(StoreError::Conflict)
+        }
+        .boxed()
+    }
+
+    fn append<'a>(&'a self, id: &'a str, append: Append, body: BodyStream) -> BoxFuture<'a, StoreResult<Appended>> {
+        self.append_chunk(id, append, body).boxed()
+    }
+
+    fn concatenate<'a>(
+        &'a self,
+        info: UploadInfo,
+        parts: &'a [String],
+        running: Option<DigestFeed>,
+    ) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        self.concatenate_parts(info, parts, running).boxed()
+    }
+
+    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, _base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        // Each partial keeps its own multipart upload: nothing is placed, the final copies.
+        async move {
+            for _ in 0..8 {
+                let (mut rec, mut etag) = self.load(part).await?;
+                if rec.info.final_upload.is_some() {
+                    return Ok(rec.info);
+                }
+                rec.info.final_upload = Some(final_id.to_string());
+                match self.save(&rec, &mut etag).await {
+                    Ok(()) => return Ok(rec.info),
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(StoreError::Conflict)
+        }
+        .boxed()
+    }
+
+    fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
+        async move {
+            let (rec, _) = self.load(id).await?;
+            self.stream(&rec, range).await
+        }
+        .boxed()
+    }
+
+    fn publish<'a>(&'a self, id: &'a str, name: &'a str) -> BoxFuture<'a, StoreResult<String>> {
+        // An upload with parts claimed its name (derived from its metadata, as the server
+        // derives `name`) when its multipart upload began.
+        async move {
+            let (mut rec, mut etag) = self.load(id).await?;
+            self.assemble(&mut rec, &mut etag, Some(name)).await?;
+            let name = rec.bytes.name.clone().unwrap_or_default();
+            if rec.info.published.as_deref() != Some(name.as_str()) {
+                rec.info.published = Some(name.clone());
+                self.save(&rec, &mut etag).await?;
+            }
+            Ok(name)
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let (rec, _) = self.load(id).await?;
+            if let (Some(key), Some(upload_id), false) = (&rec.bytes.key, &rec.bytes.upload_id, rec.bytes.assembled) {
+                self.s3.abort_multipart(key, upload_id).await?;
+            }
+            if rec.bytes.assembled
+                && let Some(key) = &rec.bytes.key
+            {
+                self.s3.delete(key).await?;
+            }
+            self.sweep_pending(id, &[]).await;
+            self.s3.delete(&self.record_key(id)?).await?;
+            if let Some(name) = &rec.bytes.name {
+                self.s3.delete(&self.meta(&format!("names/{name}"))).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn expire<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            for _ in 0..8 {
+                let (mut rec, mut etag) = self.load(id).await?;
+                if rec.info.state != UploadState::Receiving {
+                    return Ok(());
+                }
+                rec.info.state = UploadState::Expired;
+                rec.info.held = None;
+                let bytes = std::mem::take(&mut rec.bytes);
+                rec.bytes.name = bytes.name.clone();
+                match self.save(&rec, &mut etag).await {
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        if let (Some(key), Some(upload_id)) = (&bytes.key, &bytes.upload_id) {
+                            self.s3.abort_multipart(key, upload_id).await?;
+                        }
+                        self.sweep_pending(id, &[]).await;
+                        return Ok(());
+                    }
+                }
+            }
+            Err(StoreError::Conflict)
+        }
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        async move {
+            let prefix = self.meta("uploads/");
+            let keys = self.s3.list(&prefix).await?;
+            Ok(keys
+                .into_iter()
+                .filter_map(|(k, _)| {
+                    k.strip_prefix(&prefix)
+                        .and_then(|r| r.strip_suffix(".json"))
+                        .map(str::to_string)
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn keeps_whole_md5(&self) -> bool {
+        true
+    }
+
+    fn reads_unfinished(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,308 @@
+//! Several `robusto serve` nodes on one bucket of a real Ceph cluster, behind a round-robin
+//! proxy that sends each request to the next node (no sticky sessions): uploads by robusto
+//! and tus-js-client complete with the right bytes, a node killed in the middle leaves the rest
+//! to the other, and two PATCHes racing at one offset on two nodes never both count.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::s3::Engine;
+use crate::serve_env::{Tus, bytes, md5_header};
+use crate::support::{repo, send_command};
+use robusto::fingerprint::Md5;
+
+/// One `robusto serve --store s3` process; killed on drop.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    fn start(config: &robusto::serve::store::s3::S3Config) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_robusto"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", "s3", "--s3-bucket"])
+            .arg(&config.bucket)
+            .arg("--s3-endpoint")
+            .arg(config.endpoint.as_deref().unwrap())
+            .arg("--s3-prefix")
+            .arg(&config.prefix)
+            .env("AWS_ACCESS_KEY_ID", &config.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &config.secret_key)
+            .env("RUST_LOG", "robusto=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("robusto serve exited before listening").unwrap();
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split('/').next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Node { addr, child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A load balancer in miniature: each request goes to the next node that accepts a
+/// connection, over a connection of its own; the answer is relayed and the client's connection
+/// closed.
+struct RoundRobin {
+    addr: SocketAddr,
+    /// Requests sent to each node.
+    counts: Arc<Vec<AtomicUsize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RoundRobin {
+    async fn start(nodes: Vec<SocketAddr>) -> RoundRobin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts: Arc<Vec<AtomicUsize>> = Arc::new(nodes.iter().map(|_| AtomicUsize::new(0)).collect());
+        let next = Arc::new(AtomicUsize::new(0));
+        let c = counts.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (nodes, next, counts) = (nodes.clone(), next.clone(), c.clone());
+                tokio::spawn(async move {
+                    let _ = relay(client, &nodes, &next, &counts).await;
+                });
+            }
+        });
+        RoundRobin { addr, counts, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}/files/", self.addr)
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    nodes: &[SocketAddr],
+    next: &AtomicUsize,
+    counts: &[AtomicUsize],
+) -> std::io::Result<()> {
+    let (r, mut w) = client.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut head = Vec::new();
+    let mut length = 0u64;
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
+        if let Some(v) = text.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if text.starts_with("connection:") {
+            continue;
+        }
+        if text.trim().is_empty() {
+            head.extend_from_slice(b"connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(&line);
+    }
+    let mut upstream = None;
+    for _ in 0..nodes.len() {
+        let i = next.fetch_add(1, Ordering::SeqCst) % nodes.len();
+        if let Ok(s) = TcpStream::connect(nodes[i]).await {
+            counts[i].fetch_add(1, Ordering::SeqCst);
+            upstream = Some(s);
+            break;
+        }
+    }
+    let Some(upstream) = upstream else {
+        w.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await?;
+        return Ok(());
+    };
+    let (mut ur, mut uw) = upstream.into_split();
+    uw.write_all(&head).await?;
+    let mut body = (&mut r).take(length);
+    tokio::io::copy(&mut body, &mut uw).await?;
+    tokio::io::copy(&mut ur, &mut w).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+async fn two_nodes() -> (Node, Node, RoundRobin) {
+    let config = Engine::Ceph.config().await;
+    let (a, b) = (Node::start(&config), Node::start(&config));
+    let rr = RoundRobin::start(vec![a.addr, b.addr]).await;
+    (a, b, rr)
+}
+
+/// Downloads the completed upload at `url` through the proxy and returns its MD5.
+async fn downloaded_md5(url: &str) -> Md5 {
+    let resp = reqwest::get(url).await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    Md5::of(&resp.bytes().await.unwrap())
+}
+
+fn file_of(dir: &Path, name: &str, len: usize, seed: u64) -> (std::path::PathBuf, Md5) {
+    let data = bytes(len, seed);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    (path, Md5::of(&data))
+}
+
+fn url_from(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in '{stdout}'"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robusto_send_through_two_nodes_on_one_bucket() {
+    let (_a, _b, rr) = two_nodes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, md5) = file_of(dir.path(), "night.bin", 64 << 20, 5);
+    let to = rr.endpoint();
+    let state = dir.path().join("state");
+    let run =
+        tokio::task::spawn_blocking(move || send_command(&file, &to, &state).args(["--chunk-size", "1MiB"]).run())
+            .await
+            .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let url = url_from(&run.stdout);
+    assert_eq!(downloaded_md5(&url).await, md5);
+    let counts: Vec<usize> = rr.counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert!(counts.iter().all(|&c| c >= 30), "both nodes took requests: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_send_through_two_nodes_on_one_bucket() {
+    let (_a, _b, rr) = two_nodes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, md5) = file_of(dir.path(), "par.bin", 40 << 20, 6);
+    let to = rr.endpoint();
+    let state = dir.path().join("state");
+    let run = tokio::task::spawn_blocking(move || {
+        send_command(&file, &to, &state)
+            .args(["--chunk-size", "2MiB", "--parallel", "4"])
+            .run()
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(downloaded_md5(&url_from(&run.stdout)).await, md5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tus_js_client_through_two_nodes_on_one_bucket() {
+    assert!(
+        repo().join("node_modules/tus-js-client/package.json").exists(),
+        "tus-js-client is not installed: run `bash .ci/run`"
+    );
+    let (_a, _b, rr) = two_nodes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, md5) = file_of(dir.path(), "js.bin", 24 << 20, 7);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(repo())
+        .arg(repo().join("interop/tus-js-upload.mjs"))
+        .arg(rr.endpoint())
+        .arg(&file)
+        .arg("5242880")
+        .args(["--meta", "filename=js.bin", "--meta"])
+        .arg(format!("checksum=md5 {}", md5.base64()));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(downloaded_md5(answer["url"].as_str().unwrap()).await, md5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_in_the_middle_leaves_the_upload_to_the_other() {
+    let (mut a, _b, rr) = two_nodes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, md5) = file_of(dir.path(), "kill.bin", 32 << 20, 8);
+    let to = rr.endpoint();
+    let state = dir.path().join("state");
+    let job = tokio::task::spawn_blocking(move || {
+        send_command(&file, &to, &state)
+            .args(["--chunk-size", "1MiB", "--bwlimit", "8M"])
+            .run()
+    });
+    // About a third in, node A dies without a word.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    a.kill();
+    let run = job.await.unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(downloaded_md5(&url_from(&run.stdout)).await, md5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_racing_at_one_offset_on_two_nodes_never_both_count() {
+    let config = Engine::Ceph.config().await;
+    let (a, b) = (Node::start(&config), Node::start(&config));
+    let (ta, tb) = (
+        Tus::new(&format!("http://{}", a.addr)),
+        Tus::new(&format!("http://{}", b.addr)),
+    );
+    let trials = 50u64;
+    let chunk = 4096usize;
+    let loc = ta.create(trials * chunk as u64, "").await;
+    let mut expected = Vec::new();
+    for t in 0..trials {
+        let offset = t * chunk as u64;
+        let (ca, cb) = (bytes(chunk, 2 * t + 1), bytes(chunk, 2 * t + 2));
+        let (ha, hb) = (md5_header(&ca), md5_header(&cb));
+        let (ra, rb) = tokio::join!(
+            ta.patch(&loc, offset, &ca, Some(&ha)),
+            tb.patch(&loc, offset, &cb, Some(&hb))
+        );
+        let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
+        match (sa, sb) {
+            (204, 409) => expected.extend_from_slice(&ca),
+            (409, 204) => expected.extend_from_slice(&cb),
+            _ => panic!("trial {t}: exactly one PATCH must win: {sa} / {sb}"),
+        }
+        assert_eq!(tb.offset(&loc).await, offset + chunk as u64, "trial {t}");
+    }
+    let url = if loc.starts_with("http") {
+        loc.clone()
+    } else {
+        format!("http://{}{loc}", a.addr)
+    };
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(Md5::of(&resp.bytes().await.unwrap()), Md5::of(&expected));
+}

@@ -1,0 +1,207 @@
+//! The S3 store against real engines: Ceph RGW (a real distributed store) and moto (AWS
+//! semantics), both started by `ci/s3-engines.sh` from `.ci/run`. A missing engine fails.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use robusto::fingerprint::Md5;
+use robusto::protocol::Checksum;
+use robusto::serve::store::s3::{S3Config, S3Store};
+use robusto::serve::store::{Append, BodyError, BodyStream, Store, StoreError, UploadInfo, UploadState};
+use robusto::serve::uploads::new_id;
+
+/// The engines the tests run on.
+#[derive(Clone, Copy, Debug)]
+pub enum Engine {
+    Ceph,
+    Moto,
+}
+
+impl Engine {
+    fn var(self, what: &str) -> String {
+        let name = match self {
+            Engine::Ceph => format!("ROBUSTO_TEST_CEPH_{what}"),
+            Engine::Moto => format!("ROBUSTO_TEST_MOTO_{what}"),
+        };
+        std::env::var(&name).unwrap_or_else(|_| {
+            panic!("{name} is not set: start the S3 engines with `source ci/s3-engines.sh` (as .ci/run does)")
+        })
+    }
+
+    /// A config for a fresh prefix of the test bucket, which exists.
+    pub async fn config(self) -> S3Config {
+        let config = S3Config {
+            bucket: "robusto-test".into(),
+            endpoint: Some(self.var("ENDPOINT")),
+            region: "us-east-1".into(),
+            prefix: format!("t-{}/", new_id()),
+            path_style: true,
+            access_key: self.var("KEY"),
+            secret_key: self.var("SECRET"),
+            session_token: None,
+        };
+        S3Store::create_bucket(&config).await.unwrap();
+        config
+    }
+
+    /// A store on a fresh prefix.
+    pub async fn store(self) -> S3Store {
+        S3Store::open(&self.config().await).await.unwrap()
+    }
+}
+
+fn frames(data: &[u8], frame: usize) -> BodyStream {
+    let items: Vec<Result<Bytes, BodyError>> = data.chunks(frame).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    futures_util::stream::iter(items).boxed()
+}
+
+fn checked(offset: u64, chunk: &[u8], max_len: u64) -> Append {
+    Append {
+        offset,
+        max_len,
+        checksum: Some(Checksum::md5(Md5::of(chunk))),
+        running: None,
+        expires: Some(u64::MAX / 2),
+        yielding: false,
+        complete_at: None,
+        keep_prefix: true,
+        continues: None,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn read_all(s: &dyn Store, id: &str, range: std::ops::Range<u64>) -> Vec<u8> {
+    let chunks: Vec<Bytes> = s.read(id, range).await.unwrap().try_collect().await.unwrap();
+    chunks.concat()
+}
+
+/// 20 MiB in 1 MiB checked chunks: parts of 8 MiB are assembled from the pending chunks, the
+/// last part is the rest; the published object is the bytes, under the name, and the carried
+/// MD5 state is the file's MD5.
+async fn parts_from_small_chunks(engine: Engine) {
+    let s = engine.store().await;
+    let data = pattern(20 << 20, 7);
+    let id = new_id();
+    let mut info = UploadInfo::new(id.clone(), Some(data.len() as u64), 1);
+    info.metadata = Some(format!("filename {}", base64_of("night.tar")));
+    s.create(info).await.unwrap();
+    let mut offset = 0u64;
+    for chunk in data.chunks(1 << 20) {
+        let a = checked(offset, chunk, data.len() as u64 - offset);
+        let done = s.append(&id, a, frames(chunk, 64 << 10)).await.unwrap();
+        offset = done.info.offset;
+    }
+    let info = s.info(&id).await.unwrap();
+    assert!(info.is_full());
+    let state = robusto::serve::digest::WholeMd5::resume(info.whole_md5.as_deref()).unwrap();
+    assert_eq!(state.finish(), Md5::of(&data).0.to_vec());
+    assert_eq!(s.publish(&id, "night.tar").await.unwrap(), "night.tar");
+    assert_eq!(read_all(&s, &id, 0..data.len() as u64).await, data);
+    assert_eq!(
+        read_all(&s, &id, (9 << 20) - 3..(9 << 20) + 5).await,
+        &data[(9 << 20) - 3..(9 << 20) + 5]
+    );
+    // The same name again gets a suffix; nothing is overwritten.
+    let other = new_id();
+    let mut info = UploadInfo::new(other.clone(), Some(3), 1);
+    info.metadata = Some(format!("filename {}", base64_of("night.tar")));
+    s.create(info).await.unwrap();
+    let a = checked(0, b"abc", 3);
+    s.append(&other, a, frames(b"abc", 3)).await.unwrap();
+    assert_eq!(s.publish(&other, "night.tar").await.unwrap(), "night-1.tar");
+    assert_eq!(read_all(&s, &id, 0..4).await, &data[..4]);
+    s.delete(&id).await.unwrap();
+    assert!(matches!(s.info(&id).await, Err(StoreError::NotFound)));
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Two stores (two nodes) on one prefix race a chunk at the same offset, 20 times: exactly one
+/// is counted each time, and the bytes read back are the winner's.
+async fn racing_appends(engine: Engine) {
+    let config = engine.config().await;
+    let a = Arc::new(S3Store::open(&config).await.unwrap());
+    let b = Arc::new(S3Store::open(&config).await.unwrap());
+    let id = new_id();
+    let total = 20u64 * 1000;
+    a.create(UploadInfo::new(id.clone(), Some(total), 1)).await.unwrap();
+    let mut expected = Vec::new();
+    for round in 0..20u64 {
+        let offset = round * 1000;
+        let ca = pattern(1000, round as u8);
+        let cb = pattern(1000, round as u8 ^ 0x55);
+        let (ra, rb) = tokio::join!(
+            a.append(&id, checked(offset, &ca, total - offset), frames(&ca, 100)),
+            b.append(&id, checked(offset, &cb, total - offset), frames(&cb, 100)),
+        );
+        let lost =
+            |r: &Result<_, StoreError>| matches!(r, Err(StoreError::Conflict | StoreError::OffsetMismatch { .. }));
+        match (&ra, &rb) {
+            (Ok(_), r) if lost(r) => expected.extend_from_slice(&ca),
+            (r, Ok(_)) if lost(r) => expected.extend_from_slice(&cb),
+            _ => panic!(
+                "round {round}: exactly one must win: {:?} / {:?}",
+                ra.as_ref().err(),
+                rb.as_ref().err()
+            ),
+        }
+        assert_eq!(a.info(&id).await.unwrap().offset, offset + 1000);
+    }
+    assert_eq!(read_all(a.as_ref(), &id, 0..total).await, expected);
+    let info = b.info(&id).await.unwrap();
+    let state = robusto::serve::digest::WholeMd5::resume(info.whole_md5.as_deref()).unwrap();
+    assert_eq!(state.finish(), Md5::of(&expected).0.to_vec());
+}
+
+/// Expiry aborts the multipart upload and removes what is pending; the record answers expired.
+async fn expiry_frees_everything(engine: Engine) {
+    let s = engine.store().await;
+    let id = new_id();
+    let data = pattern(9 << 20, 3);
+    s.create(UploadInfo::new(id.clone(), Some(20 << 20), 1)).await.unwrap();
+    let a = checked(0, &data, 20 << 20);
+    s.append(&id, a, frames(&data, 1 << 20)).await.unwrap();
+    s.expire(&id).await.unwrap();
+    let info = s.info(&id).await.unwrap();
+    assert_eq!((info.state, info.offset), (UploadState::Expired, 9 << 20));
+    assert!(matches!(s.expire(&id).await, Ok(())));
+}
+
+#[tokio::test]
+async fn s3_parts_from_small_chunks_on_ceph() {
+    parts_from_small_chunks(Engine::Ceph).await;
+}
+
+#[tokio::test]
+async fn s3_parts_from_small_chunks_on_moto() {
+    parts_from_small_chunks(Engine::Moto).await;
+}
+
+#[tokio::test]
+async fn s3_racing_appends_on_ceph() {
+    racing_appends(Engine::Ceph).await;
+}
+
+#[tokio::test]
+async fn s3_racing_appends_on_moto() {
+    racing_appends(Engine::Moto).await;
+}
+
+#[tokio::test]
+async fn s3_expiry_on_ceph() {
+    expiry_frees_everything(Engine::Ceph).await;
+}
+
+#[tokio::test]
+async fn s3_expiry_on_moto() {
+    expiry_frees_everything(Engine::Moto).await;
+}
