@@ -67,6 +67,9 @@ pub(super) enum S3Error {
     NotFound,
     /// 412 or 409: a conditional write lost.
     Precondition,
+    /// A conditional write whose outcome is unknown (a 5xx or a lost connection): Ceph RGW
+    /// answers 500 to the loser of two conditional writes racing on one key.
+    Unsure(String),
     /// Anything else, with the status and S3's message.
     Other(String),
 }
@@ -76,7 +79,7 @@ impl From<S3Error> for StoreError {
         match e {
             S3Error::NotFound => StoreError::NotFound,
             S3Error::Precondition => StoreError::Conflict,
-            S3Error::Other(m) => StoreError::Io(std::io::Error::other(m)),
+            S3Error::Other(m) | S3Error::Unsure(m) => StoreError::Io(std::io::Error::other(m)),
         }
     }
 }
@@ -241,7 +244,11 @@ impl S3Client {
         let headers: Vec<_> = header.into_iter().collect();
         // A conditional write is not repeated: a lost answer would make its own success a 412.
         let retry = matches!(condition, Condition::None);
-        let resp = Self::check(self.send(Method::PUT, url, &headers, Some(body), retry).await?, key).await?;
+        let sent = self.send(Method::PUT, url, &headers, Some(body), retry).await;
+        let resp = match (sent, retry) {
+            (Err(S3Error::Other(m)), false) => return Err(S3Error::Unsure(m)),
+            (sent, _) => Self::check(sent?, key).await?,
+        };
         Ok(resp
             .headers()
             .get("etag")

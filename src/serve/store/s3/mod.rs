@@ -139,6 +139,10 @@ struct Record {
     info: UploadInfo,
     #[serde(default)]
     bytes: Placement,
+    /// New with every write: no two writes of a record are the same bytes, so a write whose
+    /// answer was lost is recognised by reading the record back.
+    #[serde(default)]
+    write: String,
 }
 
 impl Record {
@@ -221,10 +225,26 @@ impl S3Store {
     }
 
     /// Writes the record if it is still at `etag`; `etag` becomes the new version.
-    async fn save(&self, rec: &Record, etag: &mut String) -> StoreResult<()> {
+    async fn save(&self, rec: &mut Record, etag: &mut String) -> StoreResult<()> {
         let key = self.record_key(&rec.info.id)?;
-        let body = serde_json::to_vec(rec).map_err(|e| bad_record(&key, e))?;
-        let new = self.s3.put(&key, Bytes::from(body), Condition::Matches(etag)).await?;
+        rec.write = hex::encode(rand::random::<[u8; 8]>());
+        let body = Bytes::from(serde_json::to_vec(rec).map_err(|e| bad_record(&key, e))?);
+        let new = match self.s3.put(&key, body.clone(), Condition::Matches(etag)).await {
+            Ok(new) => new,
+            // Whether it was written is read back: no two writes are the same bytes.
+            Err(client::S3Error::Unsure(why)) => {
+                let now = self.s3.get(&key).await?;
+                if now.body != body {
+                    tracing::debug!(
+                        key,
+                        "a conditional write of the record failed ({why}): another request won"
+                    );
+                    return Err(StoreError::Conflict);
+                }
+                now.etag
+            }
+            Err(e) => return Err(e.into()),
+        };
         *etag = if new.is_empty() {
             self.load(&rec.info.id).await?.1
         } else {
@@ -479,7 +499,7 @@ impl S3Store {
             // A chunk sent anew replaces the held bytes.
             rec.bytes.held = None;
             rec.info.held = None;
-            self.save(&rec, &mut etag).await?;
+            self.save(&mut rec, &mut etag).await?;
             let old: Vec<String> = old_held.as_ref().map(|h| h.key.clone()).into_iter().collect();
             self.delete_all(old).await;
         }
@@ -560,7 +580,7 @@ impl S3Store {
                     checksum: c.to_header(),
                 });
                 rec.info.expires = append.expires;
-                self.save(&rec, &mut etag).await?;
+                self.save(&mut rec, &mut etag).await?;
                 if let Some(old) = old_held {
                     self.delete_all(vec![old.key]).await;
                 }
@@ -743,6 +763,7 @@ impl Store for S3Store {
             let rec = Record {
                 info,
                 bytes: Placement::default(),
+                write: String::new(),
             };
             let body = serde_json::to_vec(&rec).map_err(|e| bad_record(&key, e))?;
             match self.s3.put(&key, Bytes::from(body), Condition::Create).await {
@@ -770,7 +791,7 @@ impl Store for S3Store {
                     whole_md5: rec.info.whole_md5.take(),
                     ..info.clone()
                 };
-                match self.save(&rec, &mut etag).await {
+                match self.save(&mut rec, &mut etag).await {
                     Err(StoreError::Conflict) => continue,
                     r => return r,
                 }
@@ -802,7 +823,7 @@ impl Store for S3Store {
                     return Ok(rec.info);
                 }
                 rec.info.final_upload = Some(final_id.to_string());
-                match self.save(&rec, &mut etag).await {
+                match self.save(&mut rec, &mut etag).await {
                     Ok(()) => return Ok(rec.info),
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e),
@@ -830,7 +851,7 @@ impl Store for S3Store {
             let name = rec.bytes.name.clone().unwrap_or_default();
             if rec.info.published.as_deref() != Some(name.as_str()) {
                 rec.info.published = Some(name.clone());
-                self.save(&rec, &mut etag).await?;
+                self.save(&mut rec, &mut etag).await?;
             }
             Ok(name)
         }
@@ -869,7 +890,7 @@ impl Store for S3Store {
                 rec.info.held = None;
                 let bytes = std::mem::take(&mut rec.bytes);
                 rec.bytes.name = bytes.name.clone();
-                match self.save(&rec, &mut etag).await {
+                match self.save(&mut rec, &mut etag).await {
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e),
                     Ok(()) => {
