@@ -572,7 +572,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             None => None,
         };
         let carried = (state.store.keeps_whole_md5() && expected.algorithm == ChecksumAlgorithm::Md5)
-            .then(|| info.whole_md5.as_deref())
+            .then_some(info.whole_md5.as_deref())
             .map(super::digest::WholeMd5::resume);
         let digest = match (running, carried) {
             (Some(digest), _) => digest,
