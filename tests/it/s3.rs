@@ -160,6 +160,29 @@ async fn racing_appends(engine: Engine) {
     let info = b.info(&id).await.unwrap();
     let state = robusto::serve::digest::WholeMd5::resume(info.whole_md5.as_deref()).unwrap();
     assert_eq!(state.finish(), Md5::of(&expected).0.to_vec());
+
+    // Chunks of a whole part each: a racer may upload a part under a number of its own before
+    // it loses; the published object holds the winners' bytes only.
+    let id = new_id();
+    let part = 8usize << 20;
+    let total = 2 * part as u64;
+    a.create(UploadInfo::new(id.clone(), Some(total), 1)).await.unwrap();
+    let mut expected = Vec::new();
+    for round in 0..2u64 {
+        let offset = round * part as u64;
+        let (ca, cb) = (pattern(part, 2 * round as u8 + 1), pattern(part, 2 * round as u8 + 2));
+        let (ra, rb) = tokio::join!(
+            a.append(&id, checked(offset, &ca, total - offset), frames(&ca, 1 << 20)),
+            b.append(&id, checked(offset, &cb, total - offset), frames(&cb, 1 << 20)),
+        );
+        match (&ra, &rb) {
+            (Ok(_), Err(StoreError::Conflict | StoreError::OffsetMismatch { .. })) => expected.extend_from_slice(&ca),
+            (Err(StoreError::Conflict | StoreError::OffsetMismatch { .. }), Ok(_)) => expected.extend_from_slice(&cb),
+            _ => panic!("part round {round}: {:?} / {:?}", ra.as_ref().err(), rb.as_ref().err()),
+        }
+    }
+    assert_eq!(b.publish(&id, "raced.bin").await.unwrap(), id);
+    assert_eq!(Md5::of(&read_all(a.as_ref(), &id, 0..total).await), Md5::of(&expected));
 }
 
 /// Expiry aborts the multipart upload and removes what is pending; the record answers expired.
