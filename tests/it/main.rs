@@ -14,6 +14,7 @@ mod pack;
 mod peers;
 mod proxy;
 mod push;
+mod relay;
 mod restore;
 mod s3;
 mod send;

@@ -7,12 +7,9 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-
+use crate::relay::RoundRobin;
 use crate::s3::Engine;
 use crate::serve_env::{Tus, bytes, md5_header};
 use crate::support::{repo, send_command};
@@ -63,100 +60,10 @@ impl Drop for Node {
     }
 }
 
-/// A load balancer in miniature: each request goes to the next node that accepts a
-/// connection, over a connection of its own; the answer is relayed and the client's connection
-/// closed.
-struct RoundRobin {
-    addr: SocketAddr,
-    /// Requests sent to each node.
-    counts: Arc<Vec<AtomicUsize>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RoundRobin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RoundRobin {
-    async fn start(nodes: Vec<SocketAddr>) -> RoundRobin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let counts: Arc<Vec<AtomicUsize>> = Arc::new(nodes.iter().map(|_| AtomicUsize::new(0)).collect());
-        let next = Arc::new(AtomicUsize::new(0));
-        let c = counts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (nodes, next, counts) = (nodes.clone(), next.clone(), c.clone());
-                tokio::spawn(async move {
-                    let _ = relay(client, &nodes, &next, &counts).await;
-                });
-            }
-        });
-        RoundRobin { addr, counts, task }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}/files/", self.addr)
-    }
-}
-
-async fn relay(
-    client: TcpStream,
-    nodes: &[SocketAddr],
-    next: &AtomicUsize,
-    counts: &[AtomicUsize],
-) -> std::io::Result<()> {
-    let (r, mut w) = client.into_split();
-    let mut r = tokio::io::BufReader::new(r);
-    let mut head = Vec::new();
-    let mut length = 0u64;
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(());
-        }
-        let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
-        if let Some(v) = text.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if text.starts_with("connection:") {
-            continue;
-        }
-        if text.trim().is_empty() {
-            head.extend_from_slice(b"connection: close\r\n\r\n");
-            break;
-        }
-        head.extend_from_slice(&line);
-    }
-    let mut upstream = None;
-    for _ in 0..nodes.len() {
-        let i = next.fetch_add(1, Ordering::SeqCst) % nodes.len();
-        if let Ok(s) = TcpStream::connect(nodes[i]).await {
-            counts[i].fetch_add(1, Ordering::SeqCst);
-            upstream = Some(s);
-            break;
-        }
-    }
-    let Some(upstream) = upstream else {
-        w.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await?;
-        return Ok(());
-    };
-    let (mut ur, mut uw) = upstream.into_split();
-    uw.write_all(&head).await?;
-    let mut body = (&mut r).take(length);
-    tokio::io::copy(&mut body, &mut uw).await?;
-    tokio::io::copy(&mut ur, &mut w).await?;
-    w.shutdown().await?;
-    Ok(())
-}
-
 async fn two_nodes() -> (Node, Node, RoundRobin) {
     let config = Engine::Ceph.config().await;
     let (a, b) = (Node::start(&config), Node::start(&config));
-    let rr = RoundRobin::start(vec![a.addr, b.addr]).await;
+    let rr = RoundRobin::start(vec![a.addr, b.addr], None).await;
     (a, b, rr)
 }
 

@@ -181,7 +181,7 @@ async fn racing_appends(engine: Engine) {
             _ => panic!("part round {round}: {:?} / {:?}", ra.as_ref().err(), rb.as_ref().err()),
         }
     }
-    assert_eq!(b.publish(&id, "raced.bin").await.unwrap(), id);
+    assert_eq!(b.publish(&id, "raced.bin").await.unwrap(), "raced.bin");
     assert_eq!(Md5::of(&read_all(a.as_ref(), &id, 0..total).await), Md5::of(&expected));
 }
 
@@ -227,4 +227,87 @@ async fn s3_expiry_on_ceph() {
 #[tokio::test]
 async fn s3_expiry_on_moto() {
     expiry_frees_everything(Engine::Moto).await;
+}
+
+/// A node that dies after uploading a part and before writing the record that counts it (its
+/// record write never reaches S3): the part counts for nothing, the offset stays, and the chunk
+/// sent again (other bytes) is what the upload holds.
+async fn a_part_written_but_not_recorded_counts_for_nothing(engine: Engine) {
+    use std::sync::Mutex;
+    let mut config = engine.config().await;
+    let upstream: std::net::SocketAddr = config
+        .endpoint
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    // Some(n): let n record writes pass, cut the next one, then let everything pass.
+    let plan: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
+    let p = plan.clone();
+    let rule: crate::relay::DropRule = Arc::new(move |head: &str| {
+        let record_write = head.starts_with("put ") && head.contains(".json") && head.contains("if-match:");
+        let mut plan = p.lock().unwrap();
+        match plan.as_mut() {
+            Some(0) if record_write => {
+                *plan = None;
+                true
+            }
+            Some(n) if record_write => {
+                *n -= 1;
+                false
+            }
+            _ => false,
+        }
+    });
+    let relay = crate::relay::RoundRobin::start(vec![upstream], Some(rule)).await;
+    config.endpoint = Some(relay.url());
+    let s = S3Store::open(&config).await.unwrap();
+    let part = 8usize << 20;
+    let total = 2 * part as u64;
+    let id = new_id();
+    s.create(UploadInfo::new(id.clone(), Some(total), 1)).await.unwrap();
+    let c1 = pattern(part, 1);
+    s.append(&id, checked(0, &c1, total), frames(&c1, 1 << 20))
+        .await
+        .unwrap();
+    // The next chunk: its part-number write passes, its part is uploaded, its record is cut.
+    *plan.lock().unwrap() = Some(1);
+    let c2 = pattern(part, 2);
+    let cut = s
+        .append(
+            &id,
+            checked(part as u64, &c2, total - part as u64),
+            frames(&c2, 1 << 20),
+        )
+        .await;
+    assert!(matches!(cut, Err(StoreError::Conflict)), "{:?}", cut.err());
+    assert_eq!(relay.dropped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let info = s.info(&id).await.unwrap();
+    assert_eq!((info.offset, info.state), (part as u64, UploadState::Receiving));
+    let c3 = pattern(part, 3);
+    let done = s
+        .append(
+            &id,
+            checked(part as u64, &c3, total - part as u64),
+            frames(&c3, 1 << 20),
+        )
+        .await
+        .unwrap();
+    assert!(done.info.is_full());
+    s.publish(&id, "x").await.unwrap();
+    let mut expected = c1;
+    expected.extend_from_slice(&c3);
+    assert_eq!(Md5::of(&read_all(&s, &id, 0..total).await), Md5::of(&expected));
+}
+
+#[tokio::test]
+async fn s3_a_part_not_recorded_counts_for_nothing_on_ceph() {
+    a_part_written_but_not_recorded_counts_for_nothing(Engine::Ceph).await;
+}
+
+#[tokio::test]
+async fn s3_a_part_not_recorded_counts_for_nothing_on_moto() {
+    a_part_written_but_not_recorded_counts_for_nothing(Engine::Moto).await;
 }

@@ -323,6 +323,61 @@ impl S3Client {
             .unwrap_or_default())
     }
 
+    /// `x-amz-copy-source` for `key` of this bucket.
+    fn copy_source(&self, key: &str) -> String {
+        let mut out = format!("/{}/", self.bucket.name());
+        for b in key.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Copies object `from` to `to` inside the bucket (at most 5 GiB).
+    pub(super) async fn copy(&self, from: &str, to: &str) -> S3Result<()> {
+        let mut action = self.bucket.put_object(Some(&self.credentials), to);
+        let source = self.copy_source(from);
+        action.headers_mut().insert("x-amz-copy-source", source.clone());
+        let url = action.sign(SIGNED_FOR);
+        let headers = [("x-amz-copy-source", source)];
+        let resp = Self::check(self.send(Method::PUT, url, &headers, None, true).await?, to).await?;
+        // S3 may answer 200 with an error in the body.
+        let text = resp.text().await.unwrap_or_default();
+        if text.contains("<Error>") {
+            return Err(S3Error::Other(format!("copy {from} to {to}: {}", message(&text))));
+        }
+        Ok(())
+    }
+
+    /// Copies bytes `range` of object `from` as part `number` of a multipart upload to `to`.
+    pub(super) async fn upload_part_copy(
+        &self,
+        to: &str,
+        upload_id: &str,
+        number: u16,
+        from: &str,
+        range: std::ops::Range<u64>,
+    ) -> S3Result<String> {
+        let mut action = self.bucket.upload_part(Some(&self.credentials), to, number, upload_id);
+        let source = self.copy_source(from);
+        let bytes = format!("bytes={}-{}", range.start, range.end - 1);
+        action.headers_mut().insert("x-amz-copy-source", source.clone());
+        action.headers_mut().insert("x-amz-copy-source-range", bytes.clone());
+        let url = action.sign(SIGNED_FOR);
+        let headers = [("x-amz-copy-source", source), ("x-amz-copy-source-range", bytes)];
+        let resp = Self::check(self.send(Method::PUT, url, &headers, None, true).await?, to).await?;
+        let text = resp.text().await.unwrap_or_default();
+        match xml_field(&text, "ETag") {
+            Some(etag) if !text.contains("<Error>") => Ok(etag.trim().replace("&quot;", "\"")),
+            _ => Err(S3Error::Other(format!(
+                "copy part {number} of {to}: {}",
+                message(&text)
+            ))),
+        }
+    }
+
     /// The parts of a multipart upload: number → (ETag, size).
     pub(super) async fn list_parts(
         &self,

@@ -7,9 +7,9 @@
 //! |---|---|
 //! | `P<name>` | a completed upload, one plain object under its sanitised `filename` |
 //! | `P.robusto/uploads/<id>.json` | the upload's record: its [`UploadInfo`] and where its bytes are |
+//! | `P.robusto/data/<id>` | the upload's multipart upload, then (completed) its object until it is published |
 //! | `P.robusto/pending/<id>/…` | committed bytes not yet in a multipart part (less than a part), held bytes of a cut chunk |
 //! | `P.robusto/names/<name>` | the claim on a name, made once (create-only) |
-//! | `P.robusto/partials/<id>` | a completed partial upload of a concatenation |
 //!
 //! **The record's conditional write is the lock.** Every change reads the record with its ETag
 //! and writes it back only if it is still at that version (`If-Match`; a new record
@@ -23,8 +23,11 @@
 //! other request uses) until the bytes after the last part make a whole part; that part is then
 //! assembled from them and uploaded. Part numbers are handed out by a conditional write of the
 //! record before a part is uploaded, so two racing requests never write the same part number
-//! and a loser's part never replaces a winner's; parts no record counts are left out when the
-//! upload is completed from the record's list.
+//! and a loser's part never replaces a winner's. The upload is completed from every part
+//! uploaded up to its last counted one (Ceph RGW accepts no other list); the record knows which
+//! ranges of that object are the upload's, and publication copies just those to the name,
+//! inside S3 — so a part that a request uploaded and then could not record (it lost a race, its
+//! node died) never reaches a published byte. Names are claimed at publication, create-only.
 //!
 //! **The whole-file MD5** is carried in the record ([`UploadInfo::whole_md5`], the digest's
 //! serialised state), so whichever node receives the last byte checks the whole file without
@@ -90,6 +93,8 @@ const MAX_PART: u16 = 10_000;
 /// Most bytes of one request kept in memory: a checked chunk must fit whole; an unchecked body
 /// is committed in pieces of this size.
 pub const MAX_BUFFER: u64 = 64 << 20;
+/// The largest object S3 copies in one request (larger ones are copied part by part).
+const COPY_MAX: u64 = 5 << 30;
 
 /// A committed run of bytes in an object of its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,10 +106,7 @@ struct Pending {
 /// Where an upload's bytes are.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Placement {
-    /// The key the bytes are assembled at (chosen with the multipart upload or at the end).
-    #[serde(default)]
-    key: Option<String>,
-    /// The name claimed for it (published uploads).
+    /// The name claimed for it when it was published.
     #[serde(default)]
     name: Option<String>,
     /// The multipart upload.
@@ -128,9 +130,18 @@ struct Placement {
     /// The held bytes of a cut checked chunk.
     #[serde(default)]
     held: Option<Pending>,
-    /// Whether the bytes are one object at `key` now.
+    /// Whether the bytes are one object at the data key now, the upload's bytes being the
+    /// `ranges` of it.
     #[serde(default)]
     assembled: bool,
+    /// `(start, len)` in the assembled object of the upload's bytes, in order: all of it, or
+    /// less when parts no record counts had to be assembled with the others (Ceph RGW
+    /// completes a multipart upload only from every part uploaded before the last one named).
+    #[serde(default)]
+    ranges: Vec<(u64, u64)>,
+    /// Whether the bytes were copied to the published name (and the data object removed).
+    #[serde(default)]
+    published: bool,
 }
 
 /// The record object of one upload.
@@ -306,22 +317,9 @@ impl S3Store {
         Err(StoreError::Exists)
     }
 
-    /// Chooses the key of the upload's bytes (a published upload claims its name).
-    async fn choose_key(&self, rec: &mut Record, name: Option<&str>) -> StoreResult<String> {
-        if let Some(k) = &rec.bytes.key {
-            return Ok(k.clone());
-        }
-        let key = if rec.info.is_partial() {
-            self.meta(&format!("partials/{}", rec.info.id))
-        } else {
-            let wanted = name.map_or_else(|| super::published_name(&rec.info), str::to_string);
-            let name = self.claim(&rec.info.id, &wanted).await?;
-            let key = format!("{}{name}", self.prefix);
-            rec.bytes.name = Some(name);
-            key
-        };
-        rec.bytes.key = Some(key.clone());
-        Ok(key)
+    /// Where an upload's bytes are assembled (its multipart upload, or its one object).
+    fn data_key(&self, id: &str) -> String {
+        self.meta(&format!("data/{id}"))
     }
 
     fn part_size(info: &UploadInfo) -> u64 {
@@ -361,8 +359,8 @@ impl S3Store {
             }
             return Ok(Vec::new());
         }
+        let key = self.data_key(&id);
         if rec.bytes.upload_id.is_none() {
-            let key = self.choose_key(rec, None).await?;
             let upload_id = self.s3.create_multipart(&key).await?;
             rec.bytes.upload_id = Some(upload_id.clone());
             if let Err(e) = self.save(rec, etag).await {
@@ -383,9 +381,8 @@ impl S3Store {
         frames.extend(data);
         let all = concat(&frames);
         drop(frames);
-        let (key, upload_id) = match (&rec.bytes.key, &rec.bytes.upload_id) {
-            (Some(k), Some(u)) => (k.clone(), u.clone()),
-            _ => return Err(StoreError::Io(std::io::Error::other("multipart upload not recorded"))),
+        let Some(upload_id) = rec.bytes.upload_id.clone() else {
+            return Err(StoreError::Io(std::io::Error::other("multipart upload not recorded")));
         };
         let mut at = 0usize;
         for i in 0..count {
@@ -412,43 +409,117 @@ impl S3Store {
         Ok(consumed)
     }
 
-    /// Puts the counted bytes together as one object at the upload's key (a published
-    /// upload's name, a partial's own key). Idempotent.
-    async fn assemble(&self, rec: &mut Record, etag: &mut String, name: Option<&str>) -> StoreResult<()> {
+    /// Puts the counted bytes together as one object at the data key. Idempotent.
+    async fn assemble(&self, rec: &mut Record, etag: &mut String) -> StoreResult<()> {
         if rec.bytes.assembled {
             return Ok(());
         }
-        let key = self.choose_key(rec, name).await?;
+        let key = self.data_key(&rec.info.id);
         match rec.bytes.upload_id.clone() {
             Some(upload_id) => {
                 let listed = match self.s3.list_parts(&key, &upload_id).await {
                     Ok(l) => l,
-                    // Completed already by a request that did not get to record it.
+                    // Completed already by a request that did not get to record it: it
+                    // completed it from the same list.
                     Err(client::S3Error::NotFound) if self.s3.exists(&key).await? => {
-                        rec.bytes.assembled = true;
-                        return self.save(rec, etag).await;
+                        let (_, ranges) = Self::completion(rec, &Default::default())?;
+                        return self.record_assembled(rec, etag, ranges).await;
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let mut parts = Vec::with_capacity(rec.bytes.parts.len());
-                for n in &rec.bytes.parts {
-                    let (etag, _) = listed.get(n).ok_or_else(|| {
-                        StoreError::Io(std::io::Error::other(format!("part {n} of {key} is missing")))
-                    })?;
-                    parts.push((*n, etag.clone()));
-                }
+                let (parts, ranges) = Self::completion(rec, &listed)?;
                 self.s3.complete_multipart(&key, &upload_id, &parts).await?;
+                self.record_assembled(rec, etag, ranges).await
             }
             None => {
                 let frames = self.read_pending(&rec.bytes.pending).await?;
                 self.s3.put(&key, concat(&frames), Condition::None).await?;
+                let ranges = vec![(0, rec.info.offset)];
+                self.record_assembled(rec, etag, ranges).await
             }
         }
+    }
+
+    /// The parts to complete a multipart upload from, and where the counted bytes will be in
+    /// the object: every part uploaded up to the last counted one, in order (Ceph RGW refuses
+    /// a list that leaves one out), the counted ones making the ranges.
+    #[allow(clippy::type_complexity)]
+    fn completion(
+        rec: &Record,
+        listed: &std::collections::BTreeMap<u16, (String, u64)>,
+    ) -> StoreResult<(Vec<(u16, String)>, Vec<(u64, u64)>)> {
+        let counted: std::collections::BTreeSet<u16> = rec.bytes.parts.iter().copied().collect();
+        let last = rec.bytes.parts.last().copied().unwrap_or(0);
+        for n in &counted {
+            if !listed.is_empty() && !listed.contains_key(n) {
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "part {n} of upload {} is missing",
+                    rec.info.id
+                ))));
+            }
+        }
+        if listed.is_empty() {
+            // Known only from the record: the counted parts alone were assembled.
+            return Ok((Vec::new(), vec![(0, rec.info.offset)]));
+        }
+        let mut parts = Vec::new();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut at = 0u64;
+        for (n, (etag, size)) in listed.range(..=last) {
+            parts.push((*n, etag.clone()));
+            if counted.contains(n) {
+                match ranges.last_mut() {
+                    Some((start, len)) if *start + *len == at => *len += size,
+                    _ => ranges.push((at, *size)),
+                }
+            }
+            at += size;
+        }
+        Ok((parts, ranges))
+    }
+
+    async fn record_assembled(&self, rec: &mut Record, etag: &mut String, ranges: Vec<(u64, u64)>) -> StoreResult<()> {
         let leftovers: Vec<String> = rec.bytes.pending.drain(..).map(|p| p.key).collect();
         rec.bytes.assembled = true;
+        rec.bytes.ranges = ranges;
         self.save(rec, etag).await?;
         self.delete_all(leftovers).await;
         self.sweep_pending(&rec.info.id, &[]).await;
+        Ok(())
+    }
+
+    /// Copies the upload's bytes to its published name, inside S3: one copy, or a multipart
+    /// upload of ranges copied part by part (more than 5 GiB, or parts left out).
+    async fn copy_out(&self, rec: &Record, to: &str) -> StoreResult<()> {
+        let from = self.data_key(&rec.info.id);
+        let whole = rec.bytes.ranges.len() == 1 && rec.bytes.ranges[0].0 == 0;
+        if rec.bytes.ranges.is_empty() || (whole && rec.bytes.ranges[0].1 <= COPY_MAX) {
+            return Ok(self.s3.copy(&from, to).await?);
+        }
+        let upload_id = self.s3.create_multipart(to).await?;
+        let mut parts = Vec::new();
+        let copied = async {
+            for &(start, len) in &rec.bytes.ranges {
+                let pieces = len.div_ceil(COPY_MAX).max(1);
+                let piece = len.div_ceil(pieces);
+                let mut at = start;
+                while at < start + len {
+                    let n = piece.min(start + len - at);
+                    let number = parts.len() as u16 + 1;
+                    let etag = self
+                        .s3
+                        .upload_part_copy(to, &upload_id, number, &from, at..at + n)
+                        .await?;
+                    parts.push((number, etag));
+                    at += n;
+                }
+            }
+            self.s3.complete_multipart(to, &upload_id, &parts).await
+        };
+        if let Err(e) = copied.await {
+            let _ = self.s3.abort_multipart(to, &upload_id).await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -470,9 +541,27 @@ impl S3Store {
     async fn stream(&self, rec: &Record, range: Range<u64>) -> StoreResult<ByteStream> {
         let end = range.end.min(rec.info.offset);
         let start = range.start.min(end);
-        if rec.bytes.assembled {
-            let key = rec.bytes.key.clone().unwrap_or_default();
+        if rec.bytes.published {
+            let key = format!("{}{}", self.prefix, rec.bytes.name.as_deref().unwrap_or_default());
             return Ok(self.s3.get_range(&key, start..end).await?);
+        }
+        if rec.bytes.assembled {
+            // The logical range, through the ranges of the object that hold the upload's bytes.
+            let key = self.data_key(&rec.info.id);
+            let mut pieces = Vec::new();
+            let mut logical = 0u64;
+            for &(at, len) in &rec.bytes.ranges {
+                let (from, to) = (start.max(logical), end.min(logical + len));
+                if from < to {
+                    pieces.push(at + (from - logical)..at + (to - logical));
+                }
+                logical += len;
+            }
+            let mut streams = Vec::with_capacity(pieces.len());
+            for piece in pieces {
+                streams.push(self.s3.get_range(&key, piece).await?);
+            }
+            return Ok(futures_util::stream::iter(streams).flatten().boxed());
         }
         if !rec.bytes.parts.is_empty() {
             return Err(StoreError::Io(std::io::Error::other(
@@ -676,7 +765,7 @@ impl S3Store {
         for p in parts {
             let (mut part, mut part_etag) = self.load(p).await?;
             if !part.bytes.parts.is_empty() {
-                self.assemble(&mut part, &mut part_etag, None).await?;
+                self.assemble(&mut part, &mut part_etag).await?;
             }
             total += part.info.offset;
             sources.push(part);
@@ -843,16 +932,26 @@ impl Store for S3Store {
     }
 
     fn publish<'a>(&'a self, id: &'a str, name: &'a str) -> BoxFuture<'a, StoreResult<String>> {
-        // An upload with parts claimed its name (derived from its metadata, as the server
-        // derives `name`) when its multipart upload began.
         async move {
             let (mut rec, mut etag) = self.load(id).await?;
-            self.assemble(&mut rec, &mut etag, Some(name)).await?;
-            let name = rec.bytes.name.clone().unwrap_or_default();
-            if rec.info.published.as_deref() != Some(name.as_str()) {
-                rec.info.published = Some(name.clone());
-                self.save(&mut rec, &mut etag).await?;
+            if rec.bytes.published {
+                return Ok(rec.bytes.name.unwrap_or_default());
             }
+            self.assemble(&mut rec, &mut etag).await?;
+            let name = match rec.bytes.name.clone() {
+                Some(n) => n,
+                None => {
+                    let n = self.claim(id, name).await?;
+                    rec.bytes.name = Some(n.clone());
+                    self.save(&mut rec, &mut etag).await?;
+                    n
+                }
+            };
+            self.copy_out(&rec, &format!("{}{name}", self.prefix)).await?;
+            rec.bytes.published = true;
+            rec.info.published = Some(name.clone());
+            self.save(&mut rec, &mut etag).await?;
+            self.delete_all(vec![self.data_key(id)]).await;
             Ok(name)
         }
         .boxed()
@@ -861,13 +960,13 @@ impl Store for S3Store {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         async move {
             let (rec, _) = self.load(id).await?;
-            if let (Some(key), Some(upload_id), false) = (&rec.bytes.key, &rec.bytes.upload_id, rec.bytes.assembled) {
-                self.s3.abort_multipart(key, upload_id).await?;
+            let data = self.data_key(id);
+            if let (Some(upload_id), false) = (&rec.bytes.upload_id, rec.bytes.assembled) {
+                self.s3.abort_multipart(&data, upload_id).await?;
             }
-            if rec.bytes.assembled
-                && let Some(key) = &rec.bytes.key
-            {
-                self.s3.delete(key).await?;
+            self.s3.delete(&data).await?;
+            if let (true, Some(name)) = (rec.bytes.published, &rec.bytes.name) {
+                self.s3.delete(&format!("{}{name}", self.prefix)).await?;
             }
             self.sweep_pending(id, &[]).await;
             self.s3.delete(&self.record_key(id)?).await?;
@@ -894,8 +993,8 @@ impl Store for S3Store {
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e),
                     Ok(()) => {
-                        if let (Some(key), Some(upload_id)) = (&bytes.key, &bytes.upload_id) {
-                            self.s3.abort_multipart(key, upload_id).await?;
+                        if let Some(upload_id) = &bytes.upload_id {
+                            self.s3.abort_multipart(&self.data_key(id), upload_id).await?;
                         }
                         self.sweep_pending(id, &[]).await;
                         return Ok(());
