@@ -11,16 +11,133 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version robusto speaks.
 pub const TUS_VERSION: &str = "1.0.0";
-/// The extensions `robusto serve` announces in `Tus-Extension`.
-pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished";
-/// robusto's own extension, announced after the tus ones when enabled: a PATCH carrying
-/// `Upload-Checksum` that is cut off leaves its bytes held by the server (never counted in
-/// `Upload-Offset`), and the client completes the chunk instead of sending it again. `HEAD`
-/// reports the held bytes in [`header::CHUNK_PREFIX`] with the checksum of the chunk they begin
-/// in [`header::CHUNK_CHECKSUM`]; a PATCH carrying [`header::CHUNK_PREFIX`] sends only the rest,
-/// with the whole chunk's `Upload-Checksum`, and the offset advances only once the chunk is
-/// complete and matches. Other tus clients never see a difference.
-pub const EXT_CHUNK_PREFIX: &str = "robusto-chunk-prefix";
+/// A tus extension (or robusto's own), as named in `Tus-Extension`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// `creation`
+    Creation,
+    /// `creation-with-upload`
+    CreationWithUpload,
+    /// `creation-defer-length`
+    CreationDeferLength,
+    /// `termination`
+    Termination,
+    /// `expiration`
+    Expiration,
+    /// `checksum`
+    Checksum,
+    /// `concatenation`
+    Concatenation,
+    /// `concatenation-unfinished`
+    ConcatenationUnfinished,
+    /// `robusto-chunk-prefix`, robusto's own: a PATCH carrying `Upload-Checksum` that is cut
+    /// off leaves its bytes held by the server (never counted in `Upload-Offset`), and the
+    /// client completes the chunk instead of sending it again. `HEAD` reports the held bytes in
+    /// [`header::CHUNK_PREFIX`] with the checksum of the chunk they begin in
+    /// [`header::CHUNK_CHECKSUM`]; a PATCH carrying [`header::CHUNK_PREFIX`] sends only the
+    /// rest, with the whole chunk's `Upload-Checksum`, and the offset advances only once the
+    /// chunk is complete and matches. Other tus clients never see a difference.
+    ChunkPrefix,
+}
+
+impl Extension {
+    /// Every extension, in the order `robusto serve` announces them.
+    pub const ALL: [Extension; 9] = [
+        Extension::Creation,
+        Extension::CreationWithUpload,
+        Extension::CreationDeferLength,
+        Extension::Termination,
+        Extension::Expiration,
+        Extension::Checksum,
+        Extension::Concatenation,
+        Extension::ConcatenationUnfinished,
+        Extension::ChunkPrefix,
+    ];
+
+    /// Its name in `Tus-Extension`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Extension::Creation => "creation",
+            Extension::CreationWithUpload => "creation-with-upload",
+            Extension::CreationDeferLength => "creation-defer-length",
+            Extension::Termination => "termination",
+            Extension::Expiration => "expiration",
+            Extension::Checksum => "checksum",
+            Extension::Concatenation => "concatenation",
+            Extension::ConcatenationUnfinished => "concatenation-unfinished",
+            Extension::ChunkPrefix => "robusto-chunk-prefix",
+        }
+    }
+
+    /// The extension named `name` (case-insensitive), if robusto knows it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// A `Tus-Extension` value listing `extensions`.
+    pub fn header(extensions: impl IntoIterator<Item = Extension>) -> String {
+        extensions
+            .into_iter()
+            .map(Extension::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl fmt::Display for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `Upload-Concat` (the concatenation extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Concat {
+    /// `partial`: an upload that becomes part of a final one.
+    Partial,
+    /// `final;<url> <url>…`: the concatenation of these partial uploads, in order (the URLs as
+    /// sent, absolute or paths).
+    Final(Vec<String>),
+}
+
+impl Concat {
+    /// Parses an `Upload-Concat` value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if value == "partial" {
+            return Ok(Concat::Partial);
+        }
+        match value.strip_prefix("final;") {
+            Some(list) => Ok(Concat::Final(list.split_whitespace().map(str::to_string).collect())),
+            None => Err("Upload-Concat must be 'partial' or 'final;<urls>'".into()),
+        }
+    }
+
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        match self {
+            Concat::Partial => "partial".into(),
+            Concat::Final(urls) => format!("final;{}", urls.join(" ")),
+        }
+    }
+}
+
+/// Kept as its header value (in an upload's info).
+impl Serialize for Concat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_header())
+    }
+}
+
+impl<'de> Deserialize<'de> for Concat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        Concat::parse(&value).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The checksum algorithms `robusto serve` announces in `Tus-Checksum-Algorithm`.
 pub const CHECKSUM_ALGORITHMS: &str = "md5,sha1,sha256";
 /// Content type of a PATCH body.
@@ -58,7 +175,7 @@ pub mod header {
     pub const UPLOAD_CONCAT: &str = "upload-concat";
     /// `X-HTTP-Method-Override`
     pub const METHOD_OVERRIDE: &str = "x-http-method-override";
-    /// `Robusto-Chunk-Prefix` ([`super::EXT_CHUNK_PREFIX`]): in a HEAD answer, the bytes of the
+    /// `Robusto-Chunk-Prefix` ([`super::Extension::ChunkPrefix`]): in a HEAD answer, the bytes of the
     /// chunk in progress the server holds past `Upload-Offset`; in a PATCH, the held bytes the
     /// body continues.
     pub const CHUNK_PREFIX: &str = "robusto-chunk-prefix";
@@ -410,5 +527,19 @@ mod tests {
         let mut h = ChecksumAlgorithm::Sha1.hasher();
         h.update(b"abc");
         assert_eq!(hex::encode(h.finish()), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn extensions_and_concat_round_trip() {
+        for e in Extension::ALL {
+            assert_eq!(Extension::parse(e.name()), Some(e));
+        }
+        assert_eq!(Extension::parse(" Checksum "), Some(Extension::Checksum));
+        assert_eq!(Extension::parse("creation-with-everything"), None);
+        assert_eq!(Concat::parse("partial"), Ok(Concat::Partial));
+        let f = Concat::parse("final;/files/a http://h/files/b").unwrap();
+        assert_eq!(f, Concat::Final(vec!["/files/a".into(), "http://h/files/b".into()]));
+        assert_eq!(f.to_header(), "final;/files/a http://h/files/b");
+        assert!(Concat::parse("final").is_err() && Concat::parse("whole").is_err());
     }
 }

@@ -106,7 +106,7 @@ impl Job<'_> {
             let creation = Creation {
                 length: None,
                 metadata: self.metadata(true),
-                concat: Some(format!("final;{}", paths.join(" "))),
+                concat: Some(crate::protocol::Concat::Final(paths.clone()).to_header()),
                 body: None,
             };
             match self.session.create(&self.opts.target, creation).await {

@@ -357,7 +357,7 @@ impl Job<'_> {
 
     /// Whether the server holds what arrives of a cut-off chunk for this client to complete.
     fn holds_prefixes(&self) -> bool {
-        self.caps.checksum.is_some() && self.caps.has(crate::protocol::EXT_CHUNK_PREFIX)
+        self.caps.checksum.is_some() && self.caps.has(crate::protocol::Extension::ChunkPrefix)
     }
 
     fn fatal(url: &Url, source: SessionError) -> SendError {
@@ -438,7 +438,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
     })?;
     let caps = discover(opts, &session, progress).await?;
     tracing::debug!("server offers {:?}, checksum {:?}", caps.extensions, caps.checksum);
-    if !caps.has("creation") {
+    if !caps.has(crate::protocol::Extension::Creation) {
         return Err(SendError::Server {
             url: opts.target.to_string(),
             source: SessionError::Protocol("the server does not offer the creation extension".into()),
@@ -485,7 +485,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         }
     }
 
-    let want = if opts.parallel > 1 && !caps.has("concatenation") {
+    let want = if opts.parallel > 1 && !caps.has(crate::protocol::Extension::Concatenation) {
         tracing::warn!("the server does not offer concatenation: sending over one connection");
         1
     } else {
@@ -494,7 +494,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
     // A server that takes the final upload before its parts are complete can follow the parts
     // in file order (its whole-file check keeps pace with them): then the file is cut into many
     // parts, handed to the connections in order. Otherwise one contiguous part per connection.
-    let early_final = want > 1 && caps.has("concatenation-unfinished");
+    let early_final = want > 1 && caps.has(crate::protocol::Extension::ConcatenationUnfinished);
     let planned = if early_final {
         manifest.chunks.len().clamp(want, MAX_PARTS.max(want))
     } else {

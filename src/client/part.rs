@@ -19,7 +19,7 @@ impl Job<'_> {
         let with_upload = !self.multi
             && len > 0
             && len <= self.manifest.chunk_size
-            && self.caps.has("creation-with-upload")
+            && self.caps.has(crate::protocol::Extension::CreationWithUpload)
             && !self.past_deadline();
         loop {
             let body = if with_upload {
@@ -35,7 +35,7 @@ impl Job<'_> {
             let creation = Creation {
                 length: Some(len),
                 metadata: self.metadata(!self.multi),
-                concat: self.multi.then(|| "partial".to_string()),
+                concat: self.multi.then(|| crate::protocol::Concat::Partial.to_header()),
                 body,
             };
             match self.session.create(&self.opts.target, creation).await {
@@ -226,7 +226,7 @@ impl Job<'_> {
                 Err(SessionError::ChecksumMismatch) => {
                     checksum_failures += 1;
                     if checksum_failures >= CHECKSUM_FAILURES {
-                        if self.caps.has("termination") {
+                        if self.caps.has(crate::protocol::Extension::Termination) {
                             let _ = self.session.terminate(&url).await;
                             let _ = self.forget_part(index).await;
                         }

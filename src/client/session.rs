@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
 
 use super::throttle::Throttle;
-use crate::protocol::{self, Checksum, ChecksumAlgorithm, Metadata, StatusReport, header};
+use crate::protocol::{self, Checksum, ChecksumAlgorithm, Extension, Metadata, StatusReport, header};
 
 /// Bytes handed to the connection at a time when throttled (the throttle's grain).
 const SLICE: usize = 64 << 10;
@@ -109,8 +109,8 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Whether the server announced `extension`.
-    pub fn has(&self, extension: &str) -> bool {
-        self.extensions.iter().any(|e| e == extension)
+    pub fn has(&self, extension: Extension) -> bool {
+        self.extensions.iter().any(|e| e == extension.name())
     }
 
     /// Parses the OPTIONS answer's headers.
@@ -130,7 +130,7 @@ impl Capabilities {
             .iter()
             .filter_map(|a| ChecksumAlgorithm::parse(a).ok())
             .collect();
-        let checksum = if extensions.iter().any(|e| e == "checksum") {
+        let checksum = if extensions.iter().any(|e| e == Extension::Checksum.name()) {
             [
                 ChecksumAlgorithm::Md5,
                 ChecksumAlgorithm::Sha1,
@@ -562,7 +562,8 @@ mod tests {
         );
         h.insert(header::TUS_CHECKSUM_ALGORITHM, HeaderValue::from_static("sha1,md5"));
         let c = Capabilities::from_headers(&h);
-        assert!(c.has("concatenation") && c.has("checksum") && !c.has("termination"));
+        use crate::protocol::Extension;
+        assert!(c.has(Extension::Concatenation) && c.has(Extension::Checksum) && !c.has(Extension::Termination));
         assert_eq!(c.checksum, Some(ChecksumAlgorithm::Md5));
         h.insert(header::TUS_CHECKSUM_ALGORITHM, HeaderValue::from_static("sha256,crc32"));
         assert_eq!(Capabilities::from_headers(&h).checksum, Some(ChecksumAlgorithm::Sha256));

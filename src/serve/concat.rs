@@ -29,7 +29,7 @@ pub async fn concatenate(
     state: &AppState,
     owner: &Owner,
     metadata: Option<String>,
-    concat: String,
+    urls: Vec<String>,
     parts: Vec<String>,
 ) -> Result<UploadInfo, ServeError> {
     let mut infos = Vec::with_capacity(parts.len());
@@ -70,7 +70,7 @@ pub async fn concatenate(
     }
     let mut info = UploadInfo::new(new_id(), None, now_secs());
     info.metadata = metadata;
-    info.concat = Some(concat);
+    info.concat = Some(crate::protocol::Concat::Final(urls));
     info.owner = owner.0.clone();
     if unfinished {
         let mut unique = parts.clone();

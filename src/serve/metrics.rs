@@ -284,7 +284,7 @@ mod tests {
         let m = Metrics::new();
         let mut info = UploadInfo::new("a".repeat(32), Some(3), 0);
         m.created(&info);
-        info.concat = Some("partial".into());
+        info.concat = Some(crate::protocol::Concat::Partial);
         m.created(&info);
         m.chunk_refused();
         m.committed(3, &BodyEnd::default());

@@ -48,15 +48,11 @@ pub async fn options(State(state): State<AppState>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     set(h, header::TUS_VERSION, protocol::TUS_VERSION);
-    if state.config.keep_prefixes {
-        set(
-            h,
-            header::TUS_EXTENSION,
-            format!("{},{}", protocol::EXTENSIONS, protocol::EXT_CHUNK_PREFIX),
-        );
-    } else {
-        set(h, header::TUS_EXTENSION, protocol::EXTENSIONS);
-    }
+    let keep = state.config.keep_prefixes;
+    let offered = protocol::Extension::ALL
+        .into_iter()
+        .filter(|e| keep || *e != protocol::Extension::ChunkPrefix);
+    set(h, header::TUS_EXTENSION, protocol::Extension::header(offered));
     set(h, header::TUS_CHECKSUM_ALGORITHM, protocol::CHECKSUM_ALGORITHMS);
     if let Some(max) = state.config.max_size {
         set(h, header::TUS_MAX_SIZE, max);
@@ -75,29 +71,25 @@ pub async fn create(
 ) -> Result<Response> {
     let metadata = verify::upload_metadata(&headers)?;
     let length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
-    let concat = verify::header_str(&headers, header::UPLOAD_CONCAT)?.map(str::to_string);
-
-    if let Some(list) = concat.as_deref().and_then(|c| c.strip_prefix("final;")) {
+    let concat = verify::header_str(&headers, header::UPLOAD_CONCAT)?
+        .map(protocol::Concat::parse)
+        .transpose()
+        .map_err(ServeError::BadRequest)?;
+    if let Some(protocol::Concat::Final(urls)) = &concat {
         if length.is_some() {
             return Err(ServeError::BadRequest(
                 "a final upload must not carry Upload-Length".into(),
             ));
         }
-        let parts = uploads::concat_part_ids(list)?;
+        let parts = uploads::concat_part_ids(urls)?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
                 "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
             )));
         }
-        let concat = concat.clone().unwrap_or_default();
-        let info = concat::concatenate(&state, &owner, metadata, concat, parts).await?;
+        let info = concat::concatenate(&state, &owner, metadata, urls.clone(), parts).await?;
         tracing::Span::current().record("id", tracing::field::display(&info.id));
         return Ok(created(&info, false));
-    }
-    if concat.as_deref().is_some_and(|c| c != "partial") {
-        return Err(ServeError::BadRequest(
-            "Upload-Concat must be 'partial' or 'final;<urls>'".into(),
-        ));
     }
     let deferred = match verify::header_str(&headers, header::UPLOAD_DEFER_LENGTH)? {
         None => false,
@@ -248,7 +240,7 @@ pub async fn head(
         set(h, header::UPLOAD_METADATA, m);
     }
     if let Some(c) = &info.concat {
-        set(h, header::UPLOAD_CONCAT, c);
+        set(h, header::UPLOAD_CONCAT, c.to_header());
     }
     if let Some(held) = info.held.as_ref().filter(|_| info.state == UploadState::Receiving) {
         set(h, header::CHUNK_PREFIX, held.len);

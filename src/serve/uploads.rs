@@ -24,7 +24,7 @@ use super::digest::{Collected, RunningDigest};
 use super::error::ServeError;
 use super::store::{Append, BodyStream, Continuation, UploadInfo, UploadState};
 use super::verify::{digest_stream, expected_whole};
-use crate::protocol::{ChecksumAlgorithm, ChecksumHasher};
+use crate::protocol::{ChecksumAlgorithm, ChecksumHasher, Concat};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
 pub fn new_id() -> String {
@@ -68,8 +68,8 @@ pub fn sanitize_filename(name: Option<&str>, fallback: &str) -> String {
 }
 
 /// The upload ids named by `Upload-Concat: final;<urls>` (each URL's last path segment).
-pub fn concat_part_ids(list: &str) -> Result<Vec<String>, ServeError> {
-    list.split_whitespace()
+pub fn concat_part_ids(urls: &[String]) -> Result<Vec<String>, ServeError> {
+    urls.iter()
         .map(|url| {
             let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
             if is_valid_id(id) {
@@ -85,12 +85,10 @@ pub fn concat_part_ids(list: &str) -> Result<Vec<String>, ServeError> {
 
 /// The partial upload ids of a final upload's info.
 pub(super) fn parts_of(info: &UploadInfo) -> Result<Vec<String>, ServeError> {
-    let list = info
-        .concat
-        .as_deref()
-        .and_then(|c| c.strip_prefix("final;"))
-        .ok_or_else(|| ServeError::BadRequest(format!("{} is not a final upload", info.id)))?;
-    concat_part_ids(list)
+    match &info.concat {
+        Some(Concat::Final(urls)) => concat_part_ids(urls),
+        _ => Err(ServeError::BadRequest(format!("{} is not a final upload", info.id))),
+    }
 }
 
 /// Who is asking: the hash of the bearer token, or `None` when the server runs without tokens.
@@ -368,7 +366,7 @@ pub struct Creation {
     /// `Upload-Metadata` as sent.
     pub metadata: Option<String>,
     /// `Upload-Concat` as sent.
-    pub concat: Option<String>,
+    pub concat: Option<Concat>,
 }
 
 pub(super) fn expiry(state: &AppState) -> Option<u64> {

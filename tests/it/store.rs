@@ -168,7 +168,10 @@ async fn suite(store: Arc<dyn Store>) {
     let q2 = new_upload(s, 3).await;
     s.append(&q2, append(0, 3, None), body(&[b"xy"], None)).await.unwrap();
     let mut early = UploadInfo::new(new_id(), Some(7), 1);
-    early.concat = Some(format!("final;{q1} {q2}"));
+    early.concat = Some(robusto::protocol::Concat::Final(vec![
+        format!("/files/{q1}"),
+        format!("/files/{q2}"),
+    ]));
     s.create(early.clone()).await.unwrap();
     let linked = s.link(&q1, &early.id, 0).await.unwrap();
     assert_eq!(linked.final_upload.as_deref(), Some(early.id.as_str()));

@@ -45,8 +45,8 @@ pub struct UploadInfo {
     pub metadata: Option<String>,
     /// Hash of the bearer token that created the upload (`None` without tokens).
     pub owner: Option<String>,
-    /// `Upload-Concat` exactly as the client sent it (`partial` or `final;…`).
-    pub concat: Option<String>,
+    /// `Upload-Concat` as the client sent it.
+    pub concat: Option<crate::protocol::Concat>,
     /// Where the upload stands.
     pub state: UploadState,
     /// Why the upload failed, for [`UploadState::Error`].
@@ -123,12 +123,12 @@ impl UploadInfo {
 
     /// Whether this is a partial upload of the concatenation extension.
     pub fn is_partial(&self) -> bool {
-        self.concat.as_deref() == Some("partial")
+        self.concat == Some(crate::protocol::Concat::Partial)
     }
 
     /// Whether this is a final upload of the concatenation extension.
     pub fn is_final(&self) -> bool {
-        self.concat.as_deref().is_some_and(|c| c.starts_with("final"))
+        matches!(self.concat, Some(crate::protocol::Concat::Final(_)))
     }
 }
 
