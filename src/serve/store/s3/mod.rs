@@ -18,7 +18,7 @@
 //! it is written, and what a record counts never changes afterwards.
 //!
 //! **Bytes.** One multipart upload per tus upload, its part size chosen from `Upload-Length` so
-//! that the upload fits in 9,000 parts (at least 8 MiB; 64 MiB while the length is deferred).
+//! that the upload fits in 8,000 parts (at least 8 MiB; 64 MiB while the length is deferred).
 //! A chunk that does not fill a part is kept as a small pending object of its own (a key no
 //! other request uses) until the bytes after the last part make a whole part; that part is then
 //! assembled from them and uploaded. Part numbers are handed out by a conditional write of the
@@ -87,7 +87,7 @@ const MIN_PART: u64 = 8 << 20;
 const DEFERRED_PART: u64 = 64 << 20;
 /// Parts the part size aims at, leaving room below S3's 10,000 for numbers handed out to
 /// requests that lost a race or were refused.
-const TARGET_PARTS: u64 = 9_000;
+const TARGET_PARTS: u64 = 8_000;
 /// S3's last part number.
 const MAX_PART: u16 = 10_000;
 /// Most bytes of one request kept in memory: a checked chunk must fit whole; an unchecked body
@@ -1028,5 +1028,48 @@ impl Store for S3Store {
 
     fn reads_unfinished(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_length(length: Option<u64>) -> UploadInfo {
+        UploadInfo::new("0".repeat(32), length, 0)
+    }
+
+    #[test]
+    fn part_sizes_keep_every_upload_within_the_part_limit() {
+        assert_eq!(S3Store::part_size(&with_length(Some(1 << 30))), MIN_PART);
+        // 200 GiB in parts of 26 MiB: 7,877 parts, 2,000 numbers left for requests that lose a race.
+        let big = 200u64 << 30;
+        let part = S3Store::part_size(&with_length(Some(big)));
+        assert_eq!(part, 26 << 20);
+        assert!(big.div_ceil(part) <= TARGET_PARTS);
+        // The largest S3 object (5 TiB) fits too.
+        let huge = 5u64 << 40;
+        assert!(huge.div_ceil(S3Store::part_size(&with_length(Some(huge)))) <= TARGET_PARTS);
+        assert_eq!(S3Store::part_size(&with_length(None)), DEFERRED_PART);
+    }
+
+    #[test]
+    fn completion_names_every_uploaded_part_and_counts_only_the_recorded_ones() {
+        let mut rec = Record {
+            info: with_length(Some(30)),
+            bytes: Placement::default(),
+            write: String::new(),
+        };
+        rec.info.offset = 30;
+        rec.bytes.parts = vec![1, 3, 4];
+        let listed = [(1, 10), (2, 10), (3, 10), (4, 10), (5, 10)]
+            .into_iter()
+            .map(|(n, size)| (n, (format!("\"e{n}\""), size)))
+            .collect();
+        let (parts, ranges) = S3Store::completion(&rec, &listed).unwrap();
+        assert_eq!(parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(ranges, vec![(0, 10), (20, 20)]);
+        rec.bytes.parts = vec![1, 6];
+        assert!(S3Store::completion(&rec, &listed).is_err(), "a counted part that is gone");
     }
 }
