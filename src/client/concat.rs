@@ -80,7 +80,10 @@ impl Job<'_> {
                     self.record(|s| s.final_url = None).await?;
                     return Ok(None);
                 }
-                Err(e) if e.is_transient() => self.backoff(&mut retry, Some(url), e.reason()).await?,
+                // A server of several nodes may answer 409 while another one finishes it.
+                Err(e) if e.is_transient() || matches!(e, SessionError::OffsetConflict) => {
+                    self.backoff(&mut retry, Some(url), e.reason()).await?
+                }
                 Err(e) => return Err(Self::fatal(url, e)),
             }
         }

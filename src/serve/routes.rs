@@ -183,6 +183,12 @@ async fn finish_final(state: &AppState, mut info: UploadInfo) -> Result<UploadIn
         tokio::spawn(async move { concat::complete_final(&state, &id).await }.in_current_span())
     };
     let done = match tokio::time::timeout(HEAD_WAITS_FOR_FINAL, finishing).await {
+        // Another request (on another node) is finishing it: not finished yet, as far as this
+        // answer goes.
+        Ok(Ok(Err(ServeError::Conflict(why)))) => {
+            tracing::debug!("the final upload is being finished elsewhere: {why}");
+            state.store.info(&info.id).await?
+        }
         Ok(Ok(done)) => done?,
         Ok(Err(e)) => {
             return Err(ServeError::Internal(super::store::StoreError::Io(

@@ -569,7 +569,11 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
             Some(d) => d.finish().await,
             None => None,
         };
-        let carried = (state.store.keeps_whole_md5() && expected.algorithm == ChecksumAlgorithm::Md5)
+        // A store that carries the digest state: from it (none yet means nothing hashed, or a
+        // crash between counting the bytes and hashing them: read back then).
+        let carried = (state.store.keeps_whole_md5()
+            && expected.algorithm == ChecksumAlgorithm::Md5
+            && (info.whole_md5.is_some() || length == 0))
             .then_some(info.whole_md5.as_deref())
             .map(super::digest::WholeMd5::resume);
         let digest = match (running, carried) {

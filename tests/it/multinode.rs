@@ -19,6 +19,8 @@ use robusto::fingerprint::Md5;
 struct Node {
     addr: SocketAddr,
     child: Child,
+    /// What it logged.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -44,8 +46,18 @@ impl Node {
                 break rest.split('/').next().unwrap().parse().unwrap();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
-        Node { addr, child }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Node { addr, child, log }
+    }
+
+    fn logged(&self, what: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(what))
     }
 
     fn kill(&mut self) {
@@ -109,20 +121,26 @@ async fn robusto_send_through_two_nodes_on_one_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_send_through_two_nodes_on_one_bucket() {
-    let (_a, _b, rr) = two_nodes().await;
+    let (a, b, rr) = two_nodes().await;
     let dir = tempfile::tempdir().unwrap();
-    let (file, md5) = file_of(dir.path(), "par.bin", 40 << 20, 6);
+    let (file, md5) = file_of(dir.path(), "par.bin", 48 << 20, 6);
     let to = rr.endpoint();
     let state = dir.path().join("state");
     let run = tokio::task::spawn_blocking(move || {
         send_command(&file, &to, &state)
-            .args(["--chunk-size", "2MiB", "--parallel", "4"])
+            .args(["--chunk-size", "8MiB", "--parallel", "4"])
             .run()
     })
     .await
     .unwrap();
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(downloaded_md5(&url_from(&run.stdout)).await, md5);
+    // The final was created first and its six parts went straight into it: nothing copied.
+    assert!(
+        a.logged("placed=6") || b.logged("placed=6"),
+        "{:?}",
+        a.log.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

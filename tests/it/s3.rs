@@ -311,3 +311,75 @@ async fn s3_a_part_not_recorded_counts_for_nothing_on_ceph() {
 async fn s3_a_part_not_recorded_counts_for_nothing_on_moto() {
     a_part_written_but_not_recorded_counts_for_nothing(Engine::Moto).await;
 }
+
+/// A final upload created before its parts: parts without bytes write straight into its
+/// multipart upload (in their blocks of part numbers), a part that had bytes is copied into
+/// its block at the end; the final holds the parts in order and its carried MD5 is theirs.
+async fn parts_placed_in_an_unfinished_final(engine: Engine) {
+    let s = engine.store().await;
+    let mib = 1usize << 20;
+    let lens = [12 * mib, 9 * mib, 10 * mib, 3 * mib];
+    let datas: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| pattern(l, 40 + i as u8))
+        .collect();
+    let mut ids = Vec::new();
+    for &len in &lens {
+        let id = new_id();
+        let mut info = UploadInfo::new(id.clone(), Some(len as u64), 1);
+        info.concat = Some(robusto::protocol::Concat::Partial);
+        s.create(info).await.unwrap();
+        ids.push(id);
+    }
+    // The second part has bytes before the final exists: it is copied in at the end.
+    let early = &datas[1][..2 * mib];
+    s.append(&ids[1], checked(0, early, lens[1] as u64), frames(early, mib))
+        .await
+        .unwrap();
+    let total: u64 = lens.iter().map(|&l| l as u64).sum();
+    let fin = new_id();
+    let mut info = UploadInfo::new(fin.clone(), Some(total), 1);
+    info.concat = Some(robusto::protocol::Concat::Final(
+        ids.iter().map(|i| format!("/files/{i}")).collect(),
+    ));
+    s.create(info.clone()).await.unwrap();
+    let mut base = 0u64;
+    let mut placed = 0;
+    for (id, &len) in ids.iter().zip(&lens) {
+        let linked = s.link(id, &fin, base).await.unwrap();
+        placed += usize::from(linked.placed_at.is_some());
+        base += len as u64;
+    }
+    assert_eq!(placed, 3, "the parts without bytes are placed");
+    // Parts arrive in any order, in 1 MiB chunks, the last one of each completing it.
+    for i in [3usize, 0, 2, 1] {
+        let data = &datas[i];
+        let mut offset = s.info(&ids[i]).await.unwrap().offset as usize;
+        while offset < data.len() {
+            let chunk = &data[offset..(offset + mib).min(data.len())];
+            let mut a = checked(offset as u64, chunk, (data.len() - offset) as u64);
+            a.complete_at = Some(2);
+            let done = s.append(&ids[i], a, frames(chunk, 256 << 10)).await.unwrap();
+            offset = done.info.offset as usize;
+        }
+        assert_eq!(s.info(&ids[i]).await.unwrap().state, UploadState::Complete);
+    }
+    let done = s.concatenate(info, &ids, None).await.unwrap();
+    assert_eq!((done.offset, done.length), (total, Some(total)));
+    let expected = datas.concat();
+    let state = robusto::serve::digest::WholeMd5::resume(done.whole_md5.as_deref()).unwrap();
+    assert_eq!(state.finish(), Md5::of(&expected).0.to_vec());
+    assert_eq!(s.publish(&fin, "parallel.bin").await.unwrap(), "parallel.bin");
+    assert_eq!(Md5::of(&read_all(&s, &fin, 0..total).await), Md5::of(&expected));
+}
+
+#[tokio::test]
+async fn s3_parts_placed_in_an_unfinished_final_on_ceph() {
+    parts_placed_in_an_unfinished_final(Engine::Ceph).await;
+}
+
+#[tokio::test]
+async fn s3_parts_placed_in_an_unfinished_final_on_moto() {
+    parts_placed_in_an_unfinished_final(Engine::Moto).await;
+}

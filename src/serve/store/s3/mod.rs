@@ -35,6 +35,7 @@
 
 mod client;
 pub mod credentials;
+mod placed;
 
 use std::ops::Range;
 
@@ -130,6 +131,13 @@ struct Placement {
     /// The held bytes of a cut checked chunk.
     #[serde(default)]
     held: Option<Pending>,
+    /// For a partial upload whose bytes go straight into its final upload's multipart upload.
+    #[serde(default)]
+    placed: Option<placed::Placed>,
+    /// For a final upload created before its parts were complete: the part numbers each part
+    /// has in it (empty when its parts are copied in at the end instead).
+    #[serde(default)]
+    plan: Option<Vec<placed::Block>>,
     /// Whether the bytes are one object at the data key now, the upload's bytes being the
     /// `ranges` of it.
     #[serde(default)]
@@ -159,6 +167,14 @@ struct Record {
 impl Record {
     fn pending_len(&self) -> u64 {
         self.bytes.pending.iter().map(|p| p.len).sum()
+    }
+
+    /// The length of the upload's part number `index` (from 0) in file order.
+    fn next_part_len(&self, index: usize) -> u64 {
+        match &self.bytes.placed {
+            Some(p) => p.layout.get(index).copied().unwrap_or(0),
+            None => self.bytes.part_size,
+        }
     }
 }
 
@@ -342,15 +358,26 @@ impl S3Store {
         if rec.bytes.part_size == 0 {
             rec.bytes.part_size = Self::part_size(&rec.info);
         }
-        let part = rec.bytes.part_size;
         let tail = rec.pending_len() + n;
         let full_after = rec.info.length == Some(rec.info.offset + n);
-        let whole_parts = tail / part;
-        let rest = tail % part;
+        // The parts these bytes complete: of the part size (a placed partial: of its layout).
+        let mut lens = Vec::new();
+        let mut rest = tail;
+        loop {
+            let want = rec.next_part_len(rec.bytes.parts.len() + lens.len());
+            if want == 0 || rest < want {
+                break;
+            }
+            lens.push(want);
+            rest -= want;
+        }
         // At the end, the bytes after the last part become the last part, unless the upload
-        // has no parts at all (it is then written as one object when it is published).
-        let last_part = full_after && rest > 0 && (whole_parts > 0 || !rec.bytes.parts.is_empty());
-        let count = whole_parts + u64::from(last_part);
+        // has no parts at all (it is then written as one object when it is assembled).
+        if full_after && rest > 0 && (!lens.is_empty() || !rec.bytes.parts.is_empty() || rec.bytes.placed.is_some()) {
+            lens.push(rest);
+            rest = 0;
+        }
+        let count = lens.len() as u64;
         if count == 0 {
             if n > 0 {
                 let key = self.pending_key(&id, &format!("{:020}", rec.info.offset));
@@ -359,19 +386,29 @@ impl S3Store {
             }
             return Ok(Vec::new());
         }
-        let key = self.data_key(&id);
-        if rec.bytes.upload_id.is_none() {
-            let upload_id = self.s3.create_multipart(&key).await?;
-            rec.bytes.upload_id = Some(upload_id.clone());
-            if let Err(e) = self.save(rec, etag).await {
-                let _ = self.s3.abort_multipart(&key, &upload_id).await;
-                return Err(e);
+        let (key, upload_id, last_number) = match &rec.bytes.placed {
+            Some(p) => (self.data_key(&p.final_id), p.upload_id.clone(), p.end - 1),
+            None => {
+                let key = self.data_key(&id);
+                let upload_id = match rec.bytes.upload_id.clone() {
+                    Some(u) => u,
+                    None => {
+                        let upload_id = self.s3.create_multipart(&key).await?;
+                        rec.bytes.upload_id = Some(upload_id.clone());
+                        if let Err(e) = self.save(rec, etag).await {
+                            let _ = self.s3.abort_multipart(&key, &upload_id).await;
+                            return Err(e);
+                        }
+                        upload_id
+                    }
+                };
+                (key, upload_id, MAX_PART)
             }
-        }
+        };
         let first = rec.bytes.next_part;
-        if u64::from(first) + count > u64::from(MAX_PART) {
+        if u64::from(first) + count > u64::from(last_number) {
             return Err(StoreError::Io(std::io::Error::other(format!(
-                "upload {id} would need more than {MAX_PART} parts"
+                "upload {id} has no part numbers left (last {last_number})"
             ))));
         }
         // The numbers are ours once the record says so.
@@ -381,12 +418,10 @@ impl S3Store {
         frames.extend(data);
         let all = concat(&frames);
         drop(frames);
-        let Some(upload_id) = rec.bytes.upload_id.clone() else {
-            return Err(StoreError::Io(std::io::Error::other("multipart upload not recorded")));
-        };
+        let _ = rest;
         let mut at = 0usize;
-        for i in 0..count {
-            let len = if i < whole_parts { part } else { rest } as usize;
+        for (i, len) in lens.into_iter().enumerate() {
+            let len = len as usize;
             let number = first + 1 + i as u16;
             self.s3
                 .upload_part(&key, &upload_id, number, all.slice(at..at + len))
@@ -759,6 +794,13 @@ impl S3Store {
         parts: &[String],
         running: Option<DigestFeed>,
     ) -> StoreResult<UploadInfo> {
+        // A final whose parts went straight into it: completed from their parts.
+        if let Ok((f, etag)) = self.load(&info.id).await
+            && f.bytes.plan.as_ref().is_some_and(|p| !p.is_empty())
+            && f.info.offset == 0
+        {
+            return self.complete_planned(f, etag, running).await;
+        }
         // The bytes of every part, in order, as they are complete now.
         let mut sources = Vec::with_capacity(parts.len());
         let mut total = 0u64;
@@ -903,24 +945,8 @@ impl Store for S3Store {
         self.concatenate_parts(info, parts, running).boxed()
     }
 
-    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, _base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>> {
-        // Each partial keeps its own multipart upload: nothing is placed, the final copies.
-        async move {
-            for _ in 0..8 {
-                let (mut rec, mut etag) = self.load(part).await?;
-                if rec.info.final_upload.is_some() {
-                    return Ok(rec.info);
-                }
-                rec.info.final_upload = Some(final_id.to_string());
-                match self.save(&mut rec, &mut etag).await {
-                    Ok(()) => return Ok(rec.info),
-                    Err(StoreError::Conflict) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(StoreError::Conflict)
-        }
-        .boxed()
+    fn link<'a>(&'a self, part: &'a str, final_id: &'a str, base: u64) -> BoxFuture<'a, StoreResult<UploadInfo>> {
+        self.link_part(part, final_id, base).boxed()
     }
 
     fn read<'a>(&'a self, id: &'a str, range: Range<u64>) -> BoxFuture<'a, StoreResult<ByteStream>> {
@@ -1070,6 +1096,9 @@ mod tests {
         assert_eq!(parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(ranges, vec![(0, 10), (20, 20)]);
         rec.bytes.parts = vec![1, 6];
-        assert!(S3Store::completion(&rec, &listed).is_err(), "a counted part that is gone");
+        assert!(
+            S3Store::completion(&rec, &listed).is_err(),
+            "a counted part that is gone"
+        );
     }
 }
