@@ -260,6 +260,7 @@ impl ChecksumAlgorithm {
 
     /// A streaming hasher for this algorithm.
     pub fn hasher(self) -> ChecksumHasher {
+        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
             Self::Md5 => ChecksumHasher::Md5(md5::Md5::new()),
@@ -289,6 +290,7 @@ pub enum ChecksumHasher {
 impl ChecksumHasher {
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
+        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
             Self::Md5(h) => h.update(bytes),
@@ -299,12 +301,36 @@ impl ChecksumHasher {
 
     /// The digest of everything fed.
     pub fn finish(self) -> Vec<u8> {
+        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
             Self::Md5(h) => h.finalize().to_vec(),
             Self::Sha1(h) => h.finalize().to_vec(),
             Self::Sha256(h) => h.finalize().to_vec(),
         }
+    }
+
+    /// The state of an MD5 (base64 of md-5's serialised state: the digest state, the byte
+    /// count and the partial block), to resume it elsewhere or later; `None` for the others.
+    pub fn saved_state(&self) -> Option<String> {
+        use md5::digest::common::hazmat::SerializableState as _;
+        match self {
+            Self::Md5(h) => Some(BASE64.encode(h.serialize().as_slice())),
+            _ => None,
+        }
+    }
+
+    /// An MD5 resumed from [`ChecksumHasher::saved_state`].
+    pub fn resume_md5(state: &str) -> Result<Self, String> {
+        use md5::digest::common::hazmat::SerializableState as _;
+        let raw = BASE64.decode(state).map_err(|e| format!("digest state: {e}"))?;
+        let array = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("digest state: {} bytes is not an MD5 state", raw.len()))?;
+        md5::Md5::deserialize(array)
+            .map(Self::Md5)
+            .map_err(|e| format!("digest state: {e}"))
     }
 }
 

@@ -14,8 +14,10 @@
 //! checksum, the network, the writes) and uses the time between chunks instead.
 //!
 //! A chunk that is refused (checksum mismatch, cut off, disk full) is rolled back: the task
-//! returns to the state of the last committed byte. If anything goes out of step the digest
-//! reports nothing and the caller re-reads the file, which is always correct.
+//! returns to the state of the last committed byte. Each committed position it reaches is saved
+//! (MD5's serialisable state), and the store records it with the next offset: a restarted server
+//! resumes the digest there and hashes only the bytes after it. If anything goes out of step the
+//! digest reports nothing and the caller re-reads the file, which is always correct.
 
 use std::sync::{Mutex, OnceLock, mpsc as std_mpsc};
 
@@ -115,49 +117,34 @@ impl Collected {
     }
 }
 
-/// A whole-file MD5 that can be stopped and resumed anywhere: its state (the 16-byte digest
-/// state, the byte count and the partial block) travels as base64 in the upload's info, so the
-/// node that receives the next bytes continues it.
+/// A whole-file MD5 that can be stopped and resumed anywhere: its state travels as base64 in
+/// the upload's info ([`ChecksumHasher::saved_state`]), so the node that receives the next
+/// bytes continues it.
 #[derive(Clone)]
-pub struct WholeMd5(md5_resumable::Md5);
+pub struct WholeMd5(ChecksumHasher);
 
 impl WholeMd5 {
     /// Resumes from a saved state, or starts afresh without one.
     pub fn resume(state: Option<&str>) -> Result<Self, String> {
-        use base64::Engine as _;
-        use md5_resumable::digest::common::hazmat::SerializableState as _;
-        let Some(state) = state else {
-            return Ok(WholeMd5(md5_resumable::Md5::default()));
-        };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(state)
-            .map_err(|e| format!("digest state: {e}"))?;
-        let array = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("digest state: {} bytes is not a state", raw.len()))?;
-        md5_resumable::Md5::deserialize(array)
-            .map(WholeMd5)
-            .map_err(|e| format!("digest state: {e}"))
+        match state {
+            Some(state) => ChecksumHasher::resume_md5(state).map(WholeMd5),
+            None => Ok(WholeMd5(ChecksumAlgorithm::Md5.hasher())),
+        }
     }
 
     /// Hashes the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        use md5_resumable::Digest as _;
         self.0.update(bytes);
     }
 
     /// The state to save.
     pub fn state(&self) -> String {
-        use base64::Engine as _;
-        use md5_resumable::digest::common::hazmat::SerializableState as _;
-        base64::engine::general_purpose::STANDARD.encode(self.0.serialize().as_slice())
+        self.0.saved_state().unwrap_or_default()
     }
 
     /// The digest of everything hashed.
     pub fn finish(self) -> Vec<u8> {
-        use md5_resumable::Digest as _;
-        self.0.finalize().to_vec()
+        self.0.finish()
     }
 }
 
@@ -165,6 +152,8 @@ impl WholeMd5 {
 pub struct RunningDigest {
     tx: mpsc::Sender<Msg>,
     committed: u64,
+    /// The latest committed position the task has hashed up to, with the MD5's saved state.
+    saved: std::sync::Arc<Mutex<Option<(u64, String)>>>,
 }
 
 impl RunningDigest {
@@ -182,9 +171,29 @@ impl RunningDigest {
     }
 
     fn start_at(algorithm: ChecksumAlgorithm, urgent: bool) -> Self {
+        Self::spawn(algorithm.hasher(), 0, urgent)
+    }
+
+    /// Resumes a digest of bytes `0..at` from its saved state (an MD5's, from the info).
+    pub fn resume(state: &str, at: u64) -> Result<Self, String> {
+        Ok(Self::spawn(ChecksumHasher::resume_md5(state)?, at, false))
+    }
+
+    fn spawn(hasher: ChecksumHasher, at: u64, urgent: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, algorithm.hasher(), urgent));
-        RunningDigest { tx, committed: 0 }
+        let saved = std::sync::Arc::new(Mutex::new(hasher.saved_state().map(|s| (at, s))));
+        tokio::spawn(run(rx, hasher, at, urgent, std::sync::Arc::clone(&saved)));
+        RunningDigest {
+            tx,
+            committed: at,
+            saved,
+        }
+    }
+
+    /// The latest committed position hashed so far, with the digest's saved state (MD5 only):
+    /// what the info keeps so that a restarted server resumes here instead of re-reading the file.
+    pub fn saved(&self) -> Option<(u64, String)> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The upload offset the digest covers once its queue is drained.
@@ -291,11 +300,17 @@ fn lower_priority() {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher, urgent: bool) {
+async fn run(
+    mut rx: mpsc::Receiver<Msg>,
+    start: ChecksumHasher,
+    at: u64,
+    urgent: bool,
+    saved: std::sync::Arc<Mutex<Option<(u64, String)>>>,
+) {
     let mut hasher = Some(start.clone());
     let mut checkpoint = start;
-    let mut hashed = 0u64;
-    let mut at_checkpoint = 0u64;
+    let mut hashed = at;
+    let mut at_checkpoint = at;
     let mut in_step = true;
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -317,6 +332,9 @@ async fn run(mut rx: mpsc::Receiver<Msg>, start: ChecksumHasher, urgent: bool) {
                 Some(h) if in_step && hashed == offset => {
                     checkpoint = h.clone();
                     at_checkpoint = offset;
+                    if let Some(state) = checkpoint.saved_state() {
+                        *saved.lock().unwrap_or_else(|p| p.into_inner()) = Some((offset, state));
+                    }
                 }
                 _ => in_step = false,
             },

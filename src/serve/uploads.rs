@@ -109,8 +109,8 @@ pub struct Lease {
     pub cancel: CancellationToken,
 }
 
-/// Per-upload locks and running whole-file digests (in memory; lost on restart, which only
-/// costs one re-read of the file at its end).
+/// Per-upload locks and running whole-file digests (in memory; after a restart an MD5 digest is
+/// resumed from the state the info keeps, which trails by a chunk or two).
 #[derive(Default)]
 pub struct Uploads {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
@@ -449,7 +449,7 @@ pub async fn append(
         .map(|c| c.algorithm);
     // The digest state of held bytes lives in memory beside the running digest, which was fed
     // them and not rolled back; after a restart both are gone, and a continued chunk is then
-    // hashed from the store and the whole file re-read at its end.
+    // hashed from the store and the whole-file digest resumed from the info at its end.
     let continuation = (continues > 0).then(|| Continuation {
         len: continues,
         hasher: state.uploads.take_prefix(&info.id, continues),
@@ -464,7 +464,12 @@ pub async fn append(
             state.uploads.drop_running(&info.id);
             None
         }
-        _ => whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg))),
+        _ => match whole.and_then(|alg| state.uploads.take_running(&info.id, info.offset, Some(alg))) {
+            Some(d) => Some(d),
+            // Lost with a restart: resumed from the state the info keeps.
+            None if whole == Some(ChecksumAlgorithm::Md5) => resumed_digest(state, &info).await,
+            None => None,
+        },
     };
     if continuation.is_none()
         && let Some(d) = running.as_mut()
@@ -496,6 +501,7 @@ pub async fn append(
         complete_at: info.is_partial().then(now_secs),
         keep_prefix: state.config.keep_prefixes,
         continues: continuation,
+        saved_digest: running.as_ref().and_then(RunningDigest::saved),
     };
     let receiving = state.metrics.receiving();
     let (body, body_end) = state.metrics.meter(body);
@@ -555,6 +561,34 @@ pub async fn append(
     Ok(info)
 }
 
+/// The running MD5 of `info`'s upload resumed from the state its info keeps (after a
+/// restart): the bytes after that state, at most the digest's lag of a chunk or two, are read
+/// back and hashed; the file is not read again at its end. `None` without a saved state, or
+/// when those bytes cannot be read.
+async fn resumed_digest(state: &AppState, info: &UploadInfo) -> Option<RunningDigest> {
+    let saved = info.whole_md5.as_deref()?;
+    let at = info.whole_md5_at.unwrap_or(info.offset);
+    if at > info.offset {
+        return None;
+    }
+    let mut digest = RunningDigest::resume(saved, at).ok()?;
+    if at < info.offset {
+        let mut tail = state.store.read(&info.id, at..info.offset).await.ok()?;
+        let feed = digest.feed();
+        let mut read = 0u64;
+        while let Some(bytes) = futures_util::TryStreamExt::try_next(&mut tail).await.ok()? {
+            read += bytes.len() as u64;
+            feed.feed(vec![bytes]).await;
+        }
+        if read != info.offset - at {
+            return None;
+        }
+    }
+    digest.commit(info.offset).await;
+    tracing::debug!(id = %info.id, from = at, to = info.offset, "running digest resumed from the info");
+    Some(digest)
+}
+
 /// Runs the whole-file check of a fully received upload, then publishes it (partial uploads
 /// are only marked complete). On a mismatch the upload is marked `error` and not published.
 #[instrument(level = "debug", skip_all, fields(id = %info.id))]
@@ -583,6 +617,12 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
                 return Err(ServeError::Internal(super::store::StoreError::Io(
                     std::io::Error::other(e),
                 )));
+            }
+            (None, None)
+                if let Some(d) = resumed_digest(state, &info).await
+                    && let Some(digest) = d.finish().await =>
+            {
+                digest
             }
             (None, None) => {
                 tracing::debug!(%id, "no running digest (server restarted?); re-reading the file");

@@ -297,6 +297,7 @@ mod tests {
             complete_at: None,
             keep_prefix: true,
             continues: None,
+            saved_digest: None,
         }
     }
 

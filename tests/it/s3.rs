@@ -67,6 +67,7 @@ fn checked(offset: u64, chunk: &[u8], max_len: u64) -> Append {
         complete_at: None,
         keep_prefix: true,
         continues: None,
+        saved_digest: None,
     }
 }
 

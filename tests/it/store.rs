@@ -29,6 +29,7 @@ fn append(offset: u64, max_len: u64, checksum: Option<&[u8]>) -> Append {
         complete_at: None,
         keep_prefix: false,
         continues: None,
+        saved_digest: None,
     }
 }
 

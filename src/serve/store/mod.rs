@@ -80,6 +80,11 @@ pub struct UploadInfo {
     /// the last byte checks the whole file without reading it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whole_md5: Option<String>,
+    /// How many bytes [`UploadInfo::whole_md5`] covers when that is fewer than `offset` (the fs
+    /// store records its running digest's latest position, which may trail by a chunk or two):
+    /// a restarted server hashes only the bytes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole_md5_at: Option<u64>,
 }
 
 /// The first bytes of a chunk carrying `Upload-Checksum` whose request was cut off: stored
@@ -113,6 +118,7 @@ impl UploadInfo {
             placed_at: None,
             held: None,
             whole_md5: None,
+            whole_md5_at: None,
         }
     }
 
@@ -174,6 +180,9 @@ pub struct Append {
     /// The body continues the upload's held prefix: the chunk is the held bytes followed by the
     /// body, and `checksum` covers both.
     pub continues: Option<Continuation>,
+    /// The saved state of the upload's running whole-file digest and the offset it covers, to
+    /// record with the new offset ([`UploadInfo::whole_md5`], [`UploadInfo::whole_md5_at`]).
+    pub saved_digest: Option<(u64, String)>,
 }
 
 /// What an append that continues a held prefix knows of it.
@@ -211,6 +220,10 @@ impl Append {
         info.offset += received;
         info.expires = self.expires;
         info.held = None;
+        if let Some((at, state)) = &self.saved_digest {
+            info.whole_md5 = Some(state.clone());
+            info.whole_md5_at = Some(*at);
+        }
         if let Some(at) = self.complete_at
             && info.is_full()
         {

@@ -846,6 +846,7 @@ impl S3Store {
             complete_at: None,
             keep_prefix: false,
             continues: None,
+            saved_digest: None,
         };
         let mut frames: Vec<Bytes> = Vec::new();
         let mut buffered = 0usize;
@@ -920,6 +921,7 @@ impl Store for S3Store {
                     offset: rec.info.offset,
                     held: rec.info.held.take(),
                     whole_md5: rec.info.whole_md5.take(),
+                    whole_md5_at: rec.info.whole_md5_at.take(),
                     ..info.clone()
                 };
                 match self.save(&mut rec, &mut etag).await {
