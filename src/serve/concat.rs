@@ -17,6 +17,7 @@ use super::store::{UploadInfo, UploadState};
 use super::verify::expected_whole;
 use crate::protocol::ChecksumAlgorithm;
 
+use super::live::Ahead;
 use super::uploads::*;
 
 /// Creates a final upload from partial uploads. When all are complete it is concatenated,

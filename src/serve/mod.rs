@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod expiry;
 pub mod in_process;
+pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod status;
