@@ -28,6 +28,12 @@ pub enum ServeError {
     /// The offset does not match, or the upload is not in a state for this request (409).
     #[error("{0}")]
     Conflict(String),
+    /// A request the server does not implement (501): a transfer coding it cannot undo.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Another request is still sending bytes for the upload (423, `Retry-After`).
+    #[error("{0}")]
+    Locked(String),
     /// The upload expired or failed; start a new one (410).
     #[error("{0}")]
     Gone(String),
@@ -71,6 +77,10 @@ impl From<StoreError> for ServeError {
             StoreError::ChunkTooLarge { .. } => ServeError::TooLarge(e.to_string()),
             StoreError::ChecksumMismatch { .. } => ServeError::ChecksumMismatch(e.to_string()),
             StoreError::Body(BodyError::TooLong) => ServeError::TooLarge(e.to_string()),
+            StoreError::Body(BodyError::Malformed(_)) => ServeError::BadRequest(format!("{e}; nothing of it was kept")),
+            StoreError::Body(BodyError::Superseded) => ServeError::Conflict(format!(
+                "{e}; nothing of it was kept: ask for the offset (HEAD) and continue"
+            )),
             StoreError::Body(BodyError::Interrupted(_)) => {
                 ServeError::BadRequest(format!("{e}; nothing of it was kept"))
             }
@@ -89,6 +99,8 @@ impl ServeError {
             ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServeError::NotFound => StatusCode::NOT_FOUND,
             ServeError::Conflict(_) => StatusCode::CONFLICT,
+            ServeError::Locked(_) => StatusCode::LOCKED,
+            ServeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ServeError::Gone(_) => StatusCode::GONE,
             ServeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::VersionUnsupported => StatusCode::PRECONDITION_FAILED,
@@ -187,7 +199,7 @@ impl IntoResponse for ServeError {
             ServeError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ServeError::ShuttingDown(_) => {
+            ServeError::ShuttingDown(_) | ServeError::Locked(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ServeError::RangeNotSatisfiable { length } => {

@@ -20,7 +20,53 @@ use crate::protocol::{ChecksumAlgorithm, ChecksumHasher};
 struct Slot {
     writer: Arc<tokio::sync::Mutex<()>>,
     current: Mutex<CancellationToken>,
+    progress: Arc<Progress>,
 }
+
+/// When the request holding an upload's lock last made progress (took the lock, or received
+/// body bytes): a new PATCH takes over from it only once it has stalled.
+#[derive(Debug)]
+pub struct Progress(std::sync::atomic::AtomicU64);
+
+impl Default for Progress {
+    fn default() -> Self {
+        let p = Progress(std::sync::atomic::AtomicU64::new(0));
+        p.touch();
+        p
+    }
+}
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Progress {
+    /// Records progress now.
+    pub fn touch(&self) {
+        let now = epoch().elapsed().as_millis() as u64;
+        self.0.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last progress.
+    pub fn idle(&self) -> Duration {
+        let then = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let now = epoch().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(then))
+    }
+}
+
+/// A request holding an upload's lock that has received nothing for this long is stalled: a
+/// new PATCH may take over from it (a HEAD or GET never does).
+pub const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a new PATCH waits for a request that is still receiving bytes before it is
+/// answered 423 (try again).
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A PATCH found another request still receiving bytes for the upload.
+#[derive(Debug)]
+pub struct Busy;
 
 /// Exclusive access to one upload, until dropped. `cancel` fires when a newer request for the
 /// same upload wants it.
@@ -28,6 +74,8 @@ pub struct Lease {
     _guard: OwnedMutexGuard<()>,
     /// Fires when a newer request takes over.
     pub cancel: CancellationToken,
+    /// Where the holder records its progress (each body frame).
+    pub progress: Arc<Progress>,
 }
 
 /// Per-upload locks and running whole-file digests (in memory; after a restart an MD5 digest is
@@ -90,25 +138,61 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Uploads {
-    /// Takes the upload's lock. A request still holding it (a PATCH whose client went away) is
-    /// told to give up first, so a reconnecting client never waits on a dead one for long.
-    pub async fn acquire(&self, id: &str) -> Lease {
-        let slot = Arc::clone(lock(&self.slots).entry(id.to_string()).or_default());
-        lock(&slot.current).cancel();
-        let guard = Arc::clone(&slot.writer).lock_owned().await;
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        Arc::clone(lock(&self.slots).entry(id.to_string()).or_default())
+    }
+
+    fn lease(slot: &Slot, guard: OwnedMutexGuard<()>) -> Lease {
         let cancel = CancellationToken::new();
         *lock(&slot.current) = cancel.clone();
-        Lease { _guard: guard, cancel }
+        slot.progress.touch();
+        Lease {
+            _guard: guard,
+            cancel,
+            progress: Arc::clone(&slot.progress),
+        }
+    }
+
+    /// Takes the upload's lock, telling a request still holding it to give up first: for
+    /// what the upload's owner or the server decides (termination, expiry).
+    pub async fn acquire(&self, id: &str) -> Lease {
+        let slot = self.slot(id);
+        lock(&slot.current).cancel();
+        let guard = Arc::clone(&slot.writer).lock_owned().await;
+        Self::lease(&slot, guard)
+    }
+
+    /// Takes the upload's lock for a new PATCH. A request holding it that has stalled
+    /// ([`STALLED_AFTER`] without a byte: a client that went away) is told to give up; one
+    /// that is still receiving is waited for, at most [`TAKEOVER_WAIT`], then [`Busy`].
+    pub async fn acquire_for_patch(&self, id: &str) -> Result<Lease, Busy> {
+        let slot = self.slot(id);
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            if let Ok(guard) = Arc::clone(&slot.writer).try_lock_owned() {
+                return Ok(Self::lease(&slot, guard));
+            }
+            if slot.progress.idle() >= STALLED_AFTER {
+                lock(&slot.current).cancel();
+                let guard = Arc::clone(&slot.writer).lock_owned().await;
+                return Ok(Self::lease(&slot, guard));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Busy);
+            }
+            let waited = tokio::time::timeout(Duration::from_millis(50), Arc::clone(&slot.writer).lock_owned()).await;
+            if let Ok(guard) = waited {
+                return Ok(Self::lease(&slot, guard));
+            }
+        }
     }
 
     /// Takes the upload's lock after whoever holds it now is done (nothing is cancelled): for
     /// short bookkeeping that must not throw away a chunk in flight.
     pub async fn acquire_waiting(&self, id: &str) -> Lease {
-        let slot = Arc::clone(lock(&self.slots).entry(id.to_string()).or_default());
+        let slot = self.slot(id);
         let guard = Arc::clone(&slot.writer).lock_owned().await;
-        let cancel = CancellationToken::new();
-        *lock(&slot.current) = cancel.clone();
-        Lease { _guard: guard, cancel }
+        Self::lease(&slot, guard)
     }
 
     /// Whether a request holds the upload's lock right now.

@@ -69,6 +69,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    verify::check_transfer_encoding(&headers)?;
     let metadata = verify::upload_metadata(&headers)?;
     let length = verify::header_u64(&headers, header::UPLOAD_LENGTH)?;
     let concat = verify::header_str(&headers, header::UPLOAD_CONCAT)?
@@ -81,7 +82,8 @@ pub async fn create(
                 "a final upload must not carry Upload-Length".into(),
             ));
         }
-        let parts = uploads::concat_part_ids(urls)?;
+        let host = verify::header_str(&headers, "host")?;
+        let parts = uploads::concat_part_ids(urls, host)?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
                 "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
@@ -127,7 +129,7 @@ pub async fn create(
     tracing::Span::current().record("id", tracing::field::display(&info.id));
     if with_data && info.state == UploadState::Receiving {
         let lease = state.uploads.acquire(&info.id).await;
-        let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        let stream = verify::guarded_body(body, state.config.read_timeout, &lease);
         // A failure after the upload exists is logged with its id (the path names none).
         match uploads::append(&state, info.clone(), checksum, 0, stream).await {
             Ok(after) => info = after,
@@ -211,7 +213,12 @@ fn settled(info: UploadInfo) -> Result<UploadInfo> {
     Ok(info)
 }
 
-/// `HEAD /files/{id}`: where the upload stands. Takes over from a stalled PATCH.
+/// How long a HEAD waits for a request in flight on the upload before it answers what is
+/// recorded.
+const HEAD_WAITS_FOR_WRITER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `HEAD /files/{id}`: where the upload stands, as recorded once a request in flight that is
+/// ending has finished (waiting at most [`HEAD_WAITS_FOR_WRITER`]); it ends no request.
 #[instrument(skip_all, fields(id = %id))]
 pub async fn head(
     State(state): State<AppState>,
@@ -219,15 +226,25 @@ pub async fn head(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let mut info = uploads::load_live(&state, &id, &owner).await?;
+    if !info.is_final() && state.uploads.is_busy(&id) {
+        // A request in flight that is ending (its connection was just cut) is let finish, so
+        // that the answer counts what it delivered; one still streaming is not waited for long,
+        // and never cut.
+        if let Ok(lease) = tokio::time::timeout(HEAD_WAITS_FOR_WRITER, state.uploads.acquire_waiting(&id)).await {
+            drop(lease);
+        }
+        info = uploads::load_live(&state, &id, &owner).await?;
+    }
     if info.is_final() {
         if info.state == UploadState::Receiving {
             info = finish_final(&state, info).await?;
         }
-    } else {
-        let _lease = state.uploads.acquire(&id).await;
+    } else if info.state == UploadState::Receiving && info.is_full() {
+        // A crash between the last byte and its publication: finish now (after a request in
+        // flight, never cutting it: a HEAD ends no PATCH).
+        let _lease = state.uploads.acquire_waiting(&id).await;
         info = uploads::load_live(&state, &id, &owner).await?;
         if info.state == UploadState::Receiving && info.is_full() {
-            // A crash between the last byte and its publication: finish now.
             info = uploads::finish(&state, info).await?;
         }
     }
@@ -265,6 +282,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    verify::check_transfer_encoding(&headers)?;
     if !verify::is_offset_stream(&headers) {
         return Err(ServeError::UnsupportedMediaType);
     }
@@ -281,7 +299,10 @@ pub async fn patch(
         )));
     }
 
-    let lease = state.uploads.acquire(&id).await;
+    let lease =
+        state.uploads.acquire_for_patch(&id).await.map_err(|_| {
+            ServeError::Locked("another request is still sending bytes for this upload; try again".into())
+        })?;
     let mut info = uploads::load_live(&state, &id, &owner).await?;
     if info.is_final() {
         return Err(ServeError::Forbidden("a final upload cannot be patched".into()));
@@ -345,7 +366,7 @@ pub async fn patch(
             return Err(ServeError::TooLarge("the upload is already complete".into()));
         }
     } else {
-        let stream = verify::guarded_body(body, state.config.read_timeout, lease.cancel.clone());
+        let stream = verify::guarded_body(body, state.config.read_timeout, &lease);
         info = uploads::append(&state, info, checksum, continues, stream).await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();

@@ -65,17 +65,28 @@ pub fn sanitize_filename(name: Option<&str>, fallback: &str) -> String {
     }
 }
 
-/// The upload ids named by `Upload-Concat: final;<urls>` (each URL's last path segment).
-pub fn concat_part_ids(urls: &[String]) -> Result<Vec<String>, ServeError> {
+/// The upload ids named by `Upload-Concat: final;<urls>`: each a path `/files/<id>` or an
+/// absolute URL of this server (`host`, the request's `Host`), whose last segment is an id.
+pub fn concat_part_ids(urls: &[String], host: Option<&str>) -> Result<Vec<String>, ServeError> {
     urls.iter()
         .map(|url| {
-            let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-            if is_valid_id(id) {
+            let not_ours =
+                || ServeError::BadRequest(format!("'{url}' in Upload-Concat is not an upload URL of this server"));
+            let path = match url.split_once("://") {
+                Some((_, rest)) => {
+                    let (authority, path) = rest.split_once('/').ok_or_else(not_ours)?;
+                    if host.is_none_or(|h| !authority.eq_ignore_ascii_case(h)) {
+                        return Err(not_ours());
+                    }
+                    path
+                }
+                None => url.as_str(),
+            };
+            let id = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            if is_valid_id(id) && path.trim_start_matches('/').split('/').count() == 2 {
                 Ok(id.to_string())
             } else {
-                Err(ServeError::BadRequest(format!(
-                    "'{url}' in Upload-Concat is not an upload URL of this server"
-                )))
+                Err(not_ours())
             }
         })
         .collect()
@@ -84,7 +95,13 @@ pub fn concat_part_ids(urls: &[String]) -> Result<Vec<String>, ServeError> {
 /// The partial upload ids of a final upload's info.
 pub(super) fn parts_of(info: &UploadInfo) -> Result<Vec<String>, ServeError> {
     match &info.concat {
-        Some(Concat::Final(urls)) => concat_part_ids(urls),
+        // Checked when the final was created ([`concat_part_ids`]).
+        Some(Concat::Final(urls)) => Ok(urls
+            .iter()
+            .filter_map(|u| u.trim_end_matches('/').rsplit('/').next())
+            .filter(|id| is_valid_id(id))
+            .map(str::to_string)
+            .collect()),
         _ => Err(ServeError::BadRequest(format!("{} is not a final upload", info.id))),
     }
 }
@@ -265,7 +282,9 @@ pub async fn append(
     }
     // A body given up because the server stops is the server's doing: the client retries.
     let stopping = |e: ServeError| match e {
-        ServeError::BadRequest(m) if state.uploads.stopping.load(std::sync::atomic::Ordering::SeqCst) => {
+        ServeError::BadRequest(m) | ServeError::Conflict(m)
+            if state.uploads.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
             ServeError::ShuttingDown(m)
         }
         e => e,
@@ -273,14 +292,21 @@ pub async fn append(
     let mut appended = appended.map_err(|e| stopping(e.into()))?;
     if let (Some(hasher), Some(held)) = (appended.held.take(), appended.info.held.clone()) {
         state.uploads.put_prefix(&info.id, held.len, hasher);
+        let superseded = appended.interrupted == Some(super::store::BodyError::Superseded);
         let cut = appended.interrupted.map(|e| e.to_string()).unwrap_or_default();
         tracing::info!(id = %info.id, offset = info.offset, held = held.len, "{cut}; holding the chunk's first bytes");
-        return Err(stopping(ServeError::BadRequest(format!(
+        let message = format!(
             "{cut}; the server holds {} bytes of the chunk: send the rest with {}: {}",
             held.len,
             crate::protocol::header::CHUNK_PREFIX,
             held.len
-        ))));
+        );
+        // A stalled request taken over is answered 409: its client (if any) asks again.
+        return Err(stopping(if superseded {
+            ServeError::Conflict(message)
+        } else {
+            ServeError::BadRequest(message)
+        }));
     }
     if let Some(f) = &info.final_upload {
         state.uploads.notify_appended(f);

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::HeaderMap;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use tokio_util::sync::CancellationToken;
 
 use super::error::ServeError;
 use super::store::{Append, BodyError, BodyStream, ByteStream, StoreError};
@@ -18,15 +17,40 @@ pub const MAX_METADATA_LEN: usize = 16 << 10;
 /// Most partial uploads one final upload may name.
 pub const MAX_CONCAT_PARTS: usize = 10_000;
 
-/// The text value of a header, if present; a value that is not visible ASCII is a bad header.
+/// The text value of a header, if present; a value that is not visible ASCII is a bad header,
+/// and so is a header sent twice with different values (which one would count is a guess).
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ServeError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
+    let mut found: Option<&str> = None;
+    for v in headers.get_all(name) {
+        let text = v
             .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| ServeError::BadRequest(format!("{name} is not ASCII text"))),
+            .map(str::trim)
+            .map_err(|_| ServeError::BadRequest(format!("{name} is not ASCII text")))?;
+        match found {
+            Some(first) if first != text => {
+                return Err(ServeError::BadRequest(format!(
+                    "{name} is sent twice with different values ('{first}', '{text}')"
+                )));
+            }
+            _ => found = Some(text),
+        }
     }
+    Ok(found)
+}
+
+/// A request body must be sent as is or `chunked`: another transfer coding (`gzip, chunked`)
+/// would be stored as its coded bytes (501).
+pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ServeError> {
+    for v in headers.get_all(axum::http::header::TRANSFER_ENCODING) {
+        let text = v.to_str().unwrap_or("?");
+        let codings: Vec<&str> = text.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+        if codings.iter().any(|c| !c.eq_ignore_ascii_case("chunked")) {
+            return Err(ServeError::NotImplemented(format!(
+                "Transfer-Encoding '{text}' is not supported: send the body as is or chunked"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A header that must be a non-negative integer (`Upload-Offset`, `Upload-Length`).
@@ -113,9 +137,13 @@ const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// fires the body still takes what is already on its way, for at most [`DRAIN_FOR`] and until
 /// the first pause: when a client reconnects after a cut, the bytes its broken connection
 /// delivered are kept (a checked chunk's are held) rather than left unread.
-pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToken) -> BodyStream {
-    const SUPERSEDED: &str = "superseded by a newer request for this upload";
-    let stream = body.into_data_stream();
+pub fn guarded_body(body: Body, read_timeout: Duration, lease: &super::live::Lease) -> BodyStream {
+    let (cancel, progress) = (lease.cancel.clone(), std::sync::Arc::clone(&lease.progress));
+    let stream = body.into_data_stream().inspect(move |frame| {
+        if frame.as_ref().is_ok_and(|b| !b.is_empty()) {
+            progress.touch();
+        }
+    });
     let start: (_, _, Option<tokio::time::Instant>) = (stream, cancel, None);
     futures_util::stream::unfold(Some(start), move |state| async move {
         let (mut stream, cancel, draining) = state?;
@@ -128,7 +156,7 @@ pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToke
                         Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
                         Ok(None) => return None,
                         Ok(Some(Ok(bytes))) => Ok(bytes),
-                        Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+                        Ok(Some(Err(e))) => Err(body_error(&e)),
                     };
                     return match next {
                         Ok(bytes) => Some((Ok(bytes), Some((stream, cancel, None)))),
@@ -140,10 +168,10 @@ pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToke
         let deadline = draining.unwrap_or_else(tokio::time::Instant::now);
         let wait = DRAIN_IDLE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let next = match tokio::time::timeout(wait, stream.next()).await {
-            Err(_) => Err(BodyError::Interrupted(SUPERSEDED.into())),
+            Err(_) => Err(BodyError::Superseded),
             Ok(None) => return None,
             Ok(Some(Ok(bytes))) => Ok(bytes),
-            Ok(Some(Err(e))) => Err(BodyError::Interrupted(e.to_string())),
+            Ok(Some(Err(e))) => Err(body_error(&e)),
         };
         match next {
             Ok(bytes) => Some((Ok(bytes), Some((stream, cancel, draining)))),
@@ -151,6 +179,29 @@ pub fn guarded_body(body: Body, read_timeout: Duration, cancel: CancellationToke
         }
     })
     .boxed()
+}
+
+/// What a failed body read means: broken framing (the HTTP layer found the body malformed:
+/// an unparsable or overflowing chunk size) refuses the body; anything else is a cut.
+fn body_error(e: &axum::Error) -> BodyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            )
+        {
+            return BodyError::Malformed(crate::error_chain(e));
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_parse()
+        {
+            return BodyError::Malformed(crate::error_chain(e));
+        }
+        source = err.source();
+    }
+    BodyError::Interrupted(e.to_string())
 }
 
 /// Hashes a chunk while it is stored and decides, at its end, whether it may be committed.
@@ -222,6 +273,7 @@ impl ChunkVerifier {
         } = self;
         match (ended, expected, hasher) {
             (Some(BodyError::TooLong), _, _) => Err(BodyError::TooLong.into()),
+            (Some(BodyError::Malformed(m)), _, _) => Err(BodyError::Malformed(m).into()),
             (Some(cut), Some(_), Some(hasher)) if keep_prefix && received > 0 => Ok(Judged::Hold {
                 len: received,
                 hasher,

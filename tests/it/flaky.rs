@@ -39,7 +39,7 @@ async fn first_held(server: &Server, patience: Duration) -> Option<u64> {
 }
 
 /// Reads every few milliseconds the offset the server records for each of its uploads (what
-/// its HEAD answers; a HEAD itself would take over from the PATCH in flight), and keeps them.
+/// its HEAD answers, read straight from the store), and keeps them.
 struct OffsetWatch {
     seen: Arc<Mutex<Vec<u64>>>,
     task: tokio::task::JoinHandle<()>,

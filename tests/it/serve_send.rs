@@ -394,3 +394,47 @@ async fn a_server_announcing_only_creation_gets_plain_patches() {
         "no PATCH: the bytes rode on the POST"
     );
 }
+
+/// A HEAD poller hammering every upload while `robusto send` runs costs the sender nothing:
+/// every PATCH is answered 204, none is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_poller_costs_the_sender_nothing() {
+    let server = Server::start(|_| {}).await;
+    let proxy = Proxy::start(
+        server.addr,
+        Faults {
+            delay_per_64k: Some(std::time::Duration::from_millis(2)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = packed_like(dir.path(), 12 << 20, 1 << 20, 93);
+    let opts = options(&file, &proxy.endpoint(), &dir.path().join("state"));
+    let (store, http, base) = (server.state.store.clone(), reqwest::Client::new(), server.base.clone());
+    let poller = tokio::spawn(async move {
+        let mut heads = 0u64;
+        loop {
+            for id in store.list().await.unwrap_or_default() {
+                let r = http
+                    .head(format!("{base}/files/{id}"))
+                    .header("Tus-Resumable", "1.0.0")
+                    .send()
+                    .await;
+                if r.is_ok() {
+                    heads += 1;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if heads > 100_000 {
+                return heads;
+            }
+        }
+    });
+    let url = send_ok(&opts).await;
+    poller.abort();
+    assert_eq!(md5_file(&server.published(&url).await), md5_file(&file));
+    let patches = proxy.log.patches();
+    assert!(patches.iter().all(|p| p.status == Some(204)), "{patches:?}");
+    assert_eq!(patches.len(), 12, "{patches:?}");
+}

@@ -461,32 +461,119 @@ async fn wait_busy(s: &Server, loc: &str) {
     panic!("the PATCH never reached the server");
 }
 
+/// Sends a PATCH of `body` in pieces of `piece` bytes, `every` apart, on a thread; returns its
+/// answer's status line.
+fn trickle_patch(
+    base: &str,
+    loc: &str,
+    body: Vec<u8>,
+    checksum: Option<String>,
+    piece: usize,
+    every: Duration,
+) -> std::thread::JoinHandle<String> {
+    let (base, loc) = (base.to_string(), loc.to_string());
+    std::thread::spawn(move || {
+        let addr = base.trim_start_matches("http://");
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        let mut head = format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if let Some(c) = &checksum {
+            head.push_str(&format!("Upload-Checksum: {c}\r\n"));
+        }
+        head.push_str("\r\n");
+        t.write_all(head.as_bytes()).unwrap();
+        for p in body.chunks(piece) {
+            std::thread::sleep(every);
+            if t.write_all(p).is_err() {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let _ = t.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_request_takes_over_from_a_stalled_patch() {
-    // The read timeout is an hour: only the takeover can free the lock.
-    let s = Server::start(|c| c.read_timeout = Duration::from_secs(3600)).await;
+async fn a_head_never_ends_a_patch_in_flight() {
+    let s = Server::start(|_| {}).await;
     let c = s.client();
     let data = bytes(1000, 3);
     let loc = c.create(1000, "").await;
-    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], None);
-    wait_busy(&s, &loc).await;
-    // HEAD waits for the stalled PATCH to give up, then reports what it kept.
-    let mut offset = c.offset(&loc).await;
-    assert!(offset <= 300, "{offset}");
-    drop(stalled);
-    offset = c.offset(&loc).await;
-    assert_eq!(
-        c.patch(&loc, offset, &data[offset as usize..], None).await.status(),
-        204
+    let patch = trickle_patch(
+        &s.base,
+        &loc,
+        data.clone(),
+        Some(md5_header(&data)),
+        50,
+        Duration::from_millis(250),
     );
-    assert_eq!(std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(), data);
-
-    let loc = c.create(1000, "").await;
-    let stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], Some(&md5_header(&data)));
     wait_busy(&s, &loc).await;
+    let mut heads = 0;
+    while !patch.is_finished() {
+        let r = c.head(&loc).await;
+        let offset = hv(&r, header::UPLOAD_OFFSET);
+        assert_eq!(r.status(), 200);
+        assert!(offset == "0" || offset == "1000", "{offset}");
+        heads += 1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if heads > 200 {
+            break;
+        }
+    }
+    let answer = patch.join().unwrap();
+    assert!(
+        answer.contains("204"),
+        "the PATCH completes despite {heads} HEADs: {answer}"
+    );
+    assert!(heads >= 3, "{heads}");
+    assert_eq!(c.offset(&loc).await, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_patch_waits_for_a_live_one_and_takes_over_only_a_stalled_one() {
+    // The read timeout is an hour: only a takeover can free the lock.
+    let s = Server::start(|c| c.read_timeout = Duration::from_secs(3600)).await;
+    let c = s.client();
+    // A PATCH still receiving bytes (one every 200 ms for 7 s) is not taken over: 423.
+    let slow = bytes(35, 9);
+    let loc = c.create(35, "").await;
+    let live = trickle_patch(&s.base, &loc, slow.clone(), None, 1, Duration::from_millis(200));
+    wait_busy(&s, &loc).await;
+    let started = std::time::Instant::now();
+    let r = c.patch(&loc, 0, &slow, None).await;
+    assert_eq!(r.status(), 423, "{}", r.text().await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited first: {:?}",
+        started.elapsed()
+    );
+    assert!(live.join().unwrap().contains("204"));
+    assert_eq!(std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(), slow);
+
+    // A PATCH that stopped sending is taken over once it has been silent for a while; it is
+    // answered 409 (its client, if still there, asks for the offset).
+    let data = bytes(1000, 3);
+    let loc = c.create(1000, "").await;
+    let mut stalled = start_patch(&s.base, &loc, 0, 1000, &data[..300], Some(&md5_header(&data)));
+    wait_busy(&s, &loc).await;
+    let started = std::time::Instant::now();
     let r = c.patch(&loc, 0, &data, Some(&md5_header(&data))).await;
     assert_eq!(r.status(), 204, "a new PATCH takes over: {}", r.text().await.unwrap());
-    drop(stalled);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
     assert_eq!(c.offset(&loc).await, 1000);
 }
 
@@ -1275,4 +1362,91 @@ async fn a_restarted_server_resumes_the_whole_file_digest_from_the_info() {
         let expected = if keep_state { 204 } else { 460 };
         assert_eq!(r.status(), expected, "state kept: {keep_state}");
     }
+}
+
+/// Sends `request` as is and returns the answer's status code.
+fn raw_status(base: &str, request: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut t = std::net::TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.write_all(request.replace("{host}", addr).as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = t.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_refused() {
+    let s = Server::start(|_| {}).await;
+    let c = s.client();
+    let loc = c.create(10, "").await;
+    let patch = |extra: &str, body: &str| {
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: {{host}}\r\nTus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\nConnection: close\r\n{extra}\r\n{body}"
+        )
+    };
+    // Two different offsets, lengths or checksums: which one counts would be a guess.
+    let two_offsets = patch("Upload-Offset: 0\r\nUpload-Offset: 5\r\nContent-Length: 5\r\n", "hello");
+    assert_eq!(raw_status(&s.base, &two_offsets), 400);
+    let two_sums = patch(
+        &format!(
+            "Upload-Offset: 0\r\nUpload-Checksum: {}\r\nUpload-Checksum: {}\r\nContent-Length: 5\r\n",
+            md5_header(b"hello"),
+            md5_header(b"other")
+        ),
+        "hello",
+    );
+    assert_eq!(raw_status(&s.base, &two_sums), 400);
+    let two_lengths = "POST /files/ HTTP/1.1\r\nHost: {host}\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 5\r\nUpload-Length: 9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&s.base, two_lengths), 400);
+    // A coding the server would store as its coded bytes.
+    let gzip = patch(
+        "Upload-Offset: 0\r\nTransfer-Encoding: gzip, chunked\r\n",
+        "5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(raw_status(&s.base, &gzip), 501);
+    // A chunk of 2^72 bytes does not exist: the framing is broken, not the connection.
+    let huge = patch(
+        "Upload-Offset: 0\r\nTransfer-Encoding: chunked\r\n",
+        "1000000000000000000\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(raw_status(&s.base, &huge), 400);
+    assert_eq!(c.offset(&loc).await, 0, "nothing of those was kept");
+    // The same header twice with the same value is no ambiguity.
+    let same = patch("Upload-Offset: 0\r\nUpload-Offset: 0\r\nContent-Length: 5\r\n", "hello");
+    assert_eq!(raw_status(&s.base, &same), 204);
+    // Upload-Concat entries that are not upload URLs of this server.
+    let part = {
+        let r = c
+            .req(reqwest::Method::POST, "/files/")
+            .header("Upload-Length", "1")
+            .header("Upload-Concat", "partial")
+            .send()
+            .await
+            .unwrap();
+        hv(&r, "location")
+    };
+    let id = id_of(&part);
+    for concat in [
+        format!("final;/files/{id};/files/{id}"),
+        format!("final;http://evil.example/files/{id}"),
+        format!("final;/elsewhere/files/{id}"),
+    ] {
+        let r = c
+            .req(reqwest::Method::POST, "/files/")
+            .header("Upload-Concat", concat.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{concat}");
+    }
+    let own = format!("final;{}/files/{id}", s.base);
+    let r = c
+        .req(reqwest::Method::POST, "/files/")
+        .header("Upload-Concat", own.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "an absolute URL of this server is fine: {own}");
 }

@@ -141,13 +141,21 @@ impl UploadInfo {
 /// Why a request body ended early.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
-    /// The connection broke, the read timed out, or a newer request superseded this one.
-    /// Without a checksum, the bytes received so far are kept (tus default).
+    /// The connection broke or the read timed out. Without a checksum, the bytes received so
+    /// far are kept (tus default).
     #[error("the request body was cut off: {0}")]
     Interrupted(String),
     /// The body is longer than the upload allows; nothing of it is kept.
     #[error("the request body is longer than the upload's remaining length")]
     TooLong,
+    /// The body's framing is broken (a chunk size that does not parse or overflows): nothing
+    /// of it is kept.
+    #[error("the request body is malformed: {0}")]
+    Malformed(String),
+    /// A newer request for the upload took over from this one, which had stalled (or the
+    /// server is shutting down). Like a cut: without a checksum what arrived is kept.
+    #[error("the request stalled and a newer one for this upload took over")]
+    Superseded,
 }
 
 /// A request body as the store consumes it.
