@@ -615,6 +615,10 @@ pub(crate) struct ServeArgs {
     /// A request body that sends nothing for this long is given up.
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub read_timeout: String,
+    /// A request body slower than this per second, over a --read-timeout, is given up too
+    /// (0 for no minimum).
+    #[arg(long, default_value = "1KiB", value_name = "SIZE")]
+    pub min_rate: String,
     /// Let browsers at this origin upload (repeatable; * for any).
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
@@ -669,6 +673,7 @@ impl ServeArgs {
             .map_err(|e| usage("--max-size", &e))?;
         config.expire_after = parse_duration(&self.expire_after).map_err(|e| usage("--expire-after", &e))?;
         config.read_timeout = parse_duration(&self.read_timeout).map_err(|e| usage("--read-timeout", &e))?;
+        config.min_rate = parse_size(&self.min_rate).map_err(|e| usage("--min-rate", &e))?;
         if config.read_timeout.is_zero() {
             return Err(UsageError("--read-timeout must be more than 0".into()));
         }

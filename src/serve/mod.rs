@@ -60,6 +60,9 @@ pub struct Config {
     pub expire_after: Duration,
     /// How long a request body may send nothing before it is given up (`--read-timeout`).
     pub read_timeout: Duration,
+    /// Bytes per second a request body must keep up, over windows of `read_timeout`
+    /// (`--min-rate`; 0 for none).
+    pub min_rate: u64,
     /// Origins browsers may upload from (`--cors-origin`; `*` for any).
     pub cors_origins: Vec<String>,
     /// Hold the bytes of a checked chunk whose request was cut off, for the client to complete
@@ -90,6 +93,7 @@ impl Config {
             tokens: Tokens::default(),
             expire_after: Duration::from_secs(7 * 86_400),
             read_timeout: Duration::from_secs(60),
+            min_rate: 1024,
             cors_origins: Vec::new(),
             keep_prefixes: true,
             metrics: None,

@@ -129,7 +129,7 @@ pub async fn create(
     tracing::Span::current().record("id", tracing::field::display(&info.id));
     if with_data && info.state == UploadState::Receiving {
         let lease = state.uploads.acquire(&info.id).await;
-        let stream = verify::guarded_body(body, state.config.read_timeout, &lease);
+        let stream = verify::guarded_body(body, state.config.read_timeout, state.config.min_rate, &lease);
         // A failure after the upload exists is logged with its id (the path names none).
         match uploads::append(&state, info.clone(), checksum, 0, stream).await {
             Ok(after) => info = after,
@@ -366,7 +366,7 @@ pub async fn patch(
             return Err(ServeError::TooLarge("the upload is already complete".into()));
         }
     } else {
-        let stream = verify::guarded_body(body, state.config.read_timeout, &lease);
+        let stream = verify::guarded_body(body, state.config.read_timeout, state.config.min_rate, &lease);
         info = uploads::append(&state, info, checksum, continues, stream).await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();

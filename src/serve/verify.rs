@@ -137,7 +137,43 @@ const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// fires the body still takes what is already on its way, for at most [`DRAIN_FOR`] and until
 /// the first pause: when a client reconnects after a cut, the bytes its broken connection
 /// delivered are kept (a checked chunk's are held) rather than left unread.
-pub fn guarded_body(body: Body, read_timeout: Duration, lease: &super::live::Lease) -> BodyStream {
+///
+/// A body must also keep up `min_rate` bytes per second, measured over windows of
+/// `read_timeout` (0 for no minimum): one trickling a byte now and then is given up like a
+/// silent one, at the end of the first window it falls short in.
+pub fn guarded_body(body: Body, read_timeout: Duration, min_rate: u64, lease: &super::live::Lease) -> BodyStream {
+    let window = read_timeout;
+    let mut window_start = tokio::time::Instant::now();
+    let mut window_bytes = 0u64;
+    let mut done = false;
+    raw_guarded_body(body, read_timeout, lease)
+        .map(move |item| {
+            if let (Ok(bytes), true) = (&item, min_rate > 0) {
+                window_bytes += bytes.len() as u64;
+                let elapsed = window_start.elapsed();
+                if elapsed >= window {
+                    let wanted = min_rate.saturating_mul(elapsed.as_secs().max(1));
+                    if window_bytes < wanted {
+                        return Err(BodyError::Interrupted(format!(
+                            "the body came at {} bytes/s, under the minimum of {min_rate} bytes/s",
+                            window_bytes / elapsed.as_secs().max(1)
+                        )));
+                    }
+                    window_start = tokio::time::Instant::now();
+                    window_bytes = 0;
+                }
+            }
+            item
+        })
+        .take_while(move |item| {
+            let go = !done;
+            done |= item.is_err();
+            futures_util::future::ready(go)
+        })
+        .boxed()
+}
+
+fn raw_guarded_body(body: Body, read_timeout: Duration, lease: &super::live::Lease) -> BodyStream {
     let (cancel, progress) = (lease.cancel.clone(), std::sync::Arc::clone(&lease.progress));
     let stream = body.into_data_stream().inspect(move |frame| {
         if frame.as_ref().is_ok_and(|b| !b.is_empty()) {

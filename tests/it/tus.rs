@@ -1204,6 +1204,7 @@ fn serve_flags_are_validated_before_anything_starts() {
         &["--max-size", "lots"][..],
         &["--expire-after", "soon"],
         &["--read-timeout", "0s"],
+        &["--min-rate", "slow"],
         &["--token-file", "/nonexistent/tokens"],
         &["--listen", "not-an-address"],
     ] {
@@ -1449,4 +1450,33 @@ async fn ambiguous_framing_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "an absolute URL of this server is fine: {own}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_under_the_minimum_rate_is_given_up() {
+    // Windows of 1 s, at least 1,000 bytes/s: a byte every 100 ms falls short in the first.
+    let s = Server::start(|c| {
+        c.read_timeout = Duration::from_secs(1);
+        c.min_rate = 1000;
+    })
+    .await;
+    let c = s.client();
+    let data = bytes(100, 4);
+    let loc = c.create(100, "").await;
+    let started = std::time::Instant::now();
+    let trickle = trickle_patch(&s.base, &loc, data.clone(), None, 1, Duration::from_millis(100));
+    let answer = tokio::task::spawn_blocking(move || trickle.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "given up early: {:?}",
+        started.elapsed()
+    );
+    // Without a checksum what arrived is kept (tus); the rest goes on at a proper rate.
+    let offset = c.offset(&loc).await;
+    assert!(offset < 100, "{offset} ({answer})");
+    let r = c.patch(&loc, offset, &data[offset as usize..], None).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(std::fs::read(s.data().join("files").join(id_of(&loc))).unwrap(), data);
 }
