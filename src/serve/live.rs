@@ -195,6 +195,12 @@ impl Uploads {
         Self::lease(&slot, guard)
     }
 
+    /// How long the request holding the upload's lock has received nothing, if one holds it.
+    pub fn holder_idle(&self, id: &str) -> Option<Duration> {
+        let slot = lock(&self.slots).get(id).cloned()?;
+        slot.writer.try_lock().is_err().then(|| slot.progress.idle())
+    }
+
     /// Whether a request holds the upload's lock right now.
     pub fn is_busy(&self, id: &str) -> bool {
         lock(&self.slots)

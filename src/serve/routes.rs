@@ -213,12 +213,17 @@ fn settled(info: UploadInfo) -> Result<UploadInfo> {
     Ok(info)
 }
 
-/// How long a HEAD waits for a request in flight on the upload before it answers what is
-/// recorded.
+/// How long a HEAD waits for a request in flight that is still receiving bytes before it
+/// answers what is recorded.
 const HEAD_WAITS_FOR_WRITER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a HEAD waits for a request in flight that receives nothing more (ending, or
+/// stalled) before it answers what is recorded.
+const HEAD_WAITS_FOR_ENDING: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `HEAD /files/{id}`: where the upload stands, as recorded once a request in flight that is
-/// ending has finished (waiting at most [`HEAD_WAITS_FOR_WRITER`]); it ends no request.
+/// ending has finished ([`HEAD_WAITS_FOR_ENDING`]; one still receiving, at most
+/// [`HEAD_WAITS_FOR_WRITER`]); it ends no request.
 #[instrument(skip_all, fields(id = %id))]
 pub async fn head(
     State(state): State<AppState>,
@@ -227,11 +232,18 @@ pub async fn head(
 ) -> Result<Response> {
     let mut info = uploads::load_live(&state, &id, &owner).await?;
     if !info.is_final() && state.uploads.is_busy(&id) {
-        // A request in flight that is ending (its connection was just cut) is let finish, so
-        // that the answer counts what it delivered; one still streaming is not waited for long,
-        // and never cut.
-        if let Ok(lease) = tokio::time::timeout(HEAD_WAITS_FOR_WRITER, state.uploads.acquire_waiting(&id)).await {
-            drop(lease);
+        // A request in flight that is ending (its connection was just cut: it receives nothing
+        // more and commits what it has) is let finish, so that the answer counts what it
+        // delivered; one still receiving bytes is waited for at most HEAD_WAITS_FOR_WRITER.
+        // None is ever cut.
+        let started = tokio::time::Instant::now();
+        while let Some(idle) = state.uploads.holder_idle(&id) {
+            let waited = started.elapsed();
+            let receiving = idle < std::time::Duration::from_millis(250);
+            if waited >= HEAD_WAITS_FOR_ENDING || (receiving && waited >= HEAD_WAITS_FOR_WRITER) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         info = uploads::load_live(&state, &id, &owner).await?;
     }
