@@ -40,7 +40,7 @@ fn python() -> Command {
 }
 
 /// Runs a peer to completion off the runtime's threads; returns its JSON answer.
-async fn run(mut cmd: Command) -> serde_json::Value {
+pub(crate) async fn run(mut cmd: Command) -> serde_json::Value {
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()

@@ -160,17 +160,7 @@ async fn tus_js_client_through_two_nodes_on_one_bucket() {
         .arg("5242880")
         .args(["--meta", "filename=js.bin", "--meta"])
         .arg(format!("checksum=md5 {}", md5.base64()));
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let answer = crate::interop_serve::run(cmd).await;
     assert_eq!(downloaded_md5(answer["url"].as_str().unwrap()).await, md5);
 }
 
