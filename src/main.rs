@@ -179,6 +179,11 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
 /// `robusto serve`: bind, log the URL, serve until Ctrl-C or SIGTERM.
 fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
     use anyhow::Context as _;
+    // Before the caps are derived from it: the soft descriptor limit is often far below the hard.
+    match robusto::serve::listen::raise_fd_limit() {
+        Ok(n) => tracing::debug!("descriptor limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let config = args.to_config()?;
     if config.tokens.is_empty() && !args.listen.ip().is_loopback() {
         let listen = args.listen;

@@ -619,6 +619,18 @@ pub(crate) struct ServeArgs {
     /// (0 for no minimum).
     #[arg(long, default_value = "1KiB", value_name = "SIZE")]
     pub min_rate: String,
+    /// A connection must send a request's headers within this time; an idle keep-alive
+    /// connection is closed after it too.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub header_timeout: String,
+    /// Connections open at once; more are answered 503 (default: what the descriptor limit
+    /// leaves room for, (limit - 64) / 3, at most 8192).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address; more are answered 503 (default: 64,
+    /// or a quarter of --max-connections if less).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Let browsers at this origin upload (repeatable; * for any).
     #[arg(long, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
@@ -676,6 +688,22 @@ impl ServeArgs {
         config.min_rate = parse_size(&self.min_rate).map_err(|e| usage("--min-rate", &e))?;
         if config.read_timeout.is_zero() {
             return Err(UsageError("--read-timeout must be more than 0".into()));
+        }
+        config.limits.header_timeout =
+            parse_duration(&self.header_timeout).map_err(|e| usage("--header-timeout", &e))?;
+        if config.limits.header_timeout.is_zero() {
+            return Err(UsageError("--header-timeout must be more than 0".into()));
+        }
+        if let Some(n) = self.max_connections {
+            config.limits.max_connections = n;
+        }
+        config.limits.max_per_address = self
+            .max_connections_per_ip
+            .unwrap_or_else(|| robusto::serve::listen::default_per_address(config.limits.max_connections));
+        if config.limits.max_connections == 0 || config.limits.max_per_address == 0 {
+            return Err(UsageError(
+                "--max-connections and --max-connections-per-ip must be at least 1".into(),
+            ));
         }
         if let Some(f) = &self.token_file {
             robusto::config::check_secret_file(f);

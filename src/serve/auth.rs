@@ -48,8 +48,13 @@ impl Tokens {
         if self.is_empty() {
             return Ok(Owner(None));
         }
-        let token = headers
-            .get(AUTHORIZATION)
+        // Two credentials are refused, not tried one by one.
+        let mut all = headers.get_all(AUTHORIZATION).iter();
+        let first = all.next();
+        if all.next().is_some() {
+            return Err(ServeError::Unauthorized);
+        }
+        let token = first
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().strip_prefix("Bearer "))
             .map(str::trim)

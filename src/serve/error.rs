@@ -59,6 +59,10 @@ pub enum ServeError {
     /// (503, `Retry-After`).
     #[error("the server is shutting down: {0}")]
     ShuttingDown(String),
+    /// The request body stalled or trickled under the minimum rate (408); the connection is
+    /// closed after the answer.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The disk is full; nothing of the request was kept (507).
     #[error("insufficient storage on the server; nothing of this request was kept")]
     DiskFull,
@@ -83,6 +87,9 @@ impl From<StoreError> for ServeError {
             )),
             StoreError::Body(BodyError::Interrupted(_)) => {
                 ServeError::BadRequest(format!("{e}; nothing of it was kept"))
+            }
+            StoreError::Body(BodyError::TimedOut(_)) => {
+                ServeError::RequestTimeout(format!("{e}; nothing of it was kept"))
             }
             StoreError::DiskFull => ServeError::DiskFull,
             StoreError::Exists | StoreError::Io(_) => ServeError::Internal(e),
@@ -110,6 +117,7 @@ impl ServeError {
                 StatusCode::from_u16(protocol::STATUS_CHECKSUM_MISMATCH).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ServeError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ServeError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServeError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -201,6 +209,9 @@ impl IntoResponse for ServeError {
             }
             ServeError::ShuttingDown(_) | ServeError::Locked(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ServeError::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ServeError::RangeNotSatisfiable { length } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {

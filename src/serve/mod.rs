@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod expiry;
 pub mod in_process;
+pub mod listen;
 pub mod live;
 pub mod metrics;
 pub mod routes;
@@ -72,6 +73,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Where uploads are stored (`--store`): the fs store under `data`, or an S3 bucket.
     pub store: StoreChoice,
+    /// Connection caps and the header timeout (`--max-connections`, `--max-connections-per-ip`,
+    /// `--header-timeout`).
+    pub limits: listen::Limits,
 }
 
 /// The store a server runs on.
@@ -85,7 +89,8 @@ pub enum StoreChoice {
 }
 
 impl Config {
-    /// Defaults for a data directory: no size limit, no tokens, 7 days expiry, 60 s read timeout.
+    /// Defaults for a data directory: no size limit, no tokens, 7 days expiry, 60 s read timeout,
+    /// connection caps from the descriptor limit (see [`listen::Limits`]).
     pub fn new(data: PathBuf) -> Self {
         Config {
             data,
@@ -98,6 +103,7 @@ impl Config {
             keep_prefixes: true,
             metrics: None,
             store: StoreChoice::Fs,
+            limits: listen::Limits::default(),
         }
     }
 }
@@ -192,13 +198,15 @@ fn response_failed(class: ServerErrorsFailureClass, latency: Duration, _: &traci
 pub async fn run_metrics(listener: TcpListener, state: AppState) -> io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!("metrics on http://{addr}/metrics");
-    axum::serve(listener, metrics::router(Arc::clone(&state.metrics))).await
+    let app = metrics::router(Arc::clone(&state.metrics));
+    listen::serve(listener, app, state.config.limits, std::future::pending()).await
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes, with the expiry sweeper
-/// running alongside, and the metrics on `config.metrics` if set (see [`run_metrics`]). At
-/// shutdown, requests still streaming a body give up (what they may keep is committed) and the
-/// server returns once every connection has been answered.
+/// Serves `router(state)` on `listener` until `shutdown` completes, under the connection caps
+/// and header timeout of [`listen`], with the expiry sweeper running alongside, and the metrics
+/// on `config.metrics` if set (see [`run_metrics`]). At shutdown, requests still streaming a body
+/// give up (what they may keep is committed) and the server returns once every connection has
+/// been answered.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -227,9 +235,8 @@ pub async fn run(
         // In-flight PATCHes end now rather than at their read timeout.
         uploads.cancel_all();
     };
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.limits;
+    let result = listen::serve(listener, router(state), limits, shutdown).await;
     sweeper.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

@@ -292,7 +292,7 @@ pub async fn append(
     let mut appended = appended.map_err(|e| stopping(e.into()))?;
     if let (Some(hasher), Some(held)) = (appended.held.take(), appended.info.held.clone()) {
         state.uploads.put_prefix(&info.id, held.len, hasher);
-        let superseded = appended.interrupted == Some(super::store::BodyError::Superseded);
+        let why = appended.interrupted.clone();
         let cut = appended.interrupted.map(|e| e.to_string()).unwrap_or_default();
         tracing::info!(id = %info.id, offset = info.offset, held = held.len, "{cut}; holding the chunk's first bytes");
         let message = format!(
@@ -301,11 +301,12 @@ pub async fn append(
             crate::protocol::header::CHUNK_PREFIX,
             held.len
         );
-        // A stalled request taken over is answered 409: its client (if any) asks again.
-        return Err(stopping(if superseded {
-            ServeError::Conflict(message)
-        } else {
-            ServeError::BadRequest(message)
+        // A stalled request taken over is answered 409: its client (if any) asks again; one
+        // given up for silence or slowness 408.
+        return Err(stopping(match why {
+            Some(super::store::BodyError::Superseded) => ServeError::Conflict(message),
+            Some(super::store::BodyError::TimedOut(_)) => ServeError::RequestTimeout(message),
+            _ => ServeError::BadRequest(message),
         }));
     }
     if let Some(f) = &info.final_upload {

@@ -39,7 +39,9 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Opti
 }
 
 /// A request body must be sent as is or `chunked`: another transfer coding (`gzip, chunked`)
-/// would be stored as its coded bytes (501).
+/// would be stored as its coded bytes (501). (A body framed both by `Content-Length` and by
+/// `Transfer-Encoding` never gets here with both: hyper lets the coding win, as RFC 9112 §6.3
+/// says, and drops the length.)
 pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ServeError> {
     for v in headers.get_all(axum::http::header::TRANSFER_ENCODING) {
         let text = v.to_str().unwrap_or("?");
@@ -154,7 +156,7 @@ pub fn guarded_body(body: Body, read_timeout: Duration, min_rate: u64, lease: &s
                 if elapsed >= window {
                     let wanted = min_rate.saturating_mul(elapsed.as_secs().max(1));
                     if window_bytes < wanted {
-                        return Err(BodyError::Interrupted(format!(
+                        return Err(BodyError::TimedOut(format!(
                             "the body came at {} bytes/s, under the minimum of {min_rate} bytes/s",
                             window_bytes / elapsed.as_secs().max(1)
                         )));
@@ -189,7 +191,7 @@ fn raw_guarded_body(body: Body, read_timeout: Duration, lease: &super::live::Lea
                 _ = cancel.cancelled() => draining = Some(tokio::time::Instant::now() + DRAIN_FOR),
                 r = tokio::time::timeout(read_timeout, stream.next()) => {
                     let next = match r {
-                        Err(_) => Err(BodyError::Interrupted(format!("no data for {read_timeout:?}"))),
+                        Err(_) => Err(BodyError::TimedOut(format!("no data for {read_timeout:?}"))),
                         Ok(None) => return None,
                         Ok(Some(Ok(bytes))) => Ok(bytes),
                         Ok(Some(Err(e))) => Err(body_error(&e)),

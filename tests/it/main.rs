@@ -6,6 +6,7 @@
 mod cli_send;
 mod faults;
 mod flaky;
+mod hostile;
 mod interop_serve;
 mod metrics;
 mod multinode;
@@ -15,6 +16,7 @@ mod peers;
 mod proxy;
 mod push;
 mod relay;
+mod reliability;
 mod restore;
 mod s3;
 mod send;

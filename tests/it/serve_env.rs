@@ -107,21 +107,7 @@ impl BinServer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut log = String::new();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("robusto serve exited before logging its URL")
-                .unwrap();
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split("/files/").next().unwrap().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (base, log) = read_url(&mut child);
         (BinServer { base, child }, log)
     }
 
@@ -149,6 +135,32 @@ impl Drop for BinServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads a `robusto serve` child's stderr up to the line with its URL; returns the base URL
+/// (`http://127.0.0.1:PORT`) and what it logged so far. The rest of its stderr is drained.
+pub fn read_url(child: &mut Child) -> (String, String) {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("robusto serve exited before logging its URL")
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split("/files/").next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (base, log)
+}
+
+/// The `127.0.0.1:PORT` a `robusto serve` child listens on (see [`read_url`]).
+pub fn wait_for_url(child: &mut Child) -> String {
+    read_url(child).0.trim_start_matches("http://").to_string()
 }
 
 /// A tus client that shows every header.

@@ -145,6 +145,10 @@ pub enum BodyError {
     /// far are kept (tus default).
     #[error("the request body was cut off: {0}")]
     Interrupted(String),
+    /// The body sent nothing for the read timeout, or came slower than the minimum rate. Like
+    /// a cut: without a checksum what arrived is kept.
+    #[error("the request body was given up: {0}")]
+    TimedOut(String),
     /// The body is longer than the upload allows; nothing of it is kept.
     #[error("the request body is longer than the upload's remaining length")]
     TooLong,
