@@ -2,14 +2,26 @@
 //! tar.gz or tar.zst — with modes, mtimes and symlinks, never letting an entry land outside the
 //! folder: no absolute names, no `..`, and nothing is ever written through a symlink (a link may
 //! point anywhere, but a later entry under it is refused).
+//!
+//! Entries are extracted into a staging folder inside the target folder ([`staging`]) and moved
+//! into place only once the whole archive has been read to its end and every check passed: each
+//! zip entry's CRC, each entry's size, each tar header's checksum, the gzip or zstd stream's own
+//! checksum ([`stream`]), and the end-of-archive block. A damaged archive leaves the target
+//! folder as it was: no damaged file under its name, no partial restore, no temporary files.
 
+mod staging;
+mod stream;
+
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::{self, ManifestError};
+use staging::Staging;
+use stream::{Codec, TarStream};
 
 /// Why a restore stopped.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +57,22 @@ pub enum RestoreError {
         source: io::Error,
     },
     /// The zip reader refused the archive.
-    #[error("zip: {0}")]
-    Zip(#[from] zip::result::ZipError),
+    #[error("{path}: {source}")]
+    Zip {
+        /// The archive.
+        path: PathBuf,
+        /// What the zip reader said.
+        source: zip::result::ZipError,
+    },
+    /// The archive's bytes fail a check: an entry's CRC or size, the compressed stream's
+    /// checksum, a tar header; or it ends early. Nothing of it was moved into the target folder.
+    #[error("{path}: {reason}")]
+    Damaged {
+        /// The archive.
+        path: PathBuf,
+        /// What failed, e.g. "entry 'a/b.txt': CRC mismatch: the archive is damaged".
+        reason: String,
+    },
 }
 
 /// What to restore, and how.
@@ -171,11 +197,19 @@ fn safe_relative(name: &str) -> Result<Option<PathBuf>, RestoreError> {
 }
 
 struct Extractor {
+    /// The archive, for messages.
+    archive: PathBuf,
+    /// The target folder (canonical).
     root: PathBuf,
+    /// The staging folder inside it, where entries are written until the archive has been read
+    /// whole (empty for a dry run).
+    stage: PathBuf,
+    /// Its name.
+    stage_name: OsString,
     dry_run: bool,
     chown: bool,
-    /// Folders whose mode and mtime are applied at the end (children first).
-    dirs: Vec<(PathBuf, Option<u32>, Option<i64>)>,
+    /// Folders whose owner, mode and mtime are applied at the end (children first).
+    dirs: Vec<DirMeta>,
     report: RestoreReport,
 }
 
@@ -188,6 +222,33 @@ struct Meta {
     size: u64,
 }
 
+/// A folder entry's metadata, applied once everything is in place.
+struct DirMeta {
+    rel: PathBuf,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+    owner: Option<(u32, u32)>,
+}
+
+/// What is at a path (not following a symlink there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    Dir,
+    Symlink,
+    Other,
+}
+
+fn found(path: &Path) -> Result<Found, RestoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Ok(Found::Symlink),
+        Ok(m) if m.is_dir() => Ok(Found::Dir),
+        Ok(_) => Ok(Found::Other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
+        Err(e) => Err(Extractor::io(path)(e)),
+    }
+}
+
 impl Extractor {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
         move |source| RestoreError::Io {
@@ -196,48 +257,94 @@ impl Extractor {
         }
     }
 
-    /// Makes sure every folder above `rel` exists inside the root and none is a symlink.
-    fn prepare_parents(&mut self, name: &str, rel: &Path) -> Result<(), RestoreError> {
-        let mut at = self.root.clone();
+    /// The archive is damaged: `reason` says how.
+    fn damaged(&self, reason: String) -> RestoreError {
+        RestoreError::Damaged {
+            path: self.archive.clone(),
+            reason,
+        }
+    }
+
+    /// Makes sure every folder above `rel` exists in the staging folder, and that none is a
+    /// symlink or a file once the staged entries are moved into the target folder: a path is
+    /// looked up among the staged entries first, then (unless a staged entry above it replaces
+    /// what the target folder has there) in the target folder. Returns whether the target
+    /// folder's own entry at `rel`, if any, is still there after the move (every folder above it
+    /// is a folder of the target folder, merged).
+    fn prepare_parents(&self, name: &str, rel: &Path) -> Result<bool, RestoreError> {
+        let refuse = |reason| RestoreError::Unsafe {
+            name: name.to_string(),
+            reason,
+        };
+        let (mut staged, mut target) = (self.stage.clone(), self.root.clone());
+        let mut shows = true;
         let parts: Vec<_> = rel.components().collect();
         for part in &parts[..parts.len().saturating_sub(1)] {
-            at.push(part);
-            match fs::symlink_metadata(&at) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(RestoreError::Unsafe {
-                        name: name.to_string(),
-                        reason: "a folder above it is a symlink (it could point outside the target folder)",
-                    });
+            staged.push(part);
+            target.push(part);
+            let in_stage = found(&staged)?;
+            let in_target = if shows { found(&target)? } else { Found::Nothing };
+            let here = if in_stage == Found::Nothing {
+                in_target
+            } else {
+                in_stage
+            };
+            match here {
+                Found::Symlink => {
+                    return Err(refuse(
+                        "a folder above it is a symlink (it could point outside the target folder)",
+                    ));
                 }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(RestoreError::Unsafe {
-                        name: name.to_string(),
-                        reason: "a folder above it is a file",
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&at).map_err(Self::io(&at))?,
-                Err(e) => return Err(Self::io(&at)(e)),
+                Found::Other => return Err(refuse("a folder above it is a file")),
+                Found::Dir => {}
+                Found::Nothing => {}
             }
+            if in_stage == Found::Nothing {
+                fs::create_dir(&staged).map_err(Self::io(&target))?;
+            }
+            shows &= in_target == Found::Dir;
         }
-        Ok(())
+        Ok(shows)
     }
 
     /// Removes whatever non-folder is at `dest`, so nothing is written through a link.
-    fn clear(dest: &Path) -> Result<(), RestoreError> {
+    fn clear(dest: &Path, shown: &Path) -> Result<(), RestoreError> {
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => fs::remove_file(dest).map_err(Self::io(dest)),
+            Ok(_) => fs::remove_file(dest).map_err(Self::io(shown)),
             Err(_) => Ok(()),
         }
     }
 
-    fn set_owner(&self, dest: &Path, owner: Option<(u32, u32)>) {
+    fn set_owner(&self, dest: &Path, shown: &Path, owner: Option<(u32, u32)>) {
         if let (true, Some((uid, gid))) = (self.chown, owner)
             && let Err(e) = std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
         {
-            tracing::warn!("{}: cannot set owner {uid}:{gid}: {e}", dest.display());
+            tracing::warn!("{}: cannot set owner {uid}:{gid}: {e}", shown.display());
         }
+    }
+
+    /// Copies an entry's data into `f`, checking that it is as long as the archive says.
+    fn copy_data(&self, meta: &Meta, data: &mut dyn Read, f: &mut File, shown: &Path) -> Result<u64, RestoreError> {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0u64;
+        loop {
+            let k = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.damaged(format!("entry '{}': {}", meta.name, entry_fault(&e)))),
+            };
+            f.write_all(&buf[..k]).map_err(Self::io(shown))?;
+            n += k as u64;
+        }
+        if n != meta.size {
+            return Err(self.damaged(format!(
+                "entry '{}' has {n} of its {} bytes: the archive is truncated",
+                meta.name, meta.size
+            )));
+        }
+        Ok(n)
     }
 
     fn place(&mut self, meta: Meta, data: &mut dyn Read) -> Result<(), RestoreError> {
@@ -267,82 +374,121 @@ impl Extractor {
             });
             return Ok(());
         }
-        self.prepare_parents(&meta.name, &rel)?;
-        let dest = self.root.join(&rel);
+        if rel.components().next() == Some(Component::Normal(&self.stage_name)) {
+            return Err(RestoreError::Unsafe {
+                name: meta.name,
+                reason: "it has the name of the restore's staging folder",
+            });
+        }
+        let shows = self.prepare_parents(&meta.name, &rel)?;
+        // written at `dest` in the staging folder; named by where it will be (`shown`)
+        let (dest, shown) = (self.stage.join(&rel), self.root.join(&rel));
+        if meta.kind != EntryKind::Dir && shows && found(&dest)? == Found::Nothing && found(&shown)? == Found::Dir {
+            return Err(RestoreError::Io {
+                path: shown,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "a folder of that name is in the way"),
+            });
+        }
         match &meta.kind {
             EntryKind::Dir => {
-                match fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        Self::clear(&dest)?;
-                        fs::create_dir(&dest).map_err(Self::io(&dest))?;
+                match found(&dest)? {
+                    Found::Dir => {}
+                    Found::Nothing => fs::create_dir(&dest).map_err(Self::io(&shown))?,
+                    Found::Symlink | Found::Other => {
+                        Self::clear(&dest, &shown)?;
+                        fs::create_dir(&dest).map_err(Self::io(&shown))?;
                     }
-                    Err(_) => fs::create_dir(&dest).map_err(Self::io(&dest))?,
                 }
-                self.set_owner(&dest, meta.owner);
-                self.dirs.push((dest, meta.mode, meta.mtime));
+                self.dirs.push(DirMeta {
+                    rel,
+                    mode: meta.mode,
+                    mtime: meta.mtime,
+                    owner: meta.owner,
+                });
             }
             EntryKind::File => {
-                Self::clear(&dest)?;
+                Self::clear(&dest, &shown)?;
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .mode(0o600)
                     .open(&dest)
-                    .map_err(Self::io(&dest))?;
-                let n = io::copy(data, &mut f).map_err(Self::io(&dest))?;
+                    .map_err(Self::io(&shown))?;
+                let n = self.copy_data(&meta, data, &mut f, &shown)?;
                 self.report.bytes += n;
                 // owner first: chown clears setuid/setgid bits, so the mode goes on after it
                 if let (true, Some((uid, gid))) = (self.chown, meta.owner)
                     && let Err(e) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
                 {
-                    tracing::warn!("{}: cannot set owner {uid}:{gid}: {e}", dest.display());
+                    tracing::warn!("{}: cannot set owner {uid}:{gid}: {e}", shown.display());
                 }
                 if let Some(mode) = meta.mode {
                     f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-                        .map_err(Self::io(&dest))?;
+                        .map_err(Self::io(&shown))?;
                 }
                 if let Some(t) = meta.mtime {
-                    f.set_modified(epoch(t)).map_err(Self::io(&dest))?;
+                    f.set_modified(epoch(t)).map_err(Self::io(&shown))?;
                 }
                 drop(f);
             }
             EntryKind::Symlink(target) => {
-                Self::clear(&dest)?;
-                std::os::unix::fs::symlink(target, &dest).map_err(Self::io(&dest))?;
-                self.set_owner(&dest, meta.owner);
+                Self::clear(&dest, &shown)?;
+                std::os::unix::fs::symlink(target, &dest).map_err(Self::io(&shown))?;
+                self.set_owner(&dest, &shown, meta.owner);
             }
             EntryKind::HardLink(target) => {
                 let link_rel = link_rel.unwrap_or_default();
-                self.prepare_parents(target, &link_rel)?;
-                let src = self.root.join(&link_rel);
-                if fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_symlink()) {
+                let shows = self.prepare_parents(target, &link_rel)?;
+                // the link's source: an entry staged before it, or (if none) a file the target
+                // folder already has
+                let staged = self.stage.join(&link_rel);
+                let src = if shows && found(&staged)? == Found::Nothing {
+                    self.root.join(&link_rel)
+                } else {
+                    staged
+                };
+                if found(&src)? == Found::Symlink {
                     return Err(RestoreError::Unsafe {
                         name: meta.name.clone(),
                         reason: "hard link to a symlink",
                     });
                 }
-                Self::clear(&dest)?;
-                fs::hard_link(&src, &dest).map_err(Self::io(&dest))?;
+                Self::clear(&dest, &shown)?;
+                fs::hard_link(&src, &dest).map_err(Self::io(&shown))?;
             }
         }
         Ok(())
     }
 
-    /// Applies folder modes and mtimes, deepest first (so a read-only folder is filled first).
+    /// Applies folder owners, mtimes and modes once everything is in place, deepest first (so a
+    /// read-only folder is filled first).
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
-        for (dir, mode, mtime) in self.dirs.drain(..).rev() {
+        for d in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let dir = self.root.join(&d.rel);
+            self.set_owner(&dir, &dir, d.owner);
             // times first: a mode without owner-read would stop the open needed to set them
-            if let Some(t) = mtime {
+            if let Some(t) = d.mtime {
                 let f = File::open(&dir).map_err(Self::io(&dir))?;
                 f.set_modified(epoch(t)).map_err(Self::io(&dir))?;
             }
-            if let Some(mode) = mode {
+            if let Some(mode) = d.mode {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777)).map_err(Self::io(&dir))?;
             }
         }
         Ok(self.report)
+    }
+}
+
+/// What a read error inside an entry's data means: the zip reader checks each entry's CRC32 as
+/// its last byte is read.
+fn entry_fault(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::InvalidData && e.to_string() == "Invalid checksum" {
+        "CRC mismatch: the archive is damaged".into()
+    } else if e.kind() == io::ErrorKind::UnexpectedEof {
+        format!("{e}: the archive is truncated")
+    } else {
+        format!("{e}: the archive is damaged")
     }
 }
 
@@ -355,15 +501,19 @@ fn epoch(secs: i64) -> SystemTime {
 }
 
 fn zip_entries(path: &Path, ex: &mut Extractor) -> Result<(), RestoreError> {
+    let zip_err = |source| RestoreError::Zip {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::open(path).map_err(Extractor::io(path))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err)?;
     // Every name is checked before anything is written.
     for i in 0..zip.len() {
-        let f = zip.by_index_raw(i)?;
+        let f = zip.by_index_raw(i).map_err(zip_err)?;
         safe_relative(&String::from_utf8_lossy(f.name_raw()))?;
     }
     for i in 0..zip.len() {
-        let mut f = zip.by_index(i)?;
+        let mut f = zip.by_index(i).map_err(zip_err)?;
         let name = String::from_utf8_lossy(f.name_raw()).into_owned();
         let mode = f.unix_mode().map(|m| m & 0o7777);
         let mtime = f
@@ -374,6 +524,7 @@ fn zip_entries(path: &Path, ex: &mut Extractor) -> Result<(), RestoreError> {
             })
             .or_else(|| f.last_modified().and_then(dos_to_epoch));
         let size = f.size();
+        let name = name.trim_end_matches('/').to_string();
         let kind = if f.is_dir() {
             EntryKind::Dir
         } else if f.is_symlink() {
@@ -382,12 +533,11 @@ fn zip_entries(path: &Path, ex: &mut Extractor) -> Result<(), RestoreError> {
             (&mut f)
                 .take(4096)
                 .read_to_string(&mut target)
-                .map_err(Extractor::io(path))?;
+                .map_err(|e| ex.damaged(format!("entry '{name}': {}", entry_fault(&e))))?;
             EntryKind::Symlink(target)
         } else {
             EntryKind::File
         };
-        let name = name.trim_end_matches('/').to_string();
         ex.place(
             Meta {
                 name,
@@ -410,16 +560,51 @@ fn dos_to_epoch(t: zip::DateTime) -> Option<i64> {
     Some(time::PrimitiveDateTime::new(date, time).assume_utc().unix_timestamp())
 }
 
-fn tar_entries<R: Read>(path: &Path, reader: R, ex: &mut Extractor) -> Result<(), RestoreError> {
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(Extractor::io(path))?;
+/// How reading a tar stream stopped short.
+enum TarFailure {
+    /// The tar reader failed: a bad header, or the stream failed under it.
+    Read(io::Error),
+    /// An entry could not be placed (refused, a write failed, its data failed a check).
+    Place(RestoreError),
+}
+
+/// Extracts a tar stream, then reads the stream to its end (checking a compressed stream's
+/// checksum). A fault of the stream itself is reported as such, whatever the tar reader made of
+/// the bytes it got; an archive that ends before its end-of-archive block is truncated.
+fn tar_entries<R: Read>(path: &Path, stream: TarStream<R>, ex: &mut Extractor) -> Result<(), RestoreError> {
+    let mut archive = tar::Archive::new(stream);
+    let read = tar_each(&mut archive, ex);
+    let stream = archive.into_inner();
+    let truncated = || ex.damaged("the archive ends before its end-of-archive block: it is truncated".into());
+    match read {
+        Err(TarFailure::Place(e)) => Err(match (stream.fault(), e) {
+            // the entry's data failed because the stream under it did: that is the cause
+            (Some(fault), RestoreError::Damaged { .. }) => ex.damaged(fault.to_string()),
+            (_, e) => e,
+        }),
+        Err(TarFailure::Read(e)) => Err(match stream.fault() {
+            Some(fault) => ex.damaged(fault.to_string()),
+            None if stream.ended() => truncated(),
+            None => ex.damaged(format!("{e}: the archive is damaged")),
+        }),
+        Ok(()) if stream.ended() => Err(truncated()),
+        Ok(()) => stream.finish().map_err(|fault| RestoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: fault,
+        }),
+    }
+}
+
+fn tar_each<R: Read>(archive: &mut tar::Archive<R>, ex: &mut Extractor) -> Result<(), TarFailure> {
+    let entries = archive.entries().map_err(TarFailure::Read)?;
     for entry in entries {
-        let mut entry = entry.map_err(Extractor::io(path))?;
+        let mut entry = entry.map_err(TarFailure::Read)?;
         let name = String::from_utf8_lossy(&entry.path_bytes())
             .trim_end_matches('/')
             .to_string();
+        let size = entry.size();
         let h = entry.header();
-        let (mode, mtime, size) = (h.mode().ok(), h.mtime().ok().map(|t| t as i64), h.size().unwrap_or(0));
+        let (mode, mtime) = (h.mode().ok(), h.mtime().ok().map(|t| t as i64));
         let owner = match (h.uid(), h.gid()) {
             (Ok(u), Ok(g)) => Some((u as u32, g as u32)),
             _ => None,
@@ -445,6 +630,7 @@ fn tar_entries<R: Read>(path: &Path, reader: R, ex: &mut Extractor) -> Result<()
                 continue;
             }
         };
+        // only a regular file's data is read: for the others, the size is what the header says
         ex.place(
             Meta {
                 name,
@@ -455,12 +641,62 @@ fn tar_entries<R: Read>(path: &Path, reader: R, ex: &mut Extractor) -> Result<()
                 size,
             },
             &mut entry,
-        )?;
+        )
+        .map_err(TarFailure::Place)?;
     }
     Ok(())
 }
 
-/// Verifies (unless told not to) and extracts `opts.archive` into `opts.into`.
+/// Reads the whole archive through `ex`.
+fn extract(archive: &Path, container: Container, ex: &mut Extractor) -> Result<(), RestoreError> {
+    let open = || {
+        File::open(archive)
+            .map(|f| BufReader::with_capacity(1 << 20, f))
+            .map_err(Extractor::io(archive))
+    };
+    match container {
+        Container::Zip => zip_entries(archive, ex),
+        Container::Tar => tar_entries(archive, TarStream::new(open()?, Codec::None), ex),
+        Container::TarGz => {
+            let dec = flate2::read::MultiGzDecoder::new(open()?);
+            tar_entries(archive, TarStream::new(dec, Codec::Gzip), ex)
+        }
+        Container::TarZst => {
+            // zstd checks the frame checksum (which `pack` writes) at the end of the frame
+            let dec = zstd::stream::read::Decoder::with_buffer(open()?).map_err(Extractor::io(archive))?;
+            tar_entries(archive, TarStream::new(dec, Codec::Zstd), ex)
+        }
+    }
+}
+
+/// Creates `into` and the folders above it that are missing; returns those it created,
+/// outermost first.
+fn make_folder(into: &Path) -> Result<Vec<PathBuf>, RestoreError> {
+    let mut missing = Vec::new();
+    let mut at = into;
+    loop {
+        match fs::symlink_metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(at.to_path_buf());
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(Extractor::io(at)(e)),
+        }
+    }
+    missing.reverse();
+    fs::create_dir_all(into).map_err(Extractor::io(into))?;
+    Ok(missing)
+}
+
+/// Verifies (unless told not to) and extracts `opts.archive` into `opts.into`. Entries go into a
+/// staging folder inside it first, and are moved into place only once the whole archive has been
+/// read and every check passed (entry CRCs and sizes, the stream's checksum, tar headers, the
+/// end of the archive); a restore that fails before leaves the folder as it was (the folders
+/// made for it removed).
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     if opts.verify {
         match manifest::verify(&opts.archive) {
@@ -471,38 +707,58 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     }
     let container = sniff(&opts.archive)?;
-    if !opts.dry_run {
-        fs::create_dir_all(&opts.into).map_err(Extractor::io(&opts.into))?;
-    }
-    let root = if opts.dry_run {
-        opts.into.clone()
-    } else {
-        fs::canonicalize(&opts.into).map_err(Extractor::io(&opts.into))?
-    };
     // SAFETY: geteuid has no preconditions and cannot fail.
     let chown = unsafe { libc::geteuid() } == 0;
     let mut ex = Extractor {
-        root,
+        archive: opts.archive.clone(),
+        root: opts.into.clone(),
+        stage: PathBuf::new(),
+        stage_name: OsString::new(),
         dry_run: opts.dry_run,
         chown,
         dirs: Vec::new(),
         report: RestoreReport::default(),
     };
-    let path = &opts.archive;
-    let open = || {
-        File::open(path)
-            .map(|f| BufReader::with_capacity(1 << 20, f))
-            .map_err(Extractor::io(path))
-    };
-    match container {
-        Container::Zip => zip_entries(path, &mut ex)?,
-        Container::Tar => tar_entries(path, open()?, &mut ex)?,
-        Container::TarGz => tar_entries(path, flate2::read::MultiGzDecoder::new(open()?), &mut ex)?,
-        Container::TarZst => {
-            let dec = zstd::stream::read::Decoder::with_buffer(open()?).map_err(Extractor::io(path))?;
-            tar_entries(path, dec, &mut ex)?
+    if opts.dry_run {
+        extract(&opts.archive, container, &mut ex)?;
+        return Ok(ex.report);
+    }
+    let made = make_folder(&opts.into)?;
+    let result = extract_staged(&opts.archive, &opts.into, container, ex);
+    if result.is_err() {
+        for dir in made.iter().rev() {
+            let _ = fs::remove_dir(dir);
         }
     }
+    result
+}
+
+/// Extracts into a staging folder inside `into`, then moves the entries into place.
+fn extract_staged(
+    archive: &Path,
+    into: &Path,
+    container: Container,
+    mut ex: Extractor,
+) -> Result<RestoreReport, RestoreError> {
+    let root = fs::canonicalize(into).map_err(Extractor::io(into))?;
+    let mtime = fs::metadata(&root).and_then(|m| m.modified()).ok();
+    let staging = Staging::create(&root).map_err(Extractor::io(&root))?;
+    ex.root = root;
+    ex.stage = staging.path().to_path_buf();
+    ex.stage_name = staging.name().to_os_string();
+    if let Err(e) = extract(archive, container, &mut ex) {
+        staging.discard();
+        // the staging folder came and went: the folder's mtime goes back to what it was
+        if let Some(t) = mtime
+            && let Err(e) = File::open(&ex.root).and_then(|f| f.set_modified(t))
+        {
+            tracing::debug!("{}: cannot set its mtime back: {e}", ex.root.display());
+        }
+        return Err(e);
+    }
+    staging
+        .commit()
+        .map_err(|(path, source)| RestoreError::Io { path, source })?;
     ex.finish()
 }
 
@@ -518,6 +774,54 @@ mod tests {
         assert_eq!(safe_relative("a/./b/c.txt").unwrap(), Some(PathBuf::from("a/b/c.txt")));
         assert_eq!(safe_relative("dir/").unwrap(), Some(PathBuf::from("dir")));
         assert_eq!(safe_relative("./").unwrap(), None);
+    }
+
+    fn tar_of(path: &Path, files: &[(&str, &str)]) {
+        let mut b = tar::Builder::new(File::create(path).unwrap());
+        for (name, content) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, content.as_bytes()).unwrap();
+        }
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn what_the_target_folder_has_is_checked_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (into, outside) = (d.path().join("into"), d.path().join("outside"));
+        fs::create_dir_all(&into).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, into.join("evil")).unwrap();
+        fs::write(into.join("file"), b"mine").unwrap();
+        let archive = d.path().join("a.tar");
+        let opts = RestoreOptions {
+            archive: archive.clone(),
+            into: into.clone(),
+            dry_run: false,
+            verify: false,
+        };
+        for name in ["evil/pwned.txt", "file/below.txt"] {
+            tar_of(&archive, &[("ok.txt", "fine"), (name, "gotcha")]);
+            match restore(&opts) {
+                Err(RestoreError::Unsafe { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+            assert_eq!(
+                fs::read_dir(&outside).unwrap().count(),
+                0,
+                "nothing written through the link"
+            );
+            let mut left: Vec<_> = fs::read_dir(&into).unwrap().map(|e| e.unwrap().file_name()).collect();
+            left.sort();
+            assert_eq!(left, ["evil", "file"], "nothing restored, no staging folder left");
+        }
+        // a file of the archive replaces the target folder's link itself, never what it points to
+        tar_of(&archive, &[("evil", "a file now")]);
+        restore(&opts).unwrap();
+        assert_eq!(fs::read(into.join("evil")).unwrap(), b"a file now");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]

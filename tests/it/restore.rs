@@ -294,7 +294,13 @@ fn a_failed_restore_keeps_the_old_bytes_of_a_file_of_the_same_name() {
     let archive = damaged_tar(&env, "zstd", "same-name.tar.zst");
     let out = env.mkdir("out");
     // every file of the tree is already there, with other bytes: none may be replaced
-    for name in ["README.txt", "numbers.txt", "noise.bin", "run.sh", "nested/big-text.log"] {
+    for name in [
+        "README.txt",
+        "numbers.txt",
+        "noise.bin",
+        "run.sh",
+        "nested/big-text.log",
+    ] {
         env.write(format!("out/tree/{name}"), format!("old {name}\n"));
     }
     assert_refused_and_untouched(&env, &archive, &out, &["the archive is damaged"]);
@@ -324,5 +330,8 @@ fn a_truncated_tar_leaves_the_folder_as_it_was() {
     let fresh = env.join("fresh/inner");
     let r = env.restore(&archive, &fresh).arg("--no-verify").code(1);
     assert!(r.stderr.contains("truncated"), "{}", r.stderr);
-    assert!(!env.join("fresh").exists(), "the folders made for the restore are removed");
+    assert!(
+        !env.join("fresh").exists(),
+        "the folders made for the restore are removed"
+    );
 }
