@@ -49,7 +49,7 @@ pub enum RestoreError {
         reason: String,
     },
     /// Reading the archive or writing the tree failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The file involved.
         path: PathBuf,
