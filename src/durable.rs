@@ -58,9 +58,43 @@ pub fn commit_file(file: File, tmp: &Path, path: &Path) -> io::Result<()> {
     fsync_dir(parent_dir(path))
 }
 
+/// Whether `e`, or an I/O error inside it, says the disk (or the user's quota) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<io::Error>())
+            .is_some_and(is_disk_full)
+}
+
+/// An I/O error as a message says it: "the disk is full (No space left on device …)" when it
+/// is ([`is_disk_full`]), else the error itself.
+#[derive(Debug)]
+pub struct IoReason<'a>(pub &'a io::Error);
+
+impl std::fmt::Display for IoReason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if is_disk_full(self.0) {
+            write!(f, "the disk is full ({})", self.0)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_said_so() {
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(IoReason(&full).to_string(), format!("the disk is full ({full})"));
+        let wrapped = io::Error::other(io::Error::from_raw_os_error(libc::EDQUOT));
+        assert!(is_disk_full(&wrapped));
+        let other = io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(IoReason(&other).to_string(), other.to_string());
+    }
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temp() {

@@ -22,7 +22,7 @@ pub enum ManifestError {
     #[error("no manifest at {0} (was the file made by 'robusto pack'?)")]
     Missing(PathBuf),
     /// The manifest or the archive could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The file involved.
         path: PathBuf,

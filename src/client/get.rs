@@ -55,7 +55,7 @@ pub enum GetError {
         source: SessionError,
     },
     /// Local I/O failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The file.
         path: PathBuf,

@@ -30,7 +30,7 @@ pub enum JournalError {
         lock: PathBuf,
     },
     /// The state directory could not be read or written.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The file or directory.
         path: PathBuf,

@@ -156,7 +156,7 @@ pub enum SendError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// Local I/O failed (the file, the state directory).
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The path.
         path: PathBuf,

@@ -30,7 +30,7 @@ pub enum PushError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// The staging folder could not be used.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {}", .path.display(), crate::durable::IoReason(.source))]
     Io {
         /// The path.
         path: PathBuf,
@@ -72,11 +72,16 @@ impl Staged {
                 Err(e) => return Err(io(&p)(e)),
             }
         }
-        let _ = fs::remove_file(self.dir.join(STATE));
-        let _ = fs::remove_file(self.dir.join(LOCK));
-        let _ = fs::remove_dir(&self.dir);
+        remove_state(&self.dir);
         Ok(())
     }
+}
+
+/// Removes a staging folder's state and lock files, then the folder if nothing else is in it.
+fn remove_state(dir: &Path) {
+    let _ = fs::remove_file(dir.join(STATE));
+    let _ = fs::remove_file(dir.join(LOCK));
+    let _ = fs::remove_dir(dir);
 }
 
 const STATE: &str = "push.json";
@@ -186,7 +191,16 @@ pub fn stage(
     }
     let mut opts = pack_opts.clone();
     opts.output = archive.clone();
-    let report = pack::pack(&opts, progress)?;
+    let report = match pack::pack(&opts, progress) {
+        Ok(r) => r,
+        Err(PackError::Interrupted) => return Err(PackError::Interrupted.into()),
+        Err(e) => {
+            // nothing of a failed pack is kept (pack removed its own files): the next run starts
+            // afresh, with a name of its own
+            remove_state(&dir);
+            return Err(e.into());
+        }
+    };
     Ok(Staged {
         archive,
         name,

@@ -75,7 +75,7 @@ pub enum PackError {
     #[error(transparent)]
     Walk(#[from] walk::WalkError),
     /// The archive could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {}: {}", .path.display(), crate::durable::IoReason(.source))]
     Output {
         /// The archive path.
         path: PathBuf,
@@ -192,7 +192,14 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
     };
     let c = opts.compression;
     let manifest = Manifest::new(&opts.output, opts.format.name(), c.codec.name(), c.level, fp, source);
-    manifest.write(&manifest_path)?;
+    if let Err(e) = manifest.write(&manifest_path) {
+        // a failed pack leaves no archive: one without its manifest cannot be verified, and
+        // `push` would not know it is finished
+        if let Err(rm) = std::fs::remove_file(&opts.output) {
+            tracing::warn!("cannot remove {}: {rm}", opts.output.display());
+        }
+        return Err(e.into());
+    }
     progress.event(&Event::PackFinished {
         files: manifest.source.files,
         bytes_in: manifest.source.bytes,

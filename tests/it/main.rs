@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_docs)]
 
 mod cli_send;
+mod disk_full;
 mod faults;
 mod flaky;
 mod hostile;
