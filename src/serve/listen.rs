@@ -71,7 +71,9 @@ pub fn default_per_address(max_connections: usize) -> usize {
 /// `(fd_limit - 64) / 3`, between 16 and 8192.
 pub fn default_max_connections(fd_limit: u64) -> usize {
     let fit = fd_limit.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
-    usize::try_from(fit).unwrap_or(usize::MAX).clamp(16, MAX_DEFAULT_CONNECTIONS)
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_DEFAULT_CONNECTIONS)
 }
 
 /// The process's soft limit on open descriptors.
@@ -308,6 +310,9 @@ mod tests {
         let _b1 = Slot::take(&open, b, &limits).unwrap();
         assert!(Slot::take(&open, b, &limits).is_none(), "a fourth in all");
         drop(a1);
-        assert!(Slot::take(&open, b, &limits).is_some(), "a closed connection frees its place");
+        assert!(
+            Slot::take(&open, b, &limits).is_some(),
+            "a closed connection frees its place"
+        );
     }
 }

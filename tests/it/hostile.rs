@@ -84,7 +84,9 @@ impl Hostile {
 
     /// Creates an upload through a well-formed request and returns its path (`/files/ID`).
     fn create(&self, token: Option<&str>, headers: &str) -> String {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let (status, text) = self.exchange(
             format!(
                 "POST /files/ HTTP/1.1\r\nHost: {{host}}\r\nTus-Resumable: 1.0.0\r\n{auth}{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -98,23 +100,30 @@ impl Hostile {
             .unwrap()
             .trim()
             .to_string();
-        let path = location.trim_start_matches(&format!("http://{}", self.addr)).to_string();
+        let path = location
+            .trim_start_matches(&format!("http://{}", self.addr))
+            .to_string();
         assert!(path.starts_with("/files/"), "{location}");
         path
     }
 
     /// The upload's offset, by HEAD.
     fn offset(&self, token: Option<&str>, path: &str) -> u64 {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let (status, text) = self.exchange(
-            format!("HEAD {path} HTTP/1.1\r\nHost: {{host}}\r\nTus-Resumable: 1.0.0\r\n{auth}Connection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "HEAD {path} HTTP/1.1\r\nHost: {{host}}\r\nTus-Resumable: 1.0.0\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         );
         assert_eq!(status, 200, "{text}");
         text.lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("upload-offset").then(|| v.trim().parse().unwrap())
+                k.eq_ignore_ascii_case("upload-offset")
+                    .then(|| v.trim().parse().unwrap())
             })
             .unwrap()
     }
@@ -188,7 +197,12 @@ fn hostile_requests_get_their_exact_status_and_the_server_stays_up() {
     let done = s.create(None, "Upload-Length: 2\r\n");
     assert_eq!(s.status(&patch(&done, "0", "", "ok")), 204);
     let final_ = {
-        let (status, text) = s.exchange(&req("POST", "/files/", &format!("Upload-Concat: final;{partial}\r\n"), ""));
+        let (status, text) = s.exchange(&req(
+            "POST",
+            "/files/",
+            &format!("Upload-Concat: final;{partial}\r\n"),
+            "",
+        ));
         assert_eq!(status, 201, "{text}");
         text.lines()
             .find_map(|l| l.strip_prefix("location: "))
@@ -317,13 +331,26 @@ fn hostile_requests_get_their_exact_status_and_the_server_stays_up() {
         }
         s.assert_alive(what);
     }
-    assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
-    assert_eq!(s.offset(None, &fresh), 0, "no hostile request wrote into the fresh upload");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(
+        s.offset(None, &fresh),
+        0,
+        "no hostile request wrote into the fresh upload"
+    );
     s.assert_nothing_outside_data();
     // Published names stayed under files/, sanitised.
     for e in std::fs::read_dir(s.data().join("files")).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
-        assert!(!name.contains('/') && !name.contains('\0') && name.len() <= 255 && name != "..", "{name:?}");
+        assert!(
+            !name.contains('/') && !name.contains('\0') && name.len() <= 255 && name != "..",
+            "{name:?}"
+        );
     }
 }
 
@@ -336,24 +363,85 @@ fn tokens_keep_strangers_out_of_every_request() {
     let bob = "Authorization: Bearer bob-token\r\n";
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("no token", req("POST", "/files/", "Upload-Length: 1\r\n", ""), 401),
-        ("a wrong token", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer mallory\r\n", ""), 401),
-        ("an empty bearer", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer \r\n", ""), 401),
-        ("basic auth", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Basic YWxpY2U6YWxpY2UtdG9rZW4=\r\n", ""), 401),
-        ("a token's prefix", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer alice\r\n", ""), 401),
-        ("a token with more after it", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer alice-token2\r\n", ""), 401),
-        ("two tokens", req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer alice-token\r\nAuthorization: Bearer bob-token\r\n", ""), 401),
+        (
+            "a wrong token",
+            req(
+                "POST",
+                "/files/",
+                "Upload-Length: 1\r\nAuthorization: Bearer mallory\r\n",
+                "",
+            ),
+            401,
+        ),
+        (
+            "an empty bearer",
+            req("POST", "/files/", "Upload-Length: 1\r\nAuthorization: Bearer \r\n", ""),
+            401,
+        ),
+        (
+            "basic auth",
+            req(
+                "POST",
+                "/files/",
+                "Upload-Length: 1\r\nAuthorization: Basic YWxpY2U6YWxpY2UtdG9rZW4=\r\n",
+                "",
+            ),
+            401,
+        ),
+        (
+            "a token's prefix",
+            req(
+                "POST",
+                "/files/",
+                "Upload-Length: 1\r\nAuthorization: Bearer alice\r\n",
+                "",
+            ),
+            401,
+        ),
+        (
+            "a token with more after it",
+            req(
+                "POST",
+                "/files/",
+                "Upload-Length: 1\r\nAuthorization: Bearer alice-token2\r\n",
+                "",
+            ),
+            401,
+        ),
+        (
+            "two tokens",
+            req(
+                "POST",
+                "/files/",
+                "Upload-Length: 1\r\nAuthorization: Bearer alice-token\r\nAuthorization: Bearer bob-token\r\n",
+                "",
+            ),
+            401,
+        ),
         ("a HEAD without a token", req("HEAD", &mine, "", ""), 401),
         ("a PATCH without a token", patch(&mine, "0", "", "x"), 401),
         ("a DELETE without a token", req("DELETE", &mine, "", ""), 401),
         ("a list without a token", req("GET", "/files/", "", ""), 401),
-        ("a status without a token", req("GET", &format!("{mine}/status"), "", ""), 401),
+        (
+            "a status without a token",
+            req("GET", &format!("{mine}/status"), "", ""),
+            401,
+        ),
         ("another's HEAD", req("HEAD", &mine, bob, ""), 404),
         ("another's PATCH", patch(&mine, "0", bob, "x"), 404),
         ("another's DELETE", req("DELETE", &mine, bob, ""), 404),
         ("another's GET", req("GET", &mine, bob, ""), 404),
         ("another's status", req("GET", &format!("{mine}/status"), bob, ""), 404),
-        ("another's part in a final, as if unknown", req("POST", "/files/", &format!("Upload-Concat: final;{part}\r\n{bob}"), ""), 404),
-        ("an override to DELETE another's", req("POST", &mine, &format!("X-HTTP-Method-Override: DELETE\r\n{bob}"), ""), 404),
+        (
+            "another's part in a final, as if unknown",
+            req("POST", "/files/", &format!("Upload-Concat: final;{part}\r\n{bob}"), ""),
+            404,
+        ),
+        (
+            "an override to DELETE another's",
+            req("POST", &mine, &format!("X-HTTP-Method-Override: DELETE\r\n{bob}"), ""),
+            404,
+        ),
         ("OPTIONS needs no token", req("OPTIONS", "/files/", "", ""), 204),
     ];
     let mut wrong = Vec::new();
@@ -364,7 +452,13 @@ fn tokens_keep_strangers_out_of_every_request() {
         }
         s.assert_alive(what);
     }
-    assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
     assert_eq!(s.offset(alice, &mine), 0, "a stranger changed nothing");
     // Bob's list does not show Alice's upload.
     let (status, text) = s.exchange(&req("GET", "/files/", bob, ""));
@@ -425,7 +519,10 @@ fn stalled_headers_are_cut_at_the_timeout_and_cannot_exhaust_descriptors() {
     let mut stalled = stalled_connections(&addr, "127.0.0.2", 300);
     assert!(stalled.len() >= 290, "only {} connections opened", stalled.len());
     // A legitimate client on another address is served while they stall.
-    let (status, text) = one_request(&addr, "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, text) = one_request(
+        &addr,
+        "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 204, "{text}");
     let (status, text) = one_request(
         &addr,
@@ -443,10 +540,16 @@ fn stalled_headers_are_cut_at_the_timeout_and_cannot_exhaust_descriptors() {
     }
     assert!(refused >= 300 - 64 - 10, "{refused} of {} refused", stalled.len());
     for t in stalled.iter_mut() {
-        assert!(closed_by_server(t, Duration::from_secs(10)), "a stalled connection outlived the header timeout");
+        assert!(
+            closed_by_server(t, Duration::from_secs(10)),
+            "a stalled connection outlived the header timeout"
+        );
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(30), "stalled connections were closed after {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "stalled connections were closed after {took:?}"
+    );
     // A keep-alive connection that goes idle is closed at the same timeout.
     let mut idle = TcpStream::connect(&addr).unwrap();
     idle.write_all(b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -474,17 +577,26 @@ fn connections_over_the_global_cap_are_refused_and_accepting_goes_on() {
         all.extend(stalled_connections(&addr, &format!("127.0.0.{i}"), 10));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let (status, _) = one_request(&addr, "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, _) = one_request(
+        &addr,
+        "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 503, "over the global cap");
     // Once they go, the server serves again, without a restart.
     drop(all);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, _) = one_request(&addr, "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _) = one_request(
+            &addr,
+            "OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         if status == 204 {
             break;
         }
-        assert!(Instant::now() < deadline, "still refused after the stalled connections closed: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the stalled connections closed: {status}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

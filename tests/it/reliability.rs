@@ -5,8 +5,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -60,7 +60,9 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
             let mut polls = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let Some(path) = log.patches().first().map(|p| p.path.clone()) else { continue };
+                let Some(path) = log.patches().first().map(|p| p.path.clone()) else {
+                    continue;
+                };
                 let base = *upstream.lock().unwrap();
                 let Ok(r) = http
                     .head(format!("http://{base}{path}"))
@@ -88,7 +90,10 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
         if let Ok(Some(status)) = client.try_wait() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "the upload did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the upload did not finish"
+        );
         let acked = acknowledged(&proxy);
         if acked < next_at || acked >= size {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -122,11 +127,19 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
     assert!(kills >= 20, "only {kills} kills before the upload finished");
     assert!(polls >= 20, "the HEAD poller ran only {polls} times");
     proxy.log.assert_no_acked_resend();
-    let published = std::fs::read_dir(data.join("files")).unwrap().next().unwrap().unwrap().path();
+    let published = std::fs::read_dir(data.join("files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(md5_file(&published), md5_file(&file), "the file arrived damaged");
     // Wire: the file, plus at most what was in flight at each kill.
     let wire = proxy.log.body_bytes.load(Ordering::Relaxed);
-    assert!(wire <= size + u64::from(kills) * 4 * MIB, "{wire} bytes for {size} and {kills} kills");
+    assert!(
+        wire <= size + u64::from(kills) * 4 * MIB,
+        "{wire} bytes for {size} and {kills} kills"
+    );
     eprintln!("{kills} kills, {polls} HEADs, {wire} bytes on the wire for {size}");
 }
 
@@ -136,7 +149,11 @@ struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         // SAFETY: geteuid only reads the process's user id.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs: run it as root");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test mounts a tmpfs: run it as root"
+        );
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -177,7 +194,9 @@ async fn a_full_data_disk_is_507_keeps_every_record_whole_and_resumes_once_freed
     let mut at = 0usize;
     let full = loop {
         let end = (at + chunk).min(payload.len());
-        let r = c.patch(&loc, at as u64, &payload[at..end], Some(&md5_header(&payload[at..end]))).await;
+        let r = c
+            .patch(&loc, at as u64, &payload[at..end], Some(&md5_header(&payload[at..end])))
+            .await;
         match r.status().as_u16() {
             204 => at = end,
             507 => break r.text().await.unwrap(),
@@ -196,7 +215,11 @@ async fn a_full_data_disk_is_507_keeps_every_record_whole_and_resumes_once_freed
         .send()
         .await
         .unwrap();
-    assert!(matches!(r.status().as_u16(), 201 | 507), "create on a full disk: {}", r.status());
+    assert!(
+        matches!(r.status().as_u16(), 201 | 507),
+        "create on a full disk: {}",
+        r.status()
+    );
     // The record survives a restart whole.
     let port = server.port();
     server.kill();
@@ -207,7 +230,9 @@ async fn a_full_data_disk_is_507_keeps_every_record_whole_and_resumes_once_freed
     disk.resize("64m");
     while at < payload.len() {
         let end = (at + chunk).min(payload.len());
-        let r = c.patch(&loc, at as u64, &payload[at..end], Some(&md5_header(&payload[at..end]))).await;
+        let r = c
+            .patch(&loc, at as u64, &payload[at..end], Some(&md5_header(&payload[at..end])))
+            .await;
         assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
         at = end;
     }
@@ -228,11 +253,22 @@ async fn a_full_data_disk_stops_robusto_send_resumably_and_the_rerun_completes()
         .args(["--chunk-size", "1MiB", "--retries", "2"])
         .run();
     assert_eq!(run.code, 75, "a full server disk is temporary: {}", run.stderr);
-    assert!(run.stderr.contains("507") || run.stderr.to_lowercase().contains("space"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("507") || run.stderr.to_lowercase().contains("space"),
+        "{}",
+        run.stderr
+    );
     disk.resize("64m");
-    let run = send_command(&file, &to, &env.state()).args(["--chunk-size", "1MiB"]).run();
+    let run = send_command(&file, &to, &env.state())
+        .args(["--chunk-size", "1MiB"])
+        .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let published = std::fs::read_dir(data.join("files")).unwrap().next().unwrap().unwrap().path();
+    let published = std::fs::read_dir(data.join("files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(md5_file(&published), md5_file(&file));
     drop(server);
 }
@@ -252,7 +288,14 @@ async fn fifty_clients_at_once_all_complete_and_the_server_stays_bounded() {
     let env = TestEnv::new();
     let data = env.join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_robusto"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-connections-per-ip", "512", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections-per-ip",
+            "512",
+            "--data",
+        ])
         .arg(&data)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -277,9 +320,18 @@ async fn fifty_clients_at_once_all_complete_and_the_server_stays_bounded() {
         let file = env.join(format!("f{i}.bin"));
         random_file(&file, rng.random_range(MIB..8 * MIB), 100 + i);
         let cut = i % 5 == 0;
-        let to = if cut { proxy.endpoint() } else { format!("{base}/files/") };
+        let to = if cut {
+            proxy.endpoint()
+        } else {
+            format!("{base}/files/")
+        };
         let state = env.join(format!("state{i}"));
-        let cmd = send_command(&file, &to, &state).args(["--chunk-size", chunks[i as usize % chunks.len()], "--retries", "100"]);
+        let cmd = send_command(&file, &to, &state).args([
+            "--chunk-size",
+            chunks[i as usize % chunks.len()],
+            "--retries",
+            "100",
+        ]);
         files.push(file);
         runs.push(tokio::spawn(async move { cmd.run_async().await }));
     }
@@ -300,7 +352,10 @@ async fn fifty_clients_at_once_all_complete_and_the_server_stays_bounded() {
     expected.sort();
     assert_eq!(published, expected);
     proxy.log.assert_no_acked_resend();
-    assert!(proxy.log.faults.load(Ordering::Relaxed) >= 10, "the proxy cut too little");
+    assert!(
+        proxy.log.faults.load(Ordering::Relaxed) >= 10,
+        "the proxy cut too little"
+    );
     eprintln!("server peak RSS with 50 uploads: {} MiB", peak / 1024);
     // The bound RELIABILITY.md states for 50 uploads: measured 67–96 MiB here.
     assert!(peak < 128 * 1024, "server peak RSS {} MiB with 50 uploads", peak / 1024);
