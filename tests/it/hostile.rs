@@ -64,6 +64,26 @@ impl Hostile {
         (status, text)
     }
 
+    /// Sends every case, checks each status and that the server answers after each one; fails
+    /// listing every case that was answered otherwise.
+    fn run_cases(&self, cases: &[(&str, Vec<u8>, u16)]) {
+        let mut wrong = Vec::new();
+        for (what, request, expected) in cases {
+            let got = self.status(request);
+            if got != *expected {
+                wrong.push(format!("{what}: expected {expected}, got {got}"));
+            }
+            self.assert_alive(what);
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of {} cases wrong:\n{}",
+            wrong.len(),
+            cases.len(),
+            wrong.join("\n")
+        );
+    }
+
     /// A request that must always work: the server is alive and serving.
     fn assert_alive(&self, after: &str) {
         let status = self.status(b"OPTIONS /files/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -323,21 +343,7 @@ fn hostile_requests_get_their_exact_status_and_the_server_stays_up() {
         ("a name that is dot-dot", req("POST", "/files/", &format!("Upload-Length: 0\r\nUpload-Metadata: {}\r\n", metadata(&[("filename", "..")])), ""), 201),
     ];
     assert!(cases.len() >= 80, "{} cases", cases.len());
-    let mut wrong = Vec::new();
-    for (what, request, expected) in &cases {
-        let got = s.status(request);
-        if got != *expected {
-            wrong.push(format!("{what}: expected {expected}, got {got}"));
-        }
-        s.assert_alive(what);
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} cases wrong:\n{}",
-        wrong.len(),
-        cases.len(),
-        wrong.join("\n")
-    );
+    s.run_cases(&cases);
     assert_eq!(
         s.offset(None, &fresh),
         0,
@@ -444,21 +450,7 @@ fn tokens_keep_strangers_out_of_every_request() {
         ),
         ("OPTIONS needs no token", req("OPTIONS", "/files/", "", ""), 204),
     ];
-    let mut wrong = Vec::new();
-    for (what, request, expected) in &cases {
-        let got = s.status(request);
-        if got != *expected {
-            wrong.push(format!("{what}: expected {expected}, got {got}"));
-        }
-        s.assert_alive(what);
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} cases wrong:\n{}",
-        wrong.len(),
-        cases.len(),
-        wrong.join("\n")
-    );
+    s.run_cases(&cases);
     assert_eq!(s.offset(alice, &mine), 0, "a stranger changed nothing");
     // Bob's list does not show Alice's upload.
     let (status, text) = s.exchange(&req("GET", "/files/", bob, ""));

@@ -22,6 +22,16 @@ fn addr_of(server: &BinServer) -> std::net::SocketAddr {
     server.base.trim_start_matches("http://").parse().unwrap()
 }
 
+/// The (first) file published under `data/files`.
+fn only_published(data: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(data.join("files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 /// The highest offset the server acknowledged (a 2xx PATCH answer) so far, per the proxy's log.
 fn acknowledged(proxy: &Proxy) -> u64 {
     proxy
@@ -127,12 +137,7 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
     assert!(kills >= 20, "only {kills} kills before the upload finished");
     assert!(polls >= 20, "the HEAD poller ran only {polls} times");
     proxy.log.assert_no_acked_resend();
-    let published = std::fs::read_dir(data.join("files"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let published = only_published(&data);
     assert_eq!(md5_file(&published), md5_file(&file), "the file arrived damaged");
     // Wire: the file, plus at most what was in flight at each kill.
     let wire = proxy.log.body_bytes.load(Ordering::Relaxed);
@@ -263,12 +268,7 @@ async fn a_full_data_disk_stops_robusto_send_resumably_and_the_rerun_completes()
         .args(["--chunk-size", "1MiB"])
         .run();
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let published = std::fs::read_dir(data.join("files"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let published = only_published(&data);
     assert_eq!(md5_file(&published), md5_file(&file));
     drop(server);
 }
