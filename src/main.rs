@@ -189,14 +189,25 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         let listen = args.listen;
         tracing::warn!("no --token-file: anyone who can reach {listen} can upload; keep an open server on 127.0.0.1");
     }
+    let certificates = match args.tls_files() {
+        Some(files) => Some(
+            robusto::serve::tls::Certificates::load(&files).map_err(|e| UsageError(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if certificates.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let state = robusto::serve::AppState::open(config.clone())
+        let mut state = robusto::serve::AppState::open(config.clone())
             .await
             .with_context(|| match &config.store {
                 robusto::serve::StoreChoice::Fs => format!("cannot use --data {}", config.data.display()),
                 robusto::serve::StoreChoice::S3(s3) => format!("cannot use --s3-bucket {}", s3.bucket),
             })?;
+        if let Some(certificates) = certificates {
+            reload_on_hangup(std::sync::Arc::clone(&certificates))?;
+            state.tls = Some(certificates);
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -204,10 +215,10 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         let shutdown = robusto::stop::shutdown_signal()?;
         match &config.store {
             robusto::serve::StoreChoice::Fs => {
-                tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display())
+                tracing::info!("listening on {scheme}://{addr}/files/ (data in {})", config.data.display())
             }
             robusto::serve::StoreChoice::S3(s3) => tracing::info!(
-                "listening on http://{addr}/files/ (data in s3://{}/{})",
+                "listening on {scheme}://{addr}/files/ (data in s3://{}/{})",
                 s3.bucket,
                 s3.prefix
             ),
@@ -216,6 +227,23 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         tracing::info!("stopped");
         Ok(Exit::Done)
     })
+}
+
+/// On every SIGHUP, reads the TLS certificate and key again; connections already open keep the
+/// pair they began with, a pair that cannot be used is refused and the old one stays.
+fn reload_on_hangup(certificates: std::sync::Arc<robusto::serve::tls::Certificates>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let cert = certificates.files().cert.display().to_string();
+            match certificates.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate from {cert}"),
+                Err(e) => tracing::error!("kept the TLS certificate in use: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The sender holds a few chunk-sized buffers at a time, allocated on whichever blocking thread

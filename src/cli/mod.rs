@@ -202,9 +202,9 @@ pub(crate) struct SendFlags {
     /// A request with no progress for this long is abandoned and retried.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub stall_timeout: String,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
     /// Where resume journals and locks live (default: the platform's state directory).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -215,9 +215,9 @@ pub(crate) struct SendFlags {
 pub(crate) struct StatusArgs {
     /// The upload's URL.
     pub url: String,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
 }
 
 /// `robusto get URL -o FILE`
@@ -234,9 +234,46 @@ pub(crate) struct GetArgs {
     /// A request with no progress for this long is abandoned and retried.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub stall_timeout: String,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
+}
+
+/// How to reach a server: its token, the authorities trusted for its certificate, and whether a
+/// token may cross a network in clear.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectFlags {
     /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Also trust the certificate authorities in this PEM file (repeatable), e.g. a private CA;
+    /// the system's roots are always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Send the token over plain http:// to a host that is not this machine (it crosses the
+    /// network in clear: only on a network you trust).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+}
+
+/// What [`ConnectFlags`] resolve to for one server URL.
+pub(crate) struct Connect {
+    /// The bearer token.
+    pub token: Option<String>,
+    /// Authorities trusted besides the system's.
+    pub roots: robusto::client::transport::ExtraRoots,
+}
+
+impl ConnectFlags {
+    /// The token and trust for `url`; refuses a token over plain http off loopback (exit 2).
+    pub(crate) fn resolve(&self, url: &robusto::client::Url) -> Result<Connect, UsageError> {
+        let token = token(self.token_file.as_ref())?;
+        robusto::client::transport::check(url, token.is_some(), self.allow_insecure_http)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let roots = robusto::client::transport::ExtraRoots::from_pem_files(&self.ca_cert)
+            .map_err(|e| UsageError(e.to_string()))?;
+        Ok(Connect { token, roots })
+    }
 }
 
 /// Parses `--to`: a URL with a scheme, or a folder.
@@ -292,6 +329,7 @@ impl SendFlags {
             .as_deref()
             .map(|d| duration("--max-duration", d))
             .transpose()?;
+        let connect = self.connect.resolve(&target)?;
         Ok(robusto::client::SendOptions {
             file,
             target,
@@ -304,7 +342,8 @@ impl SendFlags {
             },
             stall_timeout,
             max_duration,
-            token: token(self.token_file.as_ref())?,
+            token: connect.token,
+            roots: connect.roots,
             state_dir: self
                 .state_dir
                 .clone()
@@ -439,24 +478,25 @@ impl PackFlags {
 impl GetArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
-        get_options(&self.url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+        get_options(&self.url, &self.connect, self.retries, &self.stall_timeout)
     }
 }
 
 impl StatusArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
-        get_options(&self.url, self.token_file.as_ref(), 3, "30s")
+        get_options(&self.url, &self.connect, 3, "30s")
     }
 }
 
 fn get_options(
     url: &str,
-    token_file: Option<&PathBuf>,
+    connect: &ConnectFlags,
     retries: u32,
     stall: &str,
 ) -> Result<robusto::client::get::GetOptions, UsageError> {
     let url = robusto::client::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    let connect = connect.resolve(&url)?;
     Ok(robusto::client::get::GetOptions {
         url,
         retry: robusto::client::retry::RetryPolicy {
@@ -464,7 +504,8 @@ fn get_options(
             ..Default::default()
         },
         stall_timeout: duration("--stall-timeout", stall)?,
-        token: token(token_file)?,
+        token: connect.token,
+        roots: connect.roots,
     })
 }
 
@@ -483,9 +524,9 @@ pub(crate) struct RemoteArgs {
     /// The server's upload endpoint, e.g. https://backup.example.org/files/.
     #[arg(long = "from", value_name = "URL", env = "ROBUSTO_URL")]
     pub from: Option<String>,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
     /// Failed attempts in a row allowed before giving up (exit 75).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub retries: u32,
@@ -502,7 +543,7 @@ impl RemoteArgs {
             (None, Some(f)) => f.clone(),
             (None, None) => return Err(UsageError("--from URL is needed (or ROBUSTO_URL)".into())),
         };
-        get_options(&url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+        get_options(&url, &self.connect, self.retries, &self.stall_timeout)
     }
 }
 
@@ -597,9 +638,22 @@ impl RestoreArgs {
 /// `robusto serve`
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on. Without --token-file, keep it on 127.0.0.1.
+    /// Address to listen on. Without --token-file, keep it on 127.0.0.1; with it, on any other
+    /// address, serve TLS (--tls-cert, --tls-key) or sit behind a TLS proxy (--behind-proxy).
     #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); reloaded
+    /// with the key on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A TLS-terminating reverse proxy is in front: allow --token-file off loopback without
+    /// --tls-cert, and take the proxy's Forwarded / X-Forwarded-Proto / X-Forwarded-Host for the
+    /// URLs handed out.
+    #[arg(long)]
+    pub behind_proxy: bool,
     /// Where uploads are kept (DIR/uploads) and completed files published (DIR/files).
     #[arg(long, default_value = "robusto-data", value_name = "DIR")]
     pub data: PathBuf,
@@ -672,6 +726,14 @@ pub(crate) enum StoreKind {
 }
 
 impl ServeArgs {
+    /// The TLS certificate and key files, when both are given.
+    pub(crate) fn tls_files(&self) -> Option<robusto::serve::tls::TlsFiles> {
+        Some(robusto::serve::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
     /// The validated server options.
     pub(crate) fn to_config(&self) -> Result<robusto::serve::Config, UsageError> {
         use robusto::units::{parse_duration, parse_size};
@@ -713,6 +775,15 @@ impl ServeArgs {
                 return Err(UsageError(format!("--token-file: {} holds no token", f.display())));
             }
         }
+        if !config.tokens.is_empty() && !self.listen.ip().is_loopback() && self.tls_cert.is_none() && !self.behind_proxy
+        {
+            return Err(UsageError(format!(
+                "--token-file on {} without TLS would send every token in clear: add --tls-cert FILE --tls-key FILE, \
+                 or --behind-proxy if a TLS-terminating proxy is in front",
+                self.listen
+            )));
+        }
+        config.behind_proxy = self.behind_proxy;
         config.cors_origins = self.cors_origin.clone();
         config.keep_prefixes = !self.no_chunk_prefix;
         config.metrics = self.metrics;

@@ -82,6 +82,8 @@ pub struct GetOptions {
     pub stall_timeout: Duration,
     /// Bearer token.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: super::transport::ExtraRoots,
 }
 
 /// What `get` fetched.
@@ -100,6 +102,7 @@ fn session(opts: &GetOptions) -> Result<Session, GetError> {
         SessionConfig {
             stall_timeout: opts.stall_timeout,
             token: opts.token.clone(),
+            roots: opts.roots.clone(),
         },
         None,
     )

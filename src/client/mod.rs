@@ -22,6 +22,7 @@ mod part;
 pub mod retry;
 pub mod session;
 pub mod throttle;
+pub mod transport;
 
 pub use files::manifest_for;
 pub(crate) use files::{blocking, compute_checksum, manifest_checksum, spawn_io};
@@ -68,6 +69,8 @@ pub struct SendOptions {
     pub max_duration: Option<Duration>,
     /// Bearer token.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: transport::ExtraRoots,
     /// Where journals, locks and computed manifests live.
     pub state_dir: PathBuf,
     /// The upload's `filename` metadata (default: the file's name).
@@ -429,6 +432,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         SessionConfig {
             stall_timeout: opts.stall_timeout,
             token: opts.token.clone(),
+            roots: opts.roots.clone(),
         },
         throttle,
     )
@@ -669,6 +673,7 @@ mod tests {
             stall_timeout: Duration::from_secs(1),
             max_duration: None,
             token: None,
+            roots: Default::default(),
             state_dir: "s".into(),
             name: None,
             job_key: None,

@@ -231,6 +231,8 @@ pub struct SessionConfig {
     pub stall_timeout: Duration,
     /// Bearer token for `Authorization`.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: super::transport::ExtraRoots,
 }
 
 /// A tus client for one server.
@@ -272,6 +274,7 @@ impl Session {
             // reusing one they just closed costs a retry.
             .pool_idle_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
+            .tls_certs_merge(config.roots.certificates().iter().cloned())
             .build()
             .map_err(|e| SessionError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         Ok(Session {

@@ -17,9 +17,11 @@ pub mod in_process;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod origin;
 pub mod routes;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod uploads;
 pub mod verify;
 
@@ -76,6 +78,9 @@ pub struct Config {
     /// Connection caps and the header timeout (`--max-connections`, `--max-connections-per-ip`,
     /// `--header-timeout`).
     pub limits: listen::Limits,
+    /// A TLS-terminating proxy is in front (`--behind-proxy`): the URLs handed out take its
+    /// `Forwarded` / `X-Forwarded-Proto` / `X-Forwarded-Host` (see [`origin`]).
+    pub behind_proxy: bool,
 }
 
 /// The store a server runs on.
@@ -104,6 +109,7 @@ impl Config {
             metrics: None,
             store: StoreChoice::Fs,
             limits: listen::Limits::default(),
+            behind_proxy: false,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct AppState {
     pub uploads: Arc<Uploads>,
     /// What the server counts (served by [`run_metrics`]).
     pub metrics: Arc<Metrics>,
+    /// The certificate pair when serving TLS (`--tls-cert`, `--tls-key`); reload it with
+    /// [`tls::Certificates::reload`].
+    pub tls: Option<Arc<tls::Certificates>>,
 }
 
 impl AppState {
@@ -143,6 +152,7 @@ impl AppState {
             config: Arc::new(config),
             uploads: Arc::new(Uploads::default()),
             metrics: Arc::new(Metrics::new()),
+            tls: None,
         }
     }
 }
@@ -199,7 +209,7 @@ pub async fn run_metrics(listener: TcpListener, state: AppState) -> io::Result<(
     let addr = listener.local_addr()?;
     tracing::info!("metrics on http://{addr}/metrics");
     let app = metrics::router(Arc::clone(&state.metrics));
-    listen::serve(listener, app, state.config.limits, std::future::pending()).await
+    listen::serve(listener, app, state.config.limits, None, std::future::pending()).await
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, under the connection caps
@@ -236,7 +246,11 @@ pub async fn run(
         uploads.cancel_all();
     };
     let limits = state.config.limits;
-    let result = listen::serve(listener, router(state), limits, shutdown).await;
+    let tls = match &state.tls {
+        Some(certificates) => Some(certificates.acceptor().map_err(io::Error::other)?),
+        None => None,
+    };
+    let result = listen::serve(listener, router(state), limits, tls, shutdown).await;
     sweeper.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

@@ -15,7 +15,7 @@ use super::error::ServeError;
 use super::store::{UploadInfo, UploadState};
 use super::uploads::{self, Creation, Owner};
 use super::verify::{self, MAX_CONCAT_PARTS};
-use super::{concat, status};
+use super::{concat, origin, status};
 use crate::protocol::Listed;
 use crate::protocol::{self, StatusReport, header};
 
@@ -82,8 +82,9 @@ pub async fn create(
                 "a final upload must not carry Upload-Length".into(),
             ));
         }
-        let host = verify::header_str(&headers, "host")?;
-        let parts = uploads::concat_part_ids(urls, host)?;
+        verify::header_str(&headers, "host")?;
+        let origin = origin::of_request(&headers, state.tls.is_some(), state.config.behind_proxy);
+        let parts = uploads::concat_part_ids(urls, origin.as_ref().map(|o| o.authority.as_str()))?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
                 "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
@@ -414,8 +415,8 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusReport>> {
     let info = uploads::load(&state, &id, &owner).await?;
-    let url = match verify::header_str(&headers, "host").ok().flatten() {
-        Some(host) => format!("http://{host}{}", location(&id)),
+    let url = match origin::of_request(&headers, state.tls.is_some(), state.config.behind_proxy) {
+        Some(origin) => format!("{}{}", origin.url(), location(&id)),
         None => location(&id),
     };
     Ok(Json(status::status_report(&state, info, url).await))
