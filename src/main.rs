@@ -25,7 +25,13 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The certificate verifier logs each refusal itself; robusto's own error says it once, with
+    // what to do.
+    let directives = match level {
+        "trace" => level.to_string(),
+        _ => format!("{level},rustls_platform_verifier=off"),
+    };
+    let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(&directives));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let opened = log_file.map(|path| (path, std::fs::OpenOptions::new().create(true).append(true).open(path)));
     match opened {

@@ -55,6 +55,15 @@ pub enum SessionError {
     /// The server's answer does not follow the protocol.
     #[error("the server's answer does not follow tus 1.0.0: {0}")]
     Protocol(String),
+    /// TLS failed for a reason that retrying will not change: most often a certificate this
+    /// client does not trust (unknown authority, expired, for another name).
+    #[error("TLS with the server failed: {reason}; {hint}")]
+    Tls {
+        /// What rustls said.
+        reason: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
 }
 
 /// A failure worth trying again, with what caused it when that was an HTTP client error.
@@ -77,6 +86,11 @@ impl SessionError {
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_builder() {
             SessionError::Protocol(format!("cannot build the request: {e}"))
+        } else if let Some(tls) = tls_failure(&e) {
+            SessionError::Tls {
+                reason: tls.to_string(),
+                hint: tls_hint(tls),
+            }
         } else {
             SessionError::Transient(Fault {
                 what: e.to_string(),
@@ -93,6 +107,42 @@ impl SessionError {
     /// The error with its causes, for a log line or a retry's reason.
     pub fn reason(&self) -> String {
         crate::error_chain(self)
+    }
+}
+
+/// The rustls error behind a request's failure, if TLS is what failed. (An `io::Error` does not
+/// list the error it wraps among its sources, so each one is opened.)
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// What a user can do about a TLS failure.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "if the server's certificate comes from a private CA, add --ca-cert FILE with that CA's certificate"
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "renew the server's certificate (and check this machine's clock)"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet: check this machine's clock"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the certificate is for another name: use the host name it was issued for in the URL"
+        }
+        _ => "check the server's certificate (robusto -v shows more)",
     }
 }
 

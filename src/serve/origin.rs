@@ -6,7 +6,7 @@
 //! else `X-Forwarded-Proto` and `X-Forwarded-Host`; without a proxy those headers are ignored, as
 //! any client could send them. The authority is otherwise the request's `Host`.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 
 /// A scheme and an authority, as in `https://backup.example.org:8443`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,11 +25,14 @@ impl Origin {
 }
 
 /// The origin a request was made to: `tls` when this server terminates TLS itself,
-/// `behind_proxy` when a proxy in front says what the client used. `None` when no authority is
+/// `behind_proxy` when a proxy in front says what the client used. The authority is the `Host`
+/// header, else the request target's (HTTP/2's `:authority`). `None` when no authority is
 /// known or the one given is not a plain host\[:port\].
-pub fn of_request(headers: &HeaderMap, tls: bool, behind_proxy: bool) -> Option<Origin> {
+pub fn of_request(uri: &Uri, headers: &HeaderMap, tls: bool, behind_proxy: bool) -> Option<Origin> {
     let mut scheme = if tls { "https" } else { "http" };
-    let mut authority = header(headers, "host").map(str::to_string);
+    let mut authority = header(headers, "host")
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_string()));
     if behind_proxy {
         let (proto, host) = forwarded(headers);
         let proto = proto.or_else(|| first_of_list(header(headers, "x-forwarded-proto")?).map(str::to_string));
@@ -105,9 +108,11 @@ mod tests {
     #[test]
     fn tls_and_host_make_the_origin() {
         let h = headers(&[("host", "backup.example.org:8443")]);
-        assert_eq!(of_request(&h, true, false).unwrap().url(), "https://backup.example.org:8443");
-        assert_eq!(of_request(&h, false, false).unwrap().url(), "http://backup.example.org:8443");
-        assert_eq!(of_request(&HeaderMap::new(), true, false), None);
+        assert_eq!(of_request(&Uri::default(), &h, true, false).unwrap().url(), "https://backup.example.org:8443");
+        assert_eq!(of_request(&Uri::default(), &h, false, false).unwrap().url(), "http://backup.example.org:8443");
+        assert_eq!(of_request(&Uri::default(), &HeaderMap::new(), true, false), None);
+        let h2: Uri = "https://b.example:8443/files/x".parse().unwrap();
+        assert_eq!(of_request(&h2, &HeaderMap::new(), true, false).unwrap().url(), "https://b.example:8443");
     }
 
     #[test]
@@ -117,21 +122,21 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "backup.example.org"),
         ]);
-        assert_eq!(of_request(&h, false, false).unwrap().url(), "http://127.0.0.1:1080");
-        assert_eq!(of_request(&h, false, true).unwrap().url(), "https://backup.example.org");
+        assert_eq!(of_request(&Uri::default(), &h, false, false).unwrap().url(), "http://127.0.0.1:1080");
+        assert_eq!(of_request(&Uri::default(), &h, false, true).unwrap().url(), "https://backup.example.org");
         let h = headers(&[
             ("host", "127.0.0.1:1080"),
             ("forwarded", "for=192.0.2.60;proto=https;host=\"b.example:443\", for=198.51.100.17"),
             ("x-forwarded-proto", "http"),
         ]);
-        assert_eq!(of_request(&h, false, true).unwrap().url(), "https://b.example:443");
+        assert_eq!(of_request(&Uri::default(), &h, false, true).unwrap().url(), "https://b.example:443");
     }
 
     #[test]
     fn an_authority_that_would_change_the_url_is_refused() {
         for bad in ["evil.example/x", "a@b", "a b", "x?y", ""] {
             let h = headers(&[("host", "ok.example"), ("x-forwarded-host", bad)]);
-            let got = of_request(&h, false, true);
+            let got = of_request(&Uri::default(), &h, false, true);
             assert!(got.is_none() || bad.is_empty(), "{bad:?} gave {got:?}");
         }
     }

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::header::IntoHeaderName;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header as http};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header as http};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tracing::{Instrument as _, instrument};
@@ -66,6 +66,7 @@ pub async fn options(State(state): State<AppState>) -> Response {
 pub async fn create(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -83,7 +84,7 @@ pub async fn create(
             ));
         }
         verify::header_str(&headers, "host")?;
-        let origin = origin::of_request(&headers, state.tls.is_some(), state.config.behind_proxy);
+        let origin = origin::of_request(&uri, &headers, state.tls.is_some(), state.config.behind_proxy);
         let parts = uploads::concat_part_ids(urls, origin.as_ref().map(|o| o.authority.as_str()))?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
@@ -412,10 +413,11 @@ pub async fn status(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<StatusReport>> {
     let info = uploads::load(&state, &id, &owner).await?;
-    let url = match origin::of_request(&headers, state.tls.is_some(), state.config.behind_proxy) {
+    let url = match origin::of_request(&uri, &headers, state.tls.is_some(), state.config.behind_proxy) {
         Some(origin) => format!("{}{}", origin.url(), location(&id)),
         None => location(&id),
     };

@@ -25,4 +25,5 @@ mod serve_env;
 mod serve_send;
 mod store;
 mod support;
+mod tls;
 mod tus;
