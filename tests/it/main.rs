@@ -17,6 +17,7 @@ mod peers;
 mod proxy;
 mod push;
 mod relay;
+mod reverse_proxy;
 mod reliability;
 mod restore;
 mod s3;

@@ -13,14 +13,14 @@ use crate::serve_env::{Server, bytes, read_url, repo};
 use crate::support::TestEnv;
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// Its certificate, PEM, written to a file.
-    pem: PathBuf,
+    pub(crate) pem: PathBuf,
 }
 
 impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
+    pub(crate) fn new(dir: &Path, name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,7 +36,7 @@ impl Ca {
 
     /// A server certificate for 127.0.0.1 and localhost, written to `NAME.crt` and `NAME.key`;
     /// `expired` makes one whose validity ended in 2021.
-    fn server(&self, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn server(&self, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, "robusto test server");
