@@ -196,9 +196,7 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         tracing::warn!("no --token-file: anyone who can reach {listen} can upload; keep an open server on 127.0.0.1");
     }
     let certificates = match args.tls_files() {
-        Some(files) => Some(
-            robusto::serve::tls::Certificates::load(&files).map_err(|e| UsageError(e.to_string()))?,
-        ),
+        Some(files) => Some(robusto::serve::tls::Certificates::load(&files).map_err(|e| UsageError(e.to_string()))?),
         None => None,
     };
     let scheme = if certificates.is_some() { "https" } else { "http" };
@@ -221,7 +219,10 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         let shutdown = robusto::stop::shutdown_signal()?;
         match &config.store {
             robusto::serve::StoreChoice::Fs => {
-                tracing::info!("listening on {scheme}://{addr}/files/ (data in {})", config.data.display())
+                tracing::info!(
+                    "listening on {scheme}://{addr}/files/ (data in {})",
+                    config.data.display()
+                )
             }
             robusto::serve::StoreChoice::S3(s3) => tracing::info!(
                 "listening on {scheme}://{addr}/files/ (data in s3://{}/{})",

@@ -144,7 +144,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ca.pem");
         std::fs::write(&f, "not a certificate\n").unwrap();
-        let e = ExtraRoots::from_pem_files(&[f.clone()]).unwrap_err();
+        let e = ExtraRoots::from_pem_files(std::slice::from_ref(&f)).unwrap_err();
         assert!(e.to_string().contains("no usable PEM certificate"), "{e}");
         let e = ExtraRoots::from_pem_files(&[dir.path().join("missing.pem")]).unwrap_err();
         assert!(matches!(e, RootsError::Read { .. }), "{e}");

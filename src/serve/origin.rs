@@ -108,11 +108,20 @@ mod tests {
     #[test]
     fn tls_and_host_make_the_origin() {
         let h = headers(&[("host", "backup.example.org:8443")]);
-        assert_eq!(of_request(&Uri::default(), &h, true, false).unwrap().url(), "https://backup.example.org:8443");
-        assert_eq!(of_request(&Uri::default(), &h, false, false).unwrap().url(), "http://backup.example.org:8443");
+        assert_eq!(
+            of_request(&Uri::default(), &h, true, false).unwrap().url(),
+            "https://backup.example.org:8443"
+        );
+        assert_eq!(
+            of_request(&Uri::default(), &h, false, false).unwrap().url(),
+            "http://backup.example.org:8443"
+        );
         assert_eq!(of_request(&Uri::default(), &HeaderMap::new(), true, false), None);
         let h2: Uri = "https://b.example:8443/files/x".parse().unwrap();
-        assert_eq!(of_request(&h2, &HeaderMap::new(), true, false).unwrap().url(), "https://b.example:8443");
+        assert_eq!(
+            of_request(&h2, &HeaderMap::new(), true, false).unwrap().url(),
+            "https://b.example:8443"
+        );
     }
 
     #[test]
@@ -122,14 +131,26 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "backup.example.org"),
         ]);
-        assert_eq!(of_request(&Uri::default(), &h, false, false).unwrap().url(), "http://127.0.0.1:1080");
-        assert_eq!(of_request(&Uri::default(), &h, false, true).unwrap().url(), "https://backup.example.org");
+        assert_eq!(
+            of_request(&Uri::default(), &h, false, false).unwrap().url(),
+            "http://127.0.0.1:1080"
+        );
+        assert_eq!(
+            of_request(&Uri::default(), &h, false, true).unwrap().url(),
+            "https://backup.example.org"
+        );
         let h = headers(&[
             ("host", "127.0.0.1:1080"),
-            ("forwarded", "for=192.0.2.60;proto=https;host=\"b.example:443\", for=198.51.100.17"),
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=https;host=\"b.example:443\", for=198.51.100.17",
+            ),
             ("x-forwarded-proto", "http"),
         ]);
-        assert_eq!(of_request(&Uri::default(), &h, false, true).unwrap().url(), "https://b.example:443");
+        assert_eq!(
+            of_request(&Uri::default(), &h, false, true).unwrap().url(),
+            "https://b.example:443"
+        );
     }
 
     #[test]

@@ -50,11 +50,17 @@ fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
             return;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the proxy exited ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "the proxy exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the proxy did not listen on {port}: {}", std::fs::read_to_string(log).unwrap_or_default());
+    panic!(
+        "the proxy did not listen on {port}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 /// `robusto serve --behind-proxy --token-file` on loopback; returns it and its port.
@@ -79,8 +85,14 @@ fn nginx(dir: &Path, port: u16, crt: &Path, key: &Path, upstream: u16) -> Runnin
     let site = std::fs::read_to_string(repo().join("contrib/nginx-robusto.conf"))
         .unwrap()
         .replace("listen 443 ssl", &format!("listen 127.0.0.1:{port} ssl"))
-        .replace("/etc/letsencrypt/live/backup.example.org/fullchain.pem", crt.to_str().unwrap())
-        .replace("/etc/letsencrypt/live/backup.example.org/privkey.pem", key.to_str().unwrap())
+        .replace(
+            "/etc/letsencrypt/live/backup.example.org/fullchain.pem",
+            crt.to_str().unwrap(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/backup.example.org/privkey.pem",
+            key.to_str().unwrap(),
+        )
         .replace("127.0.0.1:1080", &format!("127.0.0.1:{upstream}"));
     assert!(site.contains(&format!("127.0.0.1:{port}")) && site.contains(&format!("127.0.0.1:{upstream}")));
     let d = dir.display();
@@ -141,7 +153,12 @@ async fn through(env: &TestEnv, port: u16, ca: &Ca, token: &Path, name: &str) {
     let data = bytes(5 << 20, port as u64);
     env.write(name, &data);
     let endpoint = format!("https://127.0.0.1:{port}/files/");
-    let connect = ["--ca-cert", ca.pem.to_str().unwrap(), "--token-file", token.to_str().unwrap()];
+    let connect = [
+        "--ca-cert",
+        ca.pem.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
     let sent = env
         .send(name, &endpoint)
         .args(["--chunk-size", "1MiB"])
@@ -157,7 +174,11 @@ async fn through(env: &TestEnv, port: u16, ca: &Ca, token: &Path, name: &str) {
     let status = env.robusto("status").arg(&url).args(connect).run_async().await.ok();
     let report: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(report["status"], "complete", "{report}");
-    assert_eq!(report["value"].as_str().unwrap(), url, "the URL handed out is the proxy's: {report}");
+    assert_eq!(
+        report["value"].as_str().unwrap(),
+        url,
+        "the URL handed out is the proxy's: {report}"
+    );
 
     let back = env.join(format!("{name}.back"));
     env.robusto("get")

@@ -24,7 +24,9 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, format!("robusto test CA {name}"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("robusto test CA {name}"));
         let cert = params.self_signed(&key).unwrap();
         let pem = dir.join(format!("{name}.pem"));
         std::fs::write(&pem, cert.pem()).unwrap();
@@ -39,7 +41,9 @@ impl Ca {
     pub(crate) fn server(&self, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "robusto test server");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "robusto test server");
         if expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -118,7 +122,12 @@ async fn send_status_get_and_list_over_https_with_a_private_ca() {
     let ca = Ca::new(env.path(), "ca");
     let (crt, key) = ca.server(env.path(), "server", false);
     let token = env.write("token", "s3cret\n");
-    let server = TlsServer::start(&env.join("data"), &crt, &key, &["--token-file", token.to_str().unwrap()]);
+    let server = TlsServer::start(
+        &env.join("data"),
+        &crt,
+        &key,
+        &["--token-file", token.to_str().unwrap()],
+    );
     let data = bytes(3 << 20, 17);
     env.write("backup.bin", &data);
     let ca_arg = ca.pem.to_str().unwrap();
@@ -143,7 +152,11 @@ async fn send_status_get_and_list_over_https_with_a_private_ca() {
         .ok();
     let report: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(report["status"], "complete", "{report}");
-    assert_eq!(report["value"].as_str().unwrap(), url, "the status report hands out the https URL");
+    assert_eq!(
+        report["value"].as_str().unwrap(),
+        url,
+        "the status report hands out the https URL"
+    );
 
     env.robusto("get")
         .arg(&url)
@@ -192,7 +205,12 @@ async fn untrusted_and_expired_certificates_are_refused_at_once() {
     let cases = [
         (&good, None, "UnknownIssuer", "add --ca-cert FILE"),
         (&good, Some(&other.pem), "UnknownIssuer", "add --ca-cert FILE"),
-        (&expired, Some(&ca.pem), "certificate expired", "renew the server's certificate"),
+        (
+            &expired,
+            Some(&ca.pem),
+            "certificate expired",
+            "renew the server's certificate",
+        ),
     ];
     for (server, trusted, why, hint) in cases {
         let mut cmd = env.send("f.bin", &server.endpoint()).args(["--retries", "5"]);
@@ -223,7 +241,10 @@ async fn a_certificate_that_is_not_the_keys_is_refused_with_exit_2() {
     let ca = Ca::new(env.path(), "ca");
     let (crt, _) = ca.server(env.path(), "a", false);
     let (_, other_key) = ca.server(env.path(), "b", false);
-    let garbage = env.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+    let garbage = env.write(
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
     let cases: [(&Path, &Path, &str); 4] = [
         (&crt, &other_key, "is not the key of the certificate"),
         (&garbage, &other_key, "no usable PEM certificate"),
@@ -332,12 +353,21 @@ async fn tus_js_client_uploads_over_https() {
         .arg(server.endpoint())
         .arg(&file)
         .arg("1048576")
-        .args(["--meta", "filename=js.bin", "--meta", &format!("checksum=md5 {}", md5.base64())])
+        .args([
+            "--meta",
+            "filename=js.bin",
+            "--meta",
+            &format!("checksum=md5 {}", md5.base64()),
+        ])
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&format!("{}/files/", server.base)), "{stdout}");
     assert_eq!(Md5::of(&std::fs::read(env.join("data/files/js.bin")).unwrap()), md5);
 }
@@ -357,10 +387,21 @@ async fn a_token_never_goes_out_on_plain_http_off_loopback() {
         .run_async()
         .await
         .code(2);
-    assert!(run.stderr.contains("without TLS would send every token in clear"), "{run:?}");
+    assert!(
+        run.stderr.contains("without TLS would send every token in clear"),
+        "{run:?}"
+    );
     assert!(run.stderr.contains("--tls-cert FILE --tls-key FILE") && run.stderr.contains("--behind-proxy"));
     let mut behind = Command::new(env!("CARGO_BIN_EXE_robusto"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--behind-proxy", "--token-file", tok, "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--behind-proxy",
+            "--token-file",
+            tok,
+            "--data",
+        ])
         .arg(env.join("data"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -375,11 +416,17 @@ async fn a_token_never_goes_out_on_plain_http_off_loopback() {
     // connection; with --allow-insecure-http it is tried (and here fails to connect).
     let far = "http://192.0.2.1:1080/files/";
     let cases: Vec<(&str, Vec<String>)> = vec![
-        ("send", vec![env.join("f.bin").display().to_string(), "--to".into(), far.into()]),
+        (
+            "send",
+            vec![env.join("f.bin").display().to_string(), "--to".into(), far.into()],
+        ),
         ("status", vec![format!("{far}abc")]),
         ("get", vec![format!("{far}abc"), "-o".into(), "out".into()]),
         ("list", vec!["--from".into(), far.into()]),
-        ("prune", vec!["--from".into(), far.into(), "--keep-last".into(), "1".into()]),
+        (
+            "prune",
+            vec!["--from".into(), far.into(), "--keep-last".into(), "1".into()],
+        ),
     ];
     for (command, args) in &cases {
         let run = env
@@ -389,7 +436,10 @@ async fn a_token_never_goes_out_on_plain_http_off_loopback() {
             .run_async()
             .await
             .code(2);
-        assert!(run.stderr.contains("would cross the network in clear"), "{command}: {run:?}");
+        assert!(
+            run.stderr.contains("would cross the network in clear"),
+            "{command}: {run:?}"
+        );
         assert!(run.stderr.contains("--allow-insecure-http"), "{command}: {run:?}");
         let run = env
             .robusto(command)
@@ -398,11 +448,22 @@ async fn a_token_never_goes_out_on_plain_http_off_loopback() {
             .run_async()
             .await
             .code(2);
-        assert!(run.stderr.contains("in clear"), "{command} with $ROBUSTO_TOKEN: {run:?}");
+        assert!(
+            run.stderr.contains("in clear"),
+            "{command} with $ROBUSTO_TOKEN: {run:?}"
+        );
     }
     let run = env
         .send("f.bin", far)
-        .args(["--token-file", tok, "--allow-insecure-http", "--retries", "0", "--stall-timeout", "1s"])
+        .args([
+            "--token-file",
+            tok,
+            "--allow-insecure-http",
+            "--retries",
+            "0",
+            "--stall-timeout",
+            "1s",
+        ])
         .run_async()
         .await;
     assert_ne!(run.code, 2, "allowed: {run:?}");
@@ -413,7 +474,11 @@ async fn a_token_never_goes_out_on_plain_http_off_loopback() {
         c.tokens = robusto::serve::auth::Tokens::from_file(&token).unwrap();
     })
     .await;
-    env.send("f.bin", &server.endpoint()).args(["--token-file", tok]).run_async().await.ok();
+    env.send("f.bin", &server.endpoint())
+        .args(["--token-file", tok])
+        .run_async()
+        .await
+        .ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +502,10 @@ async fn behind_a_proxy_the_status_url_is_the_proxys() {
         let url = report["value"].as_str().unwrap();
         match expected {
             Some(prefix) => assert!(url.starts_with(prefix), "{report}"),
-            None => assert!(url.starts_with("http://127.0.0.1:"), "forwarded headers ignored: {report}"),
+            None => assert!(
+                url.starts_with("http://127.0.0.1:"),
+                "forwarded headers ignored: {report}"
+            ),
         }
     }
 }
