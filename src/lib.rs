@@ -38,6 +38,7 @@ pub mod config;
 pub mod durable;
 pub mod fingerprint;
 pub mod hooks;
+pub mod incremental;
 pub mod job;
 pub mod manifest;
 pub mod pack;

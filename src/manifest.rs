@@ -134,6 +134,10 @@ pub struct Manifest {
     pub source: SourceInfo,
     /// When the manifest was made (RFC 3339, UTC).
     pub created: String,
+    /// Where the archive stands in an incremental chain (`push --incremental`); absent for an
+    /// archive that stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::incremental::Link>,
 }
 
 /// `FILE.manifest.json` for `FILE`.
@@ -179,6 +183,7 @@ impl Manifest {
             chunks: fp.chunks,
             source,
             created: now_rfc3339(),
+            incremental: None,
         }
     }
 

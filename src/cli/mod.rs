@@ -114,6 +114,14 @@ pub(crate) struct PushArgs {
     /// Keep the staging archive and its manifest after the upload completes.
     #[arg(long)]
     pub keep_staging: bool,
+    /// Send only what changed since the last push the server confirmed (GNU tar's incremental
+    /// format; needs --format tar). The first push of a job is a full archive.
+    #[arg(long)]
+    pub incremental: bool,
+    /// With --incremental: start a new full archive after N pushes in all (7: a full and six
+    /// incrementals), or once the full is older than a DURATION (30d).
+    #[arg(long, value_name = "N|DURATION", requires = "incremental")]
+    pub full_every: Option<String>,
 }
 
 impl PushArgs {
@@ -134,12 +142,31 @@ impl PushArgs {
     pub(crate) fn plan(&self) -> Result<Plan, UsageError> {
         let dest = destination(&self.send.to)?;
         let (pack, send) = self.options(dest.endpoint())?;
+        let incremental = if self.incremental {
+            if !matches!(self.pack.format, FormatArg::Tar) {
+                return Err(UsageError(
+                    "--incremental writes GNU tar's incremental format: add --format tar (and --compress zstd)".into(),
+                ));
+            }
+            let full_every = match self.full_every.as_deref() {
+                None => None,
+                Some(text) => Some(match text.parse::<u32>() {
+                    Ok(0) => return Err(UsageError("--full-every must be at least 1".into())),
+                    Ok(n) => robusto::incremental::state::FullEvery::Pushes(n),
+                    Err(_) => robusto::incremental::state::FullEvery::Age(duration("--full-every", text)?),
+                }),
+            };
+            Some(push_job::IncrementalChoice { full_every })
+        } else {
+            None
+        };
         Ok(Plan {
             dest,
             pack,
             send,
             name: self.name.clone(),
             keep_staging: self.keep_staging,
+            incremental,
         })
     }
 
@@ -471,6 +498,7 @@ impl PackFlags {
                 never: Vec::new(),
             },
             keep_cached: false,
+            incremental: None,
         })
     }
 }
@@ -609,6 +637,30 @@ pub(crate) struct RestoreArgs {
     /// Extract even without a manifest to check the archive against.
     #[arg(long)]
     pub no_verify: bool,
+    /// With a NAME: the tree as of the newest upload completed at or before TIME (RFC 3339, e.g.
+    /// 2026-12-01T02:30:00Z; a date alone means the end of that day, UTC; or seconds since the
+    /// epoch). An incremental's whole chain is fetched and applied.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+/// Parses `--at`: RFC 3339, `YYYY-MM-DD` (the end of that day, UTC), or seconds since the epoch.
+fn point_in_time(text: &str) -> Result<u64, UsageError> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = || {
+        UsageError(format!(
+            "--at {text}: not a time (examples: 2026-12-01T02:30:00Z, 2026-12-01, 1796176200)"
+        ))
+    };
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return u64::try_from(t.unix_timestamp()).map_err(|_| bad());
+    }
+    let day = time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
+    let end = day.with_hms(23, 59, 59).map_err(|_| bad())?.assume_utc();
+    u64::try_from(end.unix_timestamp()).map_err(|_| bad())
 }
 
 impl RestoreArgs {
@@ -631,6 +683,7 @@ impl RestoreArgs {
             into: self.into.clone(),
             dry_run: self.dry_run,
             no_verify: self.no_verify,
+            at: self.at.as_deref().map(point_in_time).transpose()?,
         })
     }
 }

@@ -270,6 +270,11 @@ impl Job<'_> {
         m.insert(meta::CHUNK_SIZE, &self.manifest.chunk_size.to_string());
         if whole {
             m.insert(meta::CHECKSUM, &Checksum::md5(self.manifest.archive.md5).to_header());
+            if let Some(link) = &self.manifest.incremental {
+                for (key, value) in link.metadata() {
+                    m.insert(key, &value);
+                }
+            }
         }
         m
     }

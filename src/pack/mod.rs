@@ -48,6 +48,18 @@ pub struct PackOptions {
     /// Keep the archive's pages in the page cache, for a caller about to read it again (`push`
     /// sends it next). Otherwise they are dropped once on disk (see [`crate::writeback`]).
     pub keep_cached: bool,
+    /// Pack one link of an incremental chain (tar only): what changed since `previous`, with
+    /// dumpdirs; the new records go to [`crate::incremental::state::pending_path`] of the output.
+    pub incremental: Option<Incremental>,
+}
+
+/// One link of an incremental chain to pack.
+#[derive(Clone, Debug)]
+pub struct Incremental {
+    /// Where the archive stands in its chain (written into its manifest).
+    pub link: crate::incremental::Link,
+    /// What the last confirmed push saw; `None` for a full archive.
+    pub previous: Option<std::sync::Arc<crate::incremental::state::Previous>>,
 }
 
 /// What `pack` made.
@@ -157,6 +169,9 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         manifest_path.clone(),
     ]);
     walk_opts.never.extend(zip::spill_paths(&opts.output));
+    walk_opts
+        .never
+        .push(crate::incremental::state::pending_path(&opts.output));
     let walk = walk::walk(&opts.paths, &walk_opts)?;
     progress.event(&Event::PackStarted {
         paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
@@ -170,9 +185,22 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
     let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
     let out = WritebackFile::new(file, opts.keep_cached);
     let sink = HashingWriter::new(out, opts.chunk_size);
+    let tracker = match &opts.incremental {
+        None => None,
+        Some(_) if opts.format != Format::Tar => {
+            return Err(out_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "incremental archives are tar archives",
+            )));
+        }
+        Some(inc) => {
+            let pending = crate::incremental::state::pending_path(&opts.output);
+            Some(crate::incremental::tracker::Tracker::create(&pending, inc.previous.clone()).map_err(out_err)?)
+        }
+    };
     let sink = match opts.format {
         Format::Zip => zip::write_zip(sink, walk, opts, &mut tally, progress)?,
-        Format::Tar => write_tar(sink, walk, opts, &mut tally, progress).map_err(out_err)?,
+        Format::Tar => write_tar(sink, walk, opts, tracker, &mut tally, progress).map_err(out_err)?,
     };
     let (out, fp) = sink.finish().map_err(out_err)?;
     let file = out.into_inner();
@@ -191,7 +219,8 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         skipped: tally.skipped,
     };
     let c = opts.compression;
-    let manifest = Manifest::new(&opts.output, opts.format.name(), c.codec.name(), c.level, fp, source);
+    let mut manifest = Manifest::new(&opts.output, opts.format.name(), c.codec.name(), c.level, fp, source);
+    manifest.incremental = opts.incremental.as_ref().map(|i| i.link.clone());
     if let Err(e) = manifest.write(&manifest_path) {
         // a failed pack leaves no archive: one without its manifest cannot be verified, and
         // `push` would not know it is finished
@@ -216,10 +245,19 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
 // ---------------------------------------------------------------------------------------------
 // tar
 
+/// Writes a folder's GNU dumpdir entry (type `D`): the folder, with its children's names.
+fn append_dumpdir<W: io::Write>(builder: &mut tar::Builder<W>, (e, listing): (Entry, Vec<u8>)) -> io::Result<()> {
+    let mut h = archive::tar_header(&e);
+    h.set_entry_type(tar::EntryType::new(b'D'));
+    h.set_size(listing.len() as u64);
+    builder.append_data(&mut h, format!("{}/", e.name), listing.as_slice())
+}
+
 fn write_tar(
     sink: Sink,
     walk: walk::Walk,
     opts: &PackOptions,
+    mut tracker: Option<crate::incremental::tracker::Tracker>,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> io::Result<Sink> {
@@ -229,17 +267,44 @@ fn write_tar(
     for item in walk {
         crate::stop::check()?;
         let Some(e) = tally.take(item, progress) else { continue };
+        if let Some(t) = &mut tracker {
+            for d in t.reach(&e.name) {
+                append_dumpdir(&mut builder, d)?;
+            }
+            match &e.kind {
+                Kind::Dir => {
+                    t.folder(&e)?;
+                    continue;
+                }
+                _ if !t.changed(&e) => {
+                    t.unchanged(&e)?;
+                    continue;
+                }
+                _ => {}
+            }
+        }
         match &e.kind {
             Kind::Dir => builder.append_data(&mut archive::tar_header(&e), format!("{}/", e.name), io::empty())?,
-            Kind::Symlink { target } => builder.append_link(&mut archive::tar_header(&e), &e.name, target)?,
+            Kind::Symlink { target } => {
+                builder.append_link(&mut archive::tar_header(&e), &e.name, target)?;
+                if let Some(t) = &mut tracker {
+                    t.stored(&e)?;
+                }
+            }
             Kind::File { .. } => {
                 let source = match source::open_source(&e.src, opts.walk.follow_symlinks) {
                     Ok(s) => s,
                     Err(reason) => {
+                        if let Some(t) = &mut tracker {
+                            t.unreadable(&e)?;
+                        }
                         tally.skip(&e.src, reason, progress);
                         continue;
                     }
                 };
+                if let Some(t) = &mut tracker {
+                    t.stored(&e)?;
+                }
                 // Header and content come from the same look at the open file.
                 let fresh = e.refreshed(&source);
                 let mut h = archive::tar_header(&fresh);
@@ -256,6 +321,11 @@ fn write_tar(
                 }
                 tally.stored(size, progress);
             }
+        }
+    }
+    if let Some(t) = tracker {
+        for d in t.finish()? {
+            append_dumpdir(&mut builder, d)?;
         }
     }
     let enc = builder.into_inner()?;

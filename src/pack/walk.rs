@@ -299,6 +299,7 @@ impl Walk {
             mtime: meta.mtime(),
             uid: meta.uid(),
             gid: meta.gid(),
+            change: super::entry::Change::of(&meta),
         }))
     }
 }
