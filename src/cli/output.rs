@@ -40,8 +40,15 @@ pub(crate) fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
 
 /// One line of `robusto list`: completion time, size, MD5, name, URL.
 pub(crate) fn upload_line(u: &Upload, url: &str) -> String {
+    let chain = match robusto::incremental::Link::from_metadata(&u.metadata) {
+        None => String::new(),
+        Some(l) => match &l.parent {
+            None => "  (full: starts a chain)".to_string(),
+            Some(p) => format!("  (incremental level {} after {})", l.level, p.name),
+        },
+    };
     format!(
-        "{}  {:>12}  {}  {}  {}",
+        "{}  {:>12}  {}  {}  {}{chain}",
         u.completed_at.as_deref().unwrap_or("-"),
         u.size,
         u.md5.as_deref().unwrap_or("-"),

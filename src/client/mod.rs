@@ -82,9 +82,15 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
-    /// The target as the journal knows it.
+    /// The target as the journal knows it, with the upload's name when one is given: the same
+    /// file sent again under another name (a nightly push of an unchanged tree) is an upload of
+    /// its own, never the earlier one reported again.
     fn journal_target(&self) -> String {
-        self.job_key.clone().unwrap_or_else(|| self.target.to_string())
+        let target = self.job_key.clone().unwrap_or_else(|| self.target.to_string());
+        match &self.name {
+            Some(name) => format!("{target}|name={name}"),
+            None => target,
+        }
     }
 
     /// A URL from the journal, moved onto the current target's origin when the job has a

@@ -6,8 +6,8 @@
 //!   listing its children: `Y name` stored in this archive, `N name` unchanged (stored by an
 //!   earlier link), `D name` a folder. A name missing from its folder's dumpdir was deleted (or
 //!   renamed away). `tar -x -G` (GNU tar) applies a chain link by link; `robusto restore` does
-//!   the same, see [`chain`] and [`crate::restore`]. Dumpdirs follow their folder's contents in
-//!   the archive.
+//!   the same, see [`chain`] and [`crate::restore`]. A dumpdir comes before its folder's
+//!   contents, as in GNU tar's own archives.
 //! - **"Changed"** ([`state`]): a file or link is stored again when its kind, size, mode, owner,
 //!   modification or status-change time (to the nanosecond), inode or link target differ from
 //!   what the last confirmed push recorded; a write always moves the status-change time, even
@@ -109,6 +109,10 @@ mod tests {
         assert_eq!(Link::from_metadata(&m), Some(link));
         let mut broken = m.clone();
         broken.remove(meta::PARENT);
-        assert_eq!(Link::from_metadata(&broken), None, "a level 2 without a parent stands alone");
+        assert_eq!(
+            Link::from_metadata(&broken),
+            None,
+            "a level 2 without a parent stands alone"
+        );
     }
 }

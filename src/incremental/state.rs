@@ -49,6 +49,32 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of what `m` (a `stat` of the entry called `name`) says; `target` for a link.
+    pub fn of_meta(name: String, m: &std::fs::Metadata, target: Option<String>) -> Record {
+        use std::os::unix::fs::MetadataExt;
+        let change = crate::pack::entry::Change::of(m);
+        let k = if m.is_dir() {
+            'd'
+        } else if m.file_type().is_symlink() {
+            'l'
+        } else {
+            'f'
+        };
+        Record {
+            n: name,
+            k,
+            s: if k == 'f' { m.len() } else { 0 },
+            m: change.mtime_ns,
+            c: change.ctime_ns,
+            i: change.ino,
+            d: change.dev,
+            p: m.mode() & 0o7777,
+            u: m.uid(),
+            g: m.gid(),
+            t: if k == 'l' { target } else { None },
+        }
+    }
+
     /// The record of a walked entry.
     pub fn of(e: &Entry) -> Record {
         let (k, s, t) = match &e.kind {
@@ -120,7 +146,10 @@ pub fn pending_path(archive: &Path) -> PathBuf {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The incremental state of one job.
@@ -163,7 +192,11 @@ impl Store {
         match serde_json::from_slice::<Head>(&bytes) {
             Ok(h) if self.dir.join(&h.records).is_file() => Some(h),
             Ok(h) => {
-                tracing::warn!("{} names {}, which is missing; this push is a full archive", path.display(), h.records);
+                tracing::warn!(
+                    "{} names {}, which is missing; this push is a full archive",
+                    path.display(),
+                    h.records
+                );
                 None
             }
             Err(e) => {
@@ -197,7 +230,14 @@ impl Store {
 
     /// Makes the records at `pending` the job's, for the link `link` named `name` with archive
     /// MD5 `md5`, once the server confirmed it.
-    pub fn commit(&self, pending: &Path, link: &Link, name: &str, md5: Md5, old: Option<&Head>) -> Result<Head, StateError> {
+    pub fn commit(
+        &self,
+        pending: &Path,
+        link: &Link,
+        name: &str,
+        md5: Md5,
+        old: Option<&Head>,
+    ) -> Result<Head, StateError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StateError { path, source }
@@ -206,7 +246,9 @@ impl Store {
         let records = format!("{}.{}.records", self.key, md5.hex());
         let to = self.dir.join(&records);
         if pending != to {
-            fs::File::open(pending).and_then(|f| f.sync_all()).map_err(err(pending))?;
+            fs::File::open(pending)
+                .and_then(|f| f.sync_all())
+                .map_err(err(pending))?;
             fs::rename(pending, &to).map_err(err(pending))?;
             durable::fsync_dir(&self.dir).map_err(err(&self.dir))?;
         }
@@ -282,9 +324,16 @@ mod tests {
         let h = head(2, now_secs());
         let next = next_link(Some(&h), None);
         assert_eq!((next.level, next.parent.unwrap().name), (3, "n2".to_string()));
-        assert_eq!(next_link(Some(&h), Some(FullEvery::Pushes(3))).level, 0, "full, 1, 2: then a full");
+        assert_eq!(
+            next_link(Some(&h), Some(FullEvery::Pushes(3))).level,
+            0,
+            "full, 1, 2: then a full"
+        );
         assert_eq!(next_link(Some(&h), Some(FullEvery::Pushes(4))).level, 3);
         let old = head(1, now_secs() - 8 * 86_400);
-        assert_eq!(next_link(Some(&old), Some(FullEvery::Age(Duration::from_secs(7 * 86_400)))).level, 0);
+        assert_eq!(
+            next_link(Some(&old), Some(FullEvery::Age(Duration::from_secs(7 * 86_400)))).level,
+            0
+        );
     }
 }

@@ -225,7 +225,12 @@ fn plan_link(store: &Store, head: Option<&Head>, full_every: Option<FullEvery>) 
         },
     };
     match &link.parent {
-        Some(p) => tracing::info!("incremental level {} of chain {}, after {}", link.level, link.chain, p.name),
+        Some(p) => tracing::info!(
+            "incremental level {} of chain {}, after {}",
+            link.level,
+            link.chain,
+            p.name
+        ),
         None => tracing::info!("a full archive: it starts a new chain"),
     }
     crate::pack::Incremental { link, previous }

@@ -188,7 +188,11 @@ fn find(server: &GetOptions, name: &str, at: Option<u64>) -> Result<Vec<Url>, Re
     let links = crate::incremental::chain::links_of(found, &uploads)?;
     if links.len() > 1 {
         let names: Vec<&str> = links.iter().map(|u| u.name.as_str()).collect();
-        tracing::info!("{} is an incremental: restoring its chain {}", found.name, names.join(" → "));
+        tracing::info!(
+            "{} is an incremental: restoring its chain {}",
+            found.name,
+            names.join(" → ")
+        );
     }
     links
         .iter()

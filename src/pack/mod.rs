@@ -195,7 +195,11 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         }
         Some(inc) => {
             let pending = crate::incremental::state::pending_path(&opts.output);
-            Some(crate::incremental::tracker::Tracker::create(&pending, inc.previous.clone()).map_err(out_err)?)
+            let follow = opts.walk.follow_symlinks;
+            Some(
+                crate::incremental::tracker::Tracker::create(&pending, inc.previous.clone(), follow)
+                    .map_err(out_err)?,
+            )
         }
     };
     let sink = match opts.format {
@@ -246,8 +250,8 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
 // tar
 
 /// Writes a folder's GNU dumpdir entry (type `D`): the folder, with its children's names.
-fn append_dumpdir<W: io::Write>(builder: &mut tar::Builder<W>, (e, listing): (Entry, Vec<u8>)) -> io::Result<()> {
-    let mut h = archive::tar_header(&e);
+fn append_dumpdir<W: io::Write>(builder: &mut tar::Builder<W>, e: &Entry, listing: Vec<u8>) -> io::Result<()> {
+    let mut h = archive::tar_header(e);
     h.set_entry_type(tar::EntryType::new(b'D'));
     h.set_size(listing.len() as u64);
     builder.append_data(&mut h, format!("{}/", e.name), listing.as_slice())
@@ -268,12 +272,10 @@ fn write_tar(
         crate::stop::check()?;
         let Some(e) = tally.take(item, progress) else { continue };
         if let Some(t) = &mut tracker {
-            for d in t.reach(&e.name) {
-                append_dumpdir(&mut builder, d)?;
-            }
             match &e.kind {
                 Kind::Dir => {
-                    t.folder(&e)?;
+                    let listing = t.folder(&e)?;
+                    append_dumpdir(&mut builder, &e, listing)?;
                     continue;
                 }
                 _ if !t.changed(&e) => {
@@ -324,9 +326,7 @@ fn write_tar(
         }
     }
     if let Some(t) = tracker {
-        for d in t.finish()? {
-            append_dumpdir(&mut builder, d)?;
-        }
+        t.finish()?;
     }
     let enc = builder.into_inner()?;
     enc.finish()

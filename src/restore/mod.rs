@@ -480,8 +480,8 @@ impl Extractor {
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
         for d in std::mem::take(&mut self.dirs).into_iter().rev() {
             let dir = self.root.join(&d.rel);
-            if fs::symlink_metadata(&dir).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
-                continue; // removed by a later link of a chain
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                continue; // removed, or replaced by a file, by a later link of a chain
             }
             self.set_owner(&dir, &dir, d.owner);
             // times first: a mode without owner-read would stop the open needed to set them
@@ -667,7 +667,11 @@ fn tar_each<R: Read>(archive: &mut tar::Archive<R>, ex: &mut Extractor) -> Resul
 
 /// Applies the deletions of a chain link (its dumpdirs) to the staged tree.
 fn purge_link(archive: &Path, container: Container, stage: &Path) -> Result<(), RestoreError> {
-    let open = || File::open(archive).map(|f| BufReader::with_capacity(1 << 20, f)).map_err(Extractor::io(archive));
+    let open = || {
+        File::open(archive)
+            .map(|f| BufReader::with_capacity(1 << 20, f))
+            .map_err(Extractor::io(archive))
+    };
     let removed = match container {
         Container::Zip => {
             return Err(RestoreError::Format {
@@ -766,7 +770,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     };
     if opts.dry_run {
         // a dry run lists the link asked for
-        let (archive, container) = containers.pop().ok_or_else(|| RestoreError::NoManifest(opts.archive.clone()))?;
+        let (archive, container) = containers
+            .pop()
+            .ok_or_else(|| RestoreError::NoManifest(opts.archive.clone()))?;
         extract(&archive, container, &mut ex)?;
         return Ok(ex.report);
     }
@@ -781,7 +787,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
 }
 
 /// Extracts into a staging folder inside `into`, then moves the entries into place.
-fn extract_staged(links: &[(PathBuf, Container)], into: &Path, mut ex: Extractor) -> Result<RestoreReport, RestoreError> {
+fn extract_staged(
+    links: &[(PathBuf, Container)],
+    into: &Path,
+    mut ex: Extractor,
+) -> Result<RestoreReport, RestoreError> {
     let root = fs::canonicalize(into).map_err(Extractor::io(into))?;
     let mtime = fs::metadata(&root).and_then(|m| m.modified()).ok();
     let staging = Staging::create(&root).map_err(Extractor::io(&root))?;
@@ -850,6 +860,7 @@ mod tests {
             into: into.clone(),
             dry_run: false,
             verify: false,
+            chain: Vec::new(),
         };
         for name in ["evil/pwned.txt", "file/below.txt"] {
             tar_of(&archive, &[("ok.txt", "fine"), (name, "gotcha")]);

@@ -29,7 +29,9 @@ pub(super) fn apply<R: Read>(archive: &Path, stream: R, stage: &Path) -> Result<
         if entry.header().entry_type().as_byte() != DUMPDIR {
             continue;
         }
-        let name = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_string();
+        let name = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_end_matches('/')
+            .to_string();
         let Some(rel) = super::safe_relative(&name)? else {
             continue;
         };
@@ -50,7 +52,9 @@ pub(super) fn apply<R: Read>(archive: &Path, stream: R, stage: &Path) -> Result<
 fn purge(dir: &Path, children: &HashMap<String, Child>) -> Result<u64, (std::path::PathBuf, io::Error)> {
     let read = match fs::read_dir(dir) {
         Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        // nothing staged there, or not a folder yet (its parent's dumpdir removes what is in the
+        // way, whichever of the two comes first in the archive)
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(0),
         Err(e) => return Err((dir.to_path_buf(), e)),
     };
     let mut removed = 0;

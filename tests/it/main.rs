@@ -8,6 +8,7 @@ mod disk_full;
 mod faults;
 mod flaky;
 mod hostile;
+mod incremental;
 mod interop_serve;
 mod metrics;
 mod multinode;
