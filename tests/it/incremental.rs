@@ -292,6 +292,21 @@ async fn prune_keeps_chains_whole_and_full_every_starts_new_ones() {
     assert_eq!(levels, ["0", "1", "2", "0", "1"]);
     assert_eq!(listed(&uploads, &name(5))["metadata"]["robusto-chain"], name(4));
 
+    // --at: the newest push completed by then, with its chain
+    let at = listed(&uploads, &name(3))["completed"].as_u64().unwrap();
+    let then = env.join("then");
+    env.restore("web-", &then)
+        .args(["--from", &endpoint, "--at", &at.to_string()])
+        .ok();
+    assert!(then.join("tree/night-3.txt").exists() && !then.join("tree/night-4.txt").exists());
+    let run = env
+        .restore("web-", env.join("never"))
+        .args(["--from", &endpoint, "--at", "2001-01-01"])
+        .code(1);
+    assert!(run.stderr.contains("no completed upload named 'web-'"), "{run:?}");
+    let run = env.restore("web-", env.join("never")).args(["--from", &endpoint, "--at", "yesterday"]).code(2);
+    assert!(run.stderr.contains("not a time"), "{run:?}");
+
     let dry = env
         .robusto("prune")
         .args(["--from", &endpoint, "--keep-last", "1", "--dry-run"])
