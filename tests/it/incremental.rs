@@ -304,7 +304,10 @@ async fn prune_keeps_chains_whole_and_full_every_starts_new_ones() {
         .args(["--from", &endpoint, "--at", "2001-01-01"])
         .code(1);
     assert!(run.stderr.contains("no completed upload named 'web-'"), "{run:?}");
-    let run = env.restore("web-", env.join("never")).args(["--from", &endpoint, "--at", "yesterday"]).code(2);
+    let run = env
+        .restore("web-", env.join("never"))
+        .args(["--from", &endpoint, "--at", "yesterday"])
+        .code(2);
     assert!(run.stderr.contains("not a time"), "{run:?}");
 
     let dry = env
