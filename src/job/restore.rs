@@ -175,12 +175,22 @@ fn find(server: &GetOptions, name: &str, at: Option<u64>) -> Result<Vec<Url>, Re
         .map_err(RestoreJobError::Runtime)?
         .block_on(get::list(server))?;
     let in_time = |u: &&crate::protocol::Listed| at.is_none_or(|t| u.completed.is_some_and(|c| c <= t));
-    let found = uploads
-        .iter()
-        .rev()
-        .filter(in_time)
-        .find(|u| u.name == name)
-        .or_else(|| uploads.iter().rev().filter(in_time).find(|u| u.name.starts_with(name)))
+    // the newest: by completion time, then by name (names carry their date and time)
+    let newest = |exact: bool| {
+        uploads
+            .iter()
+            .filter(in_time)
+            .filter(|u| {
+                if exact {
+                    u.name == name
+                } else {
+                    u.name.starts_with(name)
+                }
+            })
+            .max_by(|a, b| (a.completed, &a.name).cmp(&(b.completed, &b.name)))
+    };
+    let found = newest(true)
+        .or_else(|| newest(false))
         .ok_or_else(|| RestoreJobError::NoSuchUpload {
             name: name.to_string(),
             server: server.url.to_string(),
