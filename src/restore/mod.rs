@@ -850,6 +850,7 @@ mod tests {
             into: into.clone(),
             dry_run: false,
             verify: false,
+            chain: Vec::new(),
         };
         for name in ["evil/pwned.txt", "file/below.txt"] {
             tar_of(&archive, &[("ok.txt", "fine"), (name, "gotcha")]);
