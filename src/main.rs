@@ -67,8 +67,15 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
     let progress = output::reporter(&cli.global);
     match cli.command {
         Command::Pack(args) => {
-            let report = robusto::pack::pack(&args.to_options()?, progress.as_ref())?;
-            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let opts = args.to_options()?;
+            let report = robusto::pack::pack(&opts, progress.as_ref())?;
+            if opts.to_stdout {
+                // stdout carries the archive itself
+                let manifest = report.manifest_path.display();
+                tracing::info!("md5 {} written to standard output; manifest {manifest}", report.manifest.archive.md5);
+            } else {
+                println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            }
             let skipped = report.skipped();
             if skipped.is_empty() {
                 return Ok(Exit::Done);
@@ -162,14 +169,20 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
         }
         Command::Get(args) => {
             let opts = args.options()?;
-            match job::runtime()?.block_on(robusto::client::get::get(&opts, &args.output)) {
+            let target = args.target()?;
+            match job::runtime()?.block_on(robusto::client::get::get_to(&opts, target)) {
                 Ok(r) => {
-                    let (file, checked) = (
-                        args.output.display(),
-                        if r.verified { "verified" } else { "not verified" },
-                    );
-                    tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
-                    println!("{}  {file}", r.md5);
+                    let checked = if r.verified { "verified" } else { "not verified" };
+                    match target {
+                        robusto::client::get::Target::Stdout => {
+                            tracing::info!("standard output: {} bytes, md5 {} ({checked})", r.bytes, r.md5)
+                        }
+                        robusto::client::get::Target::File(file) => {
+                            let file = file.display();
+                            tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
+                            println!("{}  {file}", r.md5);
+                        }
+                    }
                     Ok(Exit::Done)
                 }
                 Err(e) if e.is_resumable() => {

@@ -252,7 +252,7 @@ pub(crate) struct StatusArgs {
 pub(crate) struct GetArgs {
     /// The upload's URL.
     pub url: String,
-    /// Where to write it (through FILE.partial).
+    /// Where to write it (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Failed attempts in a row allowed before giving up (exit 75, resumable).
@@ -438,9 +438,12 @@ pub(crate) struct PackArgs {
     /// Files and folders to pack.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// The archive to write.
+    /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Where to write the manifest [default: FILE.manifest.json]; required with -o -.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     /// Chunk size of the manifest (the upload's unit of retry), e.g. 8MiB, 512K.
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
     pub chunk_size: String,
@@ -499,6 +502,8 @@ impl PackFlags {
             },
             keep_cached: false,
             incremental: None,
+            manifest: None,
+            to_stdout: false,
         })
     }
 }
@@ -507,6 +512,18 @@ impl GetArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
         get_options(&self.url, &self.connect, self.retries, &self.stall_timeout)
+    }
+
+    /// Where the download goes: standard output for `-o -`, else a file (refused when
+    /// something other than a regular file is there).
+    pub(crate) fn target(&self) -> Result<robusto::client::get::Target<'_>, UsageError> {
+        if is_stdout(&self.output) {
+            stdout_not_a_terminal("the download")?;
+            return Ok(robusto::client::get::Target::Stdout);
+        }
+        replaceable("-o", &self.output)?;
+        replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        Ok(robusto::client::get::Target::File(&self.output))
     }
 }
 
@@ -541,9 +558,54 @@ impl PackArgs {
     /// The validated options.
     pub(crate) fn to_options(&self) -> Result<PackOptions, UsageError> {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
-        self.flags
-            .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+        let to_stdout = is_stdout(&self.output);
+        if to_stdout && self.manifest.is_none() {
+            return Err(UsageError(
+                "-o - writes the archive to standard output: say where its manifest goes with --manifest FILE".into(),
+            ));
+        }
+        if to_stdout {
+            stdout_not_a_terminal("the archive")?;
+        } else {
+            replaceable("-o", &self.output)?;
+            replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        }
+        let mut opts = self
+            .flags
+            .to_options(self.paths.clone(), self.output.clone(), chunk_size)?;
+        opts.manifest = self.manifest.clone();
+        opts.to_stdout = to_stdout;
+        let manifest = opts.manifest_path();
+        replaceable(if self.manifest.is_some() { "--manifest" } else { "-o" }, &manifest)?;
+        if !to_stdout && manifest == self.output {
+            return Err(UsageError(format!(
+                "--manifest {} is the archive itself: name another file",
+                manifest.display()
+            )));
+        }
+        Ok(opts)
     }
+}
+
+/// Whether an output argument is `-`: standard output.
+pub(crate) fn is_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Refuses to write binary output to a terminal.
+fn stdout_not_a_terminal(what: &str) -> Result<(), UsageError> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        return Err(UsageError(format!(
+            "-o - would write {what} to the terminal: redirect standard output to a file or a pipe"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an output path where something other than a regular file is (exit 2).
+fn replaceable(flag: &str, path: &std::path::Path) -> Result<(), UsageError> {
+    robusto::durable::check_replaceable(path).map_err(|e| UsageError(format!("{flag}: {e}")))
 }
 
 /// A robusto server to talk to (list, prune, restore by name).

@@ -186,6 +186,13 @@ impl TestCommand {
         Run::of(out, self)
     }
 
+    /// Runs to the end, stdout kept as bytes (for commands that write binary output there).
+    pub fn output(&self) -> Output {
+        self.command()
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{self}`: {e}"))
+    }
+
     /// Runs to the end and asserts exit 0.
     #[track_caller]
     pub fn ok(&self) -> Run {

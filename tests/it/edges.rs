@@ -1,0 +1,151 @@
+//! The edges a user hits first, through the real binary: what `-o` may replace, `-o -`, a
+//! server address without a scheme, the order of uploads completed within a second, usage errors
+//! and the messages of a server that is down or refuses, signals while packing, completions,
+//! the man page and `--help`.
+
+use std::fs;
+use std::path::Path;
+
+use crate::serve_env::Server;
+use crate::support::*;
+use robusto::manifest::Manifest;
+
+/// `mkfifo PATH`.
+fn mkfifo(path: &Path) {
+    sh(&format!("mkfifo '{}'", path.display()));
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    fs::symlink_metadata(path).unwrap().file_type().is_fifo()
+}
+
+/// The ERROR line the binary logged.
+fn error_line(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .find(|l| l.starts_with("ERROR") || l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in {:?}", run.stderr))
+}
+
+#[test]
+fn pack_refuses_to_replace_what_is_not_a_regular_file() {
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let fifo = env.join("fifo");
+    mkfifo(&fifo);
+    let run = env.pack(&tree, &fifo).code(2);
+    assert_eq!(
+        error_line(&run),
+        format!(
+            "ERROR -o: {} is a fifo, not a regular file: robusto writes a new file there and will not replace it",
+            fifo.display()
+        )
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(is_fifo(&fifo), "the fifo is still there");
+    assert!(!env.join("fifo.partial").exists());
+
+    let dir = env.mkdir("a-folder");
+    let run = env.pack(&tree, &dir).code(2);
+    assert_eq!(
+        error_line(&run),
+        format!(
+            "ERROR -o: {} is a folder, not a regular file: robusto writes a new file there and will not replace it",
+            dir.display()
+        )
+    );
+    assert!(dir.is_dir());
+
+    // the manifest beside it is replaced too: the same rule
+    let archive = env.join("a.zip");
+    mkfifo(&env.join("a.zip.manifest.json"));
+    let run = env.pack(&tree, &archive).code(2);
+    assert!(error_line(&run).contains("a.zip.manifest.json is a fifo"), "{}", run.stderr);
+    assert!(!archive.exists());
+
+    // a regular file is replaced as before
+    fs::write(env.join("b.zip"), b"old").unwrap();
+    env.pack(&tree, "b.zip").ok();
+    assert!(Manifest::read_for(&env.join("b.zip")).is_ok());
+}
+
+#[test]
+fn pack_to_stdout_writes_the_same_bytes_and_its_manifest_where_told() {
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    for format in ["zip", "tar"] {
+        let file = env.join(format!("file.{format}"));
+        env.pack(&tree, &file).args(["--format", format]).ok();
+        let manifest = env.join(format!("stream-{format}.json"));
+        let out = env
+            .robusto("pack")
+            .arg(&tree)
+            .args(["-o", "-", "--format", format, "--manifest"])
+            .arg(&manifest)
+            .output();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == fs::read(&file).unwrap(), "{format}: stdout is the archive");
+        let m: Manifest = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+        let beside = Manifest::read_for(&file).unwrap();
+        assert_eq!(m.archive.md5, robusto::fingerprint::Md5::of(&out.stdout));
+        assert_eq!((m.archive.md5, m.archive.size), (beside.archive.md5, beside.archive.size));
+        assert_eq!(m.chunks, beside.chunks);
+        assert!(!env.join("-").exists() && !env.join("-.manifest.json").exists());
+    }
+
+    // -o - without --manifest: a usage error, nothing written
+    let out = env.robusto("pack").arg(&tree).args(["-o", "-"]).output();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "ERROR -o - writes the archive to standard output: say where its manifest goes with --manifest FILE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_refuses_what_is_not_a_regular_file_and_streams_to_stdout() {
+    let server = Server::start(|_| {}).await;
+    let env = TestEnv::new();
+    let file = env.write("a.bin", noise((1 << 20) + 7, 3));
+    let url = env
+        .send(&file, &server.endpoint())
+        .args(["--chunk-size", "256K"])
+        .run_async()
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+
+    let fifo = env.join("fifo");
+    mkfifo(&fifo);
+    let dir = env.mkdir("folder");
+    for (target, kind) in [(&fifo, "a fifo"), (&dir, "a folder")] {
+        let run = env.robusto("get").arg(&url).arg("-o").arg(target).run_async().await.code(2);
+        assert_eq!(
+            error_line(&run),
+            format!(
+                "ERROR -o: {} is {kind}, not a regular file: robusto writes a new file there and will not replace it",
+                target.display()
+            )
+        );
+    }
+    assert!(is_fifo(&fifo) && dir.is_dir());
+
+    let out = tokio::task::spawn_blocking({
+        let cmd = env.robusto("get").arg(&url).args(["-o", "-"]);
+        move || cmd.output()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == fs::read(&file).unwrap(), "stdout is the upload");
+    let md5 = robusto::fingerprint::Md5::of(&out.stdout).hex();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("md5 {md5} (verified)")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
