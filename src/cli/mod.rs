@@ -540,7 +540,16 @@ fn get_options(
     retries: u32,
     stall: &str,
 ) -> Result<robusto::client::get::GetOptions, UsageError> {
-    let url = robusto::client::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    let parsed = robusto::client::Url::parse(url).map_err(|e| e.to_string());
+    let url = match parsed {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        // `localhost:1080/files/` parses, with `localhost` for its scheme
+        _ if let Some(meant) = robusto::job::send::server_address(url) => {
+            return Err(UsageError(format!("{url} has no http:// or https://: did you mean {meant}?")));
+        }
+        Ok(_) => return Err(UsageError(format!("{url}: only http and https URLs are supported"))),
+        Err(e) => return Err(UsageError(format!("{url}: {e}"))),
+    };
     let connect = connect.resolve(&url)?;
     Ok(robusto::client::get::GetOptions {
         url,

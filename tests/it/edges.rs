@@ -149,3 +149,44 @@ async fn get_refuses_what_is_not_a_regular_file_and_streams_to_stdout() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_server_address_without_its_scheme_is_not_taken_for_a_folder() {
+    let env = TestEnv::new();
+    let file = env.write("a.bin", noise(4096, 1));
+    for (to, meant) in [
+        ("127.0.0.1:19100/files/", "http://127.0.0.1:19100/files/"),
+        ("backup.example.org/files/", "https://backup.example.org/files/"),
+    ] {
+        let run = env.send(&file, to).code(2);
+        assert_eq!(
+            error_line(&run),
+            format!("ERROR --to {to} looks like a server address, not a folder: did you mean {meant}? write ./{to} for a local folder")
+        );
+        assert!(run.stdout.is_empty());
+        assert!(!env.join(to.split('/').next().unwrap()).exists(), "no folder made");
+    }
+    let tree = env.awkward_tree();
+    let run = env.push(&tree, "localhost:1080").code(2);
+    assert!(
+        error_line(&run).contains("did you mean http://localhost:1080? write ./localhost:1080 for a local folder"),
+        "{}",
+        run.stderr
+    );
+    // list, status, get: the same hint
+    let run = env.robusto("list").args(["--from", "localhost:1080/files/"]).code(2);
+    assert_eq!(
+        error_line(&run),
+        "ERROR localhost:1080/files/ has no http:// or https://: did you mean http://localhost:1080/files/?"
+    );
+
+    // written as a path, or an existing folder of that name: a folder
+    let run = env.send(&file, "./127.0.0.1:19100/files/").ok();
+    assert!(env.join("127.0.0.1:19100/files/files/a.bin").is_file(), "{}", run.stdout);
+    env.mkdir("backup.example.org");
+    env.send(&file, "backup.example.org/files/").ok();
+    assert!(env.join("backup.example.org/files/files/a.bin").is_file());
+    let absolute = env.join("srv.example.org:80/in");
+    env.send(&file, absolute.to_str().unwrap()).ok();
+    assert!(absolute.join("files/a.bin").is_file());
+}
