@@ -433,10 +433,12 @@ fn running_md5() -> (tokio::sync::mpsc::Sender<HashMsg>, tokio::task::JoinHandle
 }
 
 /// The completed uploads at `opts.url` (a robusto server's `/files/`) this token may see,
-/// oldest first.
+/// oldest first ([`crate::retention::oldest_first`], whatever order the server sent).
 pub async fn list(opts: &GetOptions) -> Result<Vec<crate::protocol::Listed>, GetError> {
     let s = session(opts)?;
-    retrying(opts, &opts.url, async || s.list(&opts.url).await).await
+    let mut uploads = retrying(opts, &opts.url, async || s.list(&opts.url).await).await?;
+    uploads.sort_by(crate::retention::oldest_first);
+    Ok(uploads)
 }
 
 /// Deletes (tus termination) the upload at `url`.

@@ -190,3 +190,43 @@ fn a_server_address_without_its_scheme_is_not_taken_for_a_folder() {
     env.send(&file, absolute.to_str().unwrap()).ok();
     assert!(absolute.join("files/a.bin").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_the_newest_of_uploads_completed_within_one_second() {
+    use crate::serve_env::{id_of, metadata};
+    let server = Server::start(|_| {}).await;
+    let tus = server.client();
+    // start at the beginning of a second, so that the uploads share it
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        // empty uploads are complete when created; every one has the name a push gives
+        let loc = tus.create(0, &metadata(&[("filename", "web-2026-12-01T023000.zip")])).await;
+        ids.push(id_of(&loc));
+    }
+    let env = TestEnv::new();
+    let list = || env.robusto("list").args(["--from", &server.endpoint(), "--json"]);
+    let listed: Vec<robusto::protocol::Listed> = serde_json::from_str(&list().run_async().await.ok().stdout).unwrap();
+    let seconds: std::collections::BTreeSet<_> = listed.iter().map(|u| u.completed).collect();
+    assert!(seconds.len() <= 2, "the uploads took more than a second: {seconds:?}");
+    assert_eq!(listed.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids, "listed in completion order");
+    assert!(listed.iter().all(|u| u.completed_ns.is_some()));
+    for _ in 0..3 {
+        assert_eq!(list().run_async().await.ok().stdout, list().run_async().await.ok().stdout, "the same order every time");
+    }
+
+    let run = env
+        .robusto("prune")
+        .args(["--from", &server.endpoint(), "--keep-last", "2"])
+        .run_async()
+        .await
+        .ok();
+    let left: Vec<robusto::protocol::Listed> = serde_json::from_str(&list().run_async().await.ok().stdout).unwrap();
+    assert_eq!(
+        left.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+        ids[6..],
+        "the two completed last are kept\n{}",
+        run.stdout
+    );
+}
