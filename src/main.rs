@@ -303,6 +303,7 @@ fn main() -> ExitCode {
     let exit = run(cli, profile).unwrap_or_else(|e| {
         tracing::error!("{}", job::error_chain(e.as_ref()));
         let usage = e.downcast_ref::<UsageError>().is_some()
+            || e.downcast_ref::<robusto::pack::PackError>().is_some_and(|p| p.is_usage())
             || e.downcast_ref::<job::push::JobError>()
                 .is_some_and(|j| j.exit() == Exit::Usage);
         if usage { Exit::Usage } else { Exit::Failed }

@@ -311,7 +311,7 @@ pub(crate) fn destination(to: &str) -> Result<Destination, UsageError> {
 /// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
 pub(crate) fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
     if let Some(f) = file {
-        robusto::config::check_secret_file(f);
+        robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
         let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("--token-file {}: {e}", f.display())))?;
         let line = text.lines().map(str::trim).find(|l| !l.is_empty());
         return line
@@ -892,7 +892,7 @@ impl ServeArgs {
             ));
         }
         if let Some(f) = &self.token_file {
-            robusto::config::check_secret_file(f);
+            robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
             config.tokens = robusto::serve::auth::Tokens::from_file(f)
                 .map_err(|e| usage("--token-file", &format!("{}: {e}", f.display())))?;
             if config.tokens.is_empty() {

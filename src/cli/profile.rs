@@ -127,16 +127,35 @@ pub(crate) fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), Parse
 }
 
 /// `robusto config check`: the resolved settings of `push --profile P`, with their sources; with
-/// no profile named, every profile in the file must resolve to a valid push.
+/// no profile named, every profile in the file must resolve to a valid push: each one that does
+/// not is reported with its reason, then the check fails (exit 2).
 pub(crate) fn check(global: &GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<Exit> {
     let Some(p) = profile else {
         let usage = |e: ConfigError| UsageError(e.to_string());
         let path = config::locate(global.config.as_deref()).map_err(usage)?;
         let names = config::profile_names(&path).map_err(usage)?;
+        let mut bad = 0;
+        let mut said = std::collections::BTreeSet::new();
         for name in &names {
-            let p = load(&path, name).map_err(usage)?;
-            resolve(&p)?;
-            println!("[profile.{name}]: valid");
+            match load(&path, name).map_err(|e| usage(e).into()).and_then(|p| resolve(&p)) {
+                Ok(_) => println!("[profile.{name}]: valid"),
+                Err(e) => {
+                    bad += 1;
+                    // a fault of the whole file (a key outside any profile) is said once
+                    let reason = robusto::error_chain(e.as_ref());
+                    if said.insert(reason.clone()) {
+                        tracing::error!("{reason}");
+                    }
+                }
+            }
+        }
+        if bad > 0 {
+            return Err(UsageError(format!(
+                "{}: {bad} of {} profile(s) are not valid",
+                path.display(),
+                names.len()
+            ))
+            .into());
         }
         println!(
             "{}: valid, {} profile(s) (name one with --profile to see its settings)",

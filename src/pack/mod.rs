@@ -135,6 +135,17 @@ pub enum PackError {
     Interrupted,
 }
 
+impl PackError {
+    /// Whether what went wrong is a flag's value (exit 2): an exclude pattern that is not a glob,
+    /// an `--exclude-from` file that cannot be read.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PackError::Walk(walk::WalkError::Pattern { .. } | walk::WalkError::ExcludeFile { .. })
+        )
+    }
+}
+
 /// The number of cores, the default for `--threads`.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

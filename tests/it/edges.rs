@@ -230,3 +230,90 @@ async fn prune_keeps_the_newest_of_uploads_completed_within_one_second() {
         run.stdout
     );
 }
+
+#[test]
+fn a_bad_exclude_pattern_is_a_usage_error_naming_it() {
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let run = env.pack(&tree, "a.zip").args(["--exclude", "["]).code(2);
+    assert_eq!(
+        error_line(&run),
+        "ERROR bad exclude pattern '[': unclosed character class; missing ']'"
+    );
+    assert!(!env.join("a.zip").exists() && !env.join("a.zip.partial").exists());
+    let run = env.push(&tree, "./received").args(["--exclude", "*.log", "--exclude", "a[b"]).code(2);
+    assert!(error_line(&run).contains("bad exclude pattern 'a[b'"), "{}", run.stderr);
+}
+
+#[test]
+fn config_check_reports_every_bad_profile_then_exits_2() {
+    let env = TestEnv::new();
+    let token = env.write_secret("token", "t\n");
+    let config = env.write(
+        "robusto.toml",
+        format!(
+            "[profile.good]\npaths = [\"/etc\"]\nto = \"./out\"\n\n\
+             [profile.rate]\npaths = [\"/etc\"]\nto = \"./out\"\nbwlimit = \"fast\"\n\n\
+             [profile.fine]\npaths = [\"/etc\"]\nto = \"./out\"\ntoken-file = \"{}\"\n\n\
+             [profile.key]\npaths = [\"/etc\"]\nto = \"./out\"\nno-such-key = 1\n",
+            token.display()
+        ),
+    );
+    let run = env.robusto("--config").arg(&config).args(["config", "check"]).code(2);
+    // profiles in the order of their names
+    assert_eq!(run.stdout, "[profile.fine]: valid\n[profile.good]: valid\n");
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("ERROR")).collect();
+    let file = config.display();
+    assert_eq!(errors.len(), 3, "{}", run.stderr);
+    assert_eq!(errors[0], format!("ERROR {file}: [profile.key] has an unknown key 'no-such-key'"));
+    assert!(
+        errors[1].starts_with(&format!("ERROR {file}: [profile.rate]: --bwlimit: ")) && errors[1].contains("fast"),
+        "{}",
+        errors[1]
+    );
+    assert_eq!(errors[2], format!("ERROR {file}: 2 of 4 profile(s) are not valid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_others_may_read_is_refused_by_client_and_server() {
+    let env = TestEnv::new();
+    let token = env.write("token", "s3cret\n");
+    chmod(&token, 0o644);
+    let file = env.write("a.bin", noise(1000, 5));
+    let expected = format!(
+        "ERROR --token-file {} holds tokens but its group or others may read it (mode 644): chmod 600 {}",
+        token.display(),
+        token.display()
+    );
+    let run = env
+        .send(&file, "http://127.0.0.1:9/files/")
+        .arg("--token-file")
+        .arg(&token)
+        .run_async()
+        .await
+        .code(2);
+    assert_eq!(error_line(&run), expected);
+    let run = env
+        .robusto("list")
+        .args(["--from", "http://127.0.0.1:9/files/", "--token-file"])
+        .arg(&token)
+        .run_async()
+        .await
+        .code(2);
+    assert_eq!(error_line(&run), expected);
+    let run = env
+        .robusto("serve")
+        .args(["--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&token)
+        .arg("--data")
+        .arg(env.join("data"))
+        .run_async()
+        .await
+        .code(2);
+    assert_eq!(error_line(&run), expected);
+
+    // 0600 (or 0400) is taken
+    chmod(&token, 0o600);
+    let server = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
+    env.send(&file, &server.endpoint()).arg("--token-file").arg(&token).run_async().await.ok();
+}

@@ -75,6 +75,13 @@ impl TestEnv {
         path
     }
 
+    /// Writes a file of tokens, readable by its owner only (robusto refuses any other mode).
+    pub fn write_secret(&self, rel: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.write(rel, bytes);
+        chmod(&path, 0o600);
+        path
+    }
+
     /// `robusto FIRST`, run in this folder.
     pub fn robusto(&self, first: impl AsRef<OsStr>) -> TestCommand {
         TestCommand::bin().current_dir(self.path()).arg(first)
