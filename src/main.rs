@@ -302,6 +302,14 @@ fn main() -> ExitCode {
     init_logging(&cli.global, log_file.as_deref());
     let exit = run(cli, profile).unwrap_or_else(|e| {
         tracing::error!("{}", job::error_chain(e.as_ref()));
+        // the server stayed out of reach: the message says to run the command again, and so
+        // does the exit code, as for send
+        let resumable = e.downcast_ref::<robusto::client::get::GetError>().is_some_and(|g| g.is_resumable())
+            || e.downcast_ref::<job::prune::PruneError>().is_some_and(|p| p.is_resumable())
+            || e.downcast_ref::<job::restore::RestoreJobError>().is_some_and(|r| r.is_resumable());
+        if resumable {
+            return Exit::Resumable;
+        }
         let usage = e.downcast_ref::<UsageError>().is_some()
             || e.downcast_ref::<robusto::pack::PackError>().is_some_and(|p| p.is_usage())
             || e.downcast_ref::<job::push::JobError>()

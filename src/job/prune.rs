@@ -41,6 +41,14 @@ pub enum PruneError {
     Get(#[from] GetError),
 }
 
+impl PruneError {
+    /// Whether running the same command again may succeed (exit 75): the server stayed out of
+    /// reach past the retry budget (uploads already deleted stay deleted).
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, PruneError::Get(e) if e.is_resumable())
+    }
+}
+
 /// How many uploads were kept and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {

@@ -317,3 +317,80 @@ async fn a_token_file_others_may_read_is_refused_by_client_and_server() {
     let server = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
     env.send(&file, &server.endpoint()).arg("--token-file").arg(&token).run_async().await.ok();
 }
+
+/// A port on 127.0.0.1 where nothing listens.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_is_named_and_the_job_is_resumable() {
+    let env = TestEnv::new();
+    let file = env.write("a.bin", noise(1000, 6));
+    let port = dead_port();
+    let endpoint = format!("http://127.0.0.1:{port}/files/");
+    let refused = format!("connection refused by 127.0.0.1:{port} (is the server running, and listening there?)");
+    let run = env.send(&file, &endpoint).args(["--retries", "1"]).run_async().await.code(75);
+    assert_eq!(
+        error_line(&run),
+        format!("ERROR giving up after 2 failed attempts on one chunk (last: {refused}); run the same command again to continue")
+    );
+    assert!(run.stderr.contains("WARN retry 1/1 in") && run.stderr.contains(&refused), "{}", run.stderr);
+    // list, prune and status say the same, and exit as send does
+    for cmd in [
+        env.robusto("list").args(["--from", &endpoint]),
+        env.robusto("prune").args(["--from", &endpoint, "--keep-last", "1"]),
+    ] {
+        let run = cmd.args(["--retries", "1"]).run_async().await.code(75);
+        assert_eq!(
+            error_line(&run),
+            format!("ERROR giving up after 2 failed attempts (last: {refused}); run the same command again to continue")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_token_fails_at_once_with_what_to_do() {
+    let server = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("right\n")).await;
+    let env = TestEnv::new();
+    let file = env.write("a.bin", noise(1000, 7));
+    let endpoint = server.endpoint();
+    let cases = [
+        (None, "the server wants a token (401 Unauthorized): pass it with --token-file FILE or $ROBUSTO_TOKEN"),
+        (Some("wrong"), "the server refused the token (401 Unauthorized): check the one in --token-file FILE or $ROBUSTO_TOKEN"),
+    ];
+    for (token, says) in cases {
+        let with = |c: TestCommand| match token {
+            Some(t) => c.env("ROBUSTO_TOKEN", t),
+            None => c,
+        };
+        let started = std::time::Instant::now();
+        let run = with(env.send(&file, &endpoint)).run_async().await.code(1);
+        assert_eq!(error_line(&run), format!("ERROR {endpoint}: {says}"));
+        assert!(!run.stderr.contains("retry"), "not retried: {}", run.stderr);
+        let run = with(env.robusto("list").args(["--from", &endpoint])).run_async().await.code(1);
+        assert_eq!(error_line(&run), format!("ERROR {endpoint}: {says}"));
+        assert!(!run.stderr.contains("retry"), "not retried: {}", run.stderr);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "at once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_endpoint_path_is_said_to_be_one() {
+    let server = Server::start(|_| {}).await;
+    let env = TestEnv::new();
+    let file = env.write("a.bin", noise(1000, 8));
+    let wrong = format!("{}/uploads/", server.base);
+    let run = env.send(&file, &wrong).run_async().await.code(1);
+    assert_eq!(
+        error_line(&run),
+        format!("ERROR {wrong}: not a tus upload endpoint: POST answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)")
+    );
+    let run = env.robusto("list").args(["--from", &wrong]).run_async().await.code(1);
+    assert_eq!(
+        error_line(&run),
+        format!("ERROR {wrong}: not a robusto upload endpoint: GET answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)")
+    );
+    // the endpoint itself works
+    env.send(&file, &server.endpoint()).run_async().await.ok();
+}
