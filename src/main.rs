@@ -68,7 +68,18 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Pack(args) => {
             let opts = args.to_options()?;
-            let report = robusto::pack::pack(&opts, progress.as_ref())?;
+            // Ctrl-C or SIGTERM stops the packing before the next entry or write, and the
+            // staging file is removed, as in push
+            if let Err(e) = robusto::stop::watch_signals() {
+                tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will leave FILE.partial behind");
+            }
+            let report = match robusto::pack::pack(&opts, progress.as_ref()) {
+                Err(robusto::pack::PackError::Interrupted) => {
+                    tracing::warn!("interrupted: no archive was written");
+                    return Ok(Exit::Interrupted);
+                }
+                other => other?,
+            };
             if opts.to_stdout {
                 // stdout carries the archive itself
                 let manifest = report.manifest_path.display();

@@ -394,3 +394,41 @@ async fn a_wrong_endpoint_path_is_said_to_be_one() {
     // the endpoint itself works
     env.send(&file, &server.endpoint()).run_async().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_stops_pack_with_130_and_leaves_nothing_behind() {
+    let env = TestEnv::new();
+    let tree = env.mkdir("big");
+    for i in 0..200 {
+        env.write(format!("big/small/{i}.txt"), format!("file {i}\n"));
+    }
+    // 8 GiB of zeros (sparse): far longer to pack than the test waits
+    fs::File::create(tree.join("disk.img")).unwrap().set_len(8 << 30).unwrap();
+    for (format, sig) in [("zip", libc::SIGTERM), ("tar", libc::SIGINT)] {
+        let archive = env.join(format!("big.{format}"));
+        let child = env.pack(&tree, &archive).args(["--format", format]).spawn();
+        let partial = env.join(format!("big.{format}.partial"));
+        for _ in 0..400 {
+            if partial.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(partial.exists(), "{format}: packing started");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        signal(&child, sig);
+        let run = Run::of_child(child).await.code(130);
+        assert!(
+            run.stderr.lines().any(|l| l == " WARN interrupted: no archive was written"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        let left: Vec<_> = fs::read_dir(env.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("big."))
+            .collect();
+        assert!(left.is_empty(), "{format}: left behind {left:?}");
+    }
+}
