@@ -172,6 +172,14 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
             )?)
         }
         Command::Config(cli::ConfigCommand::Check) => cli::profile::check(&cli.global, profile.as_ref()),
+        Command::Completions(args) => {
+            cli::docs::completions(args.shell, &mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
+        Command::Man => {
+            cli::docs::man_page(&mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
         Command::Status(args) => {
             let opts = args.options()?;
             let v = job::runtime()?.block_on(robusto::client::get::status(&opts))?;

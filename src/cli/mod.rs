@@ -4,6 +4,7 @@
 //! resolves the environment and a configuration profile into the command line, [`output`] is
 //! what the commands show.
 
+pub(crate) mod docs;
 pub(crate) mod output;
 pub(crate) mod profile;
 
@@ -85,6 +86,19 @@ pub(crate) enum Command {
     /// Check the configuration file and show the settings a profile resolves to.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the completion script for a shell (bash: `robusto completions bash >
+    /// /etc/bash_completion.d/robusto`).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `robusto man > robusto.1`, `man -l robusto.1`.
+    Man,
+}
+
+/// `robusto completions SHELL`
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `robusto config …`

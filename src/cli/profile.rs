@@ -78,7 +78,7 @@ pub(crate) fn apply(p: &Profile, push: clap::Command) -> clap::Command {
 }
 
 /// The whole command line: robusto's commands, each flag with its environment variable.
-fn command() -> clap::Command {
+pub(crate) fn command() -> clap::Command {
     with_env(Cli::command())
 }
 

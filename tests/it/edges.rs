@@ -432,3 +432,101 @@ async fn a_signal_stops_pack_with_130_and_leaves_nothing_behind() {
         assert!(left.is_empty(), "{format}: left behind {left:?}");
     }
 }
+
+/// Every command of `robusto`, as `robusto --help` lists them.
+const COMMANDS: [&str; 13] = [
+    "pack",
+    "verify",
+    "send",
+    "status",
+    "get",
+    "push",
+    "restore",
+    "serve",
+    "list",
+    "prune",
+    "config",
+    "completions",
+    "man",
+];
+
+/// Whether `tool` is on the PATH.
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn completions_cover_every_command_and_bash_accepts_them() {
+    let help = robusto(["--help"]).ok();
+    for c in COMMANDS {
+        assert!(help.stdout.lines().any(|l| l.trim_start().starts_with(&format!("{c} "))), "{c} in --help");
+    }
+    let env = TestEnv::new();
+    let bash = env.robusto("completions").arg("bash").ok();
+    let first_words = bash
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("opts=\"-v -q"))
+        .expect("the words after robusto");
+    for c in COMMANDS {
+        assert!(bash.stdout.contains(&format!("robusto,{c})")), "the bash script completes {c}'s flags");
+        assert!(first_words.split([' ', '"']).any(|w| w == c), "{c} completes after robusto");
+    }
+    assert!(bash.stdout.contains("--token-file") && bash.stdout.contains("--keep-last"));
+    let script = env.write("robusto.bash", &bash.stdout);
+    let checked = std::process::Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(checked.status.success(), "bash -n: {}", String::from_utf8_lossy(&checked.stderr));
+    // sourced, it registers the completion for robusto
+    let complete = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source '{}' && complete -p robusto", script.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&complete.stdout).contains("robusto"), "{complete:?}");
+    for shell in ["zsh", "fish"] {
+        let out = env.robusto("completions").arg(shell).ok();
+        assert!(out.stdout.contains("push") && out.stdout.contains("token-file"), "{shell}");
+    }
+    let run = env.robusto("completions").arg("tcsh").code(2);
+    assert!(run.stderr.contains("invalid value 'tcsh'"), "{}", run.stderr);
+}
+
+#[test]
+fn the_man_page_has_every_command_and_renders() {
+    let env = TestEnv::new();
+    let page = env.robusto("man").ok().stdout;
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "roff: {}", &page[..80]);
+    assert!(page.contains(".TH robusto 1"), "a section 1 page");
+    for c in COMMANDS.iter().filter(|c| **c != "config") {
+        assert!(page.contains(&format!(".SH \"ROBUSTO {}\"", c.to_uppercase())), "{c} has its section");
+    }
+    assert!(page.contains(".SH \"ROBUSTO CONFIG CHECK\""));
+    for flag in ["token\\-file", "keep\\-last", "to", "bwlimit", "tls\\-cert", "manifest"] {
+        assert!(page.contains(&format!("\\fB\\-\\-{flag}\\fR")), "--{flag} is in the page");
+    }
+    assert!(page.is_ascii(), "plain ASCII roff");
+    let file = env.write("robusto.1", &page);
+    if have("man") {
+        let out = std::process::Command::new("man")
+            .arg("-l")
+            .arg(&file)
+            .env("MANWIDTH", "100")
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && stderr.is_empty(), "man -l: {stderr}");
+        assert!(stdout.contains("ROBUSTO PUSH") && stdout.contains("--token-file"), "{stdout}");
+    } else if have("groff") {
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
