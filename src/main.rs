@@ -171,7 +171,10 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 receipt,
             )?)
         }
-        Command::Config(cli::ConfigCommand::Check) => cli::profile::check(&cli.global, profile.as_ref()),
+        Command::Config(cli::ConfigCommand::Check(args)) => {
+            let file = args.config.as_deref().or(cli.global.config.as_deref());
+            cli::profile::check(file, profile.as_ref())
+        }
         Command::Completions(args) => {
             cli::docs::completions(args.shell, &mut std::io::stdout().lock())?;
             Ok(Exit::Done)

@@ -5,6 +5,95 @@
 
 use std::io::{self, Write};
 
+/// The examples at the end of each command's `--help` (and in the man page).
+pub(crate) mod examples {
+    //! Each line at most 78 columns, so that no terminal wraps it.
+
+    /// `robusto pack`
+    pub(crate) const PACK: &str = "Examples:
+  robusto pack ~/Documents -o docs.zip
+  robusto pack /srv/www -o www.tar.zst --format tar --compress zstd -l 9
+  robusto pack ~/Documents --exclude '*.tmp' --exclude cache -o docs.zip
+  robusto pack ~/Documents -o - --manifest docs.json | ssh host 'cat > d.zip'";
+    /// `robusto verify`
+    pub(crate) const VERIFY: &str = "Examples:
+  robusto verify docs.zip";
+    /// `robusto send`
+    pub(crate) const SEND: &str = "Examples:
+  robusto send docs.zip --to https://backup.example.org/files/ \\
+    --token-file ~/.config/robusto/token
+  robusto send docs.zip --to ./received --parallel 4 --bwlimit 2M";
+    /// `robusto status`
+    pub(crate) const STATUS: &str = "Examples:
+  robusto status https://backup.example.org/files/0123456789abcdef";
+    /// `robusto get`
+    pub(crate) const GET: &str = "Examples:
+  robusto get https://backup.example.org/files/0123456789abcdef -o docs.zip
+  robusto get https://backup.example.org/files/0123456789abcdef -o - | tar -x";
+    /// `robusto push`
+    pub(crate) const PUSH: &str = "Examples:
+  robusto push ~/Documents --to https://backup.example.org/files/ \\
+    --token-file ~/.config/robusto/token
+  robusto push /etc /home --to ./received --format tar --compress zstd
+  robusto push --profile nightly";
+    /// `robusto restore`
+    pub(crate) const RESTORE: &str = "Examples:
+  robusto restore docs.zip --into ~/restored
+  robusto restore myhost- --from https://backup.example.org/files/ \\
+    --into /tmp/restore --at 2026-12-01";
+    /// `robusto serve`
+    pub(crate) const SERVE: &str = "Examples:
+  robusto serve --data /srv/robusto
+  robusto serve --listen 0.0.0.0:1080 --data /srv/robusto \\
+    --token-file /etc/robusto/tokens \\
+    --tls-cert /etc/robusto/fullchain.pem --tls-key /etc/robusto/privkey.pem";
+    /// `robusto list`
+    pub(crate) const LIST: &str = "Examples:
+  robusto list --from https://backup.example.org/files/ --json";
+    /// `robusto prune`
+    pub(crate) const PRUNE: &str = "Examples:
+  robusto prune --from https://backup.example.org/files/ \\
+    --keep-daily 14 --keep-weekly 8 --dry-run";
+    /// `robusto config check`
+    pub(crate) const CONFIG_CHECK: &str = "Examples:
+  robusto config check
+  robusto config check --profile nightly --config /etc/robusto/robusto.toml";
+    /// `robusto completions`
+    pub(crate) const COMPLETIONS: &str = "Examples:
+  robusto completions bash > /etc/bash_completion.d/robusto
+  robusto completions zsh > ~/.zfunc/_robusto";
+    /// `robusto man`
+    pub(crate) const MAN: &str = "Examples:
+  robusto man > /usr/local/share/man/man1/robusto.1
+  robusto man | man -l -";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn no_example_line_is_wider_than_78_columns() {
+            for text in [
+                super::PACK,
+                super::VERIFY,
+                super::SEND,
+                super::STATUS,
+                super::GET,
+                super::PUSH,
+                super::RESTORE,
+                super::SERVE,
+                super::LIST,
+                super::PRUNE,
+                super::CONFIG_CHECK,
+                super::COMPLETIONS,
+                super::MAN,
+            ] {
+                for line in text.lines() {
+                    assert!(line.chars().count() <= 78, "{line}");
+                }
+            }
+        }
+    }
+}
+
 /// Writes the completion script of `shell` for the whole command line.
 pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = super::profile::command();
@@ -87,7 +176,7 @@ fn write_page(out: &mut dyn Write) -> io::Result<()> {
             }
             writeln!(out, ".SS EXAMPLES\n.nf")?;
             for line in lines {
-                writeln!(out, "{}", roff_line(line.trim_start()))?;
+                writeln!(out, "{}", roff_line(line.strip_prefix("  ").unwrap_or(line)))?;
             }
             writeln!(out, ".fi")?;
         }

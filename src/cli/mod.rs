@@ -36,8 +36,9 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options every command takes (listed apart from each command's own).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -51,12 +52,25 @@ pub(crate) struct GlobalArgs {
     /// Also append the log to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Take settings from profile NAME of the configuration file (push, config check).
-    #[arg(long, global = true, value_name = "NAME")]
+    /// `--profile` before the command (`robusto --profile nightly push`); shown with the
+    /// commands it applies to ([`ProfileArgs`]), refused with the others.
+    #[arg(long, global = true, value_name = "NAME", hide = true)]
+    pub profile: Option<String>,
+    /// `--config` before the command; see [`ProfileArgs`].
+    #[arg(long, global = true, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where a job's settings come from: a profile of the configuration file (`push`, `config
+/// check`). Their own flags, which the hidden global ones of [`GlobalArgs`] give way to.
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// Take settings from profile NAME of the configuration file.
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// The configuration file [default: $XDG_CONFIG_HOME/robusto/robusto.toml, then
     /// /etc/robusto/robusto.toml].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -64,32 +78,44 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Pack PATH… into FILE (zip or tar, compressed) and write FILE.manifest.json beside it.
+    #[command(after_help = docs::examples::PACK)]
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
+    #[command(after_help = docs::examples::VERIFY)]
     Verify(VerifyArgs),
     /// Upload FILE to a tus server (or a local folder), resumably; prints the upload URL.
+    #[command(after_help = docs::examples::SEND)]
     Send(SendArgs),
     /// Print an upload's status as JSON.
+    #[command(after_help = docs::examples::STATUS)]
     Status(StatusArgs),
     /// Download a completed upload, resumably, verifying its MD5.
+    #[command(after_help = docs::examples::GET)]
     Get(GetArgs),
     /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
+    #[command(after_help = docs::examples::PUSH)]
     Push(PushArgs),
     /// Verify an archive against its manifest, then extract it into a folder.
+    #[command(after_help = docs::examples::RESTORE)]
     Restore(RestoreArgs),
     /// Receive tus uploads: check every chunk and whole file, store durably, report status.
+    #[command(after_help = docs::examples::SERVE)]
     Serve(ServeArgs),
     /// List the completed uploads on a robusto server (those of this token).
+    #[command(after_help = docs::examples::LIST)]
     List(ListArgs),
     /// Delete older completed uploads, keeping the newest by a last/daily/weekly policy.
+    #[command(after_help = docs::examples::PRUNE)]
     Prune(PruneArgs),
     /// Check the configuration file and show the settings a profile resolves to.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Print the completion script for a shell (bash: `robusto completions bash >
     /// /etc/bash_completion.d/robusto`).
+    #[command(after_help = docs::examples::COMPLETIONS)]
     Completions(CompletionsArgs),
     /// Print the man page (roff): `robusto man > robusto.1`, `man -l robusto.1`.
+    #[command(after_help = docs::examples::MAN)]
     Man,
 }
 
@@ -106,7 +132,8 @@ pub(crate) struct CompletionsArgs {
 pub(crate) enum ConfigCommand {
     /// Validate the configuration file; with --profile, print what `push --profile` would use
     /// (tokens redacted) and where each value comes from.
-    Check,
+    #[command(after_help = docs::examples::CONFIG_CHECK)]
+    Check(ProfileArgs),
 }
 
 /// `robusto push PATH… --to URL|DIR`
@@ -136,6 +163,9 @@ pub(crate) struct PushArgs {
     /// incrementals), or once the full is older than a DURATION (30d).
     #[arg(long, value_name = "N|DURATION", requires = "incremental")]
     pub full_every: Option<String>,
+    /// The profile its settings come from.
+    #[command(flatten)]
+    pub settings: ProfileArgs,
 }
 
 impl PushArgs {

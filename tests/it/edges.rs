@@ -530,3 +530,63 @@ fn the_man_page_has_every_command_and_renders() {
         assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn every_help_has_examples_and_global_options_apart() {
+    let push = robusto(["push", "--help"]).ok().stdout;
+    let lines: Vec<&str> = push.lines().collect();
+    let at = |heading: &str| lines.iter().position(|l| *l == heading).unwrap_or_else(|| panic!("{heading} in {push}"));
+    let (own, global, examples) = (at("Options:"), at("Global options:"), at("Examples:"));
+    assert!(own < global && global < examples, "{push}");
+    assert_eq!(
+        lines[examples + 1],
+        "  robusto push ~/Documents --to https://backup.example.org/files/ \\"
+    );
+    let section = |from: usize, to: usize| lines[from..to].join("\n");
+    assert!(section(own, global).contains("--profile <NAME>") && section(own, global).contains("--to <URL|DIR>"));
+    let globals = section(global, examples);
+    for flag in ["--verbose", "--quiet", "--json", "--log-file <FILE>"] {
+        assert!(globals.contains(flag), "{flag} among the global options");
+    }
+    assert!(!globals.contains("--profile") && !globals.contains("--to "), "{globals}");
+
+    for c in COMMANDS.iter().filter(|c| **c != "config").chain(&["config check"]) {
+        let args: Vec<&str> = c.split(' ').chain(["--help"]).collect();
+        let help = robusto(&args).ok().stdout;
+        let example = help
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("robusto {c} --help has no example:\n{help}"));
+        assert!(example.starts_with(&format!("  robusto {c}")), "{c}: {example}");
+        assert!(help.contains("\nGlobal options:\n"), "{c}");
+        // --profile (and --config) only where a profile applies
+        let profile = help.contains("--profile <NAME>");
+        assert_eq!(profile, matches!(*c, "push" | "config check"), "{c}: --profile shown: {profile}");
+    }
+    assert!(!robusto(["--help"]).ok().stdout.contains("--profile"));
+}
+
+#[test]
+fn profile_goes_before_or_after_the_command_and_only_with_push_and_config() {
+    let env = TestEnv::new();
+    let tree = env.awkward_tree();
+    let config = env.write(
+        "robusto.toml",
+        format!(
+            "[profile.local]\npaths = [\"{}\"]\nto = \"./received\"\nstate-dir = \"{}\"\n",
+            tree.display(),
+            env.state().display()
+        ),
+    );
+    let after = env.robusto("push").args(["--profile", "local", "--config"]).arg(&config).ok();
+    assert!(env.join(after.stdout.trim()).is_file(), "{}", after.stdout);
+    let before = env.robusto("--config").arg(&config).args(["--profile", "local", "push"]).ok();
+    assert!(env.join(before.stdout.trim()).is_file(), "{}", before.stdout);
+    let shown = env.robusto("config").args(["check", "--profile", "local", "--config"]).arg(&config).ok();
+    assert!(shown.stdout.contains("to = \"./received\"  # profile"), "{}", shown.stdout);
+    let run = env.robusto("--profile").args(["local", "list", "--from", "http://127.0.0.1:9/files/"]).code(2);
+    assert_eq!(run.stderr.trim(), "error: --profile applies to push and config check");
+    let run = env.robusto("send").args(["x", "--to", "./r", "--profile", "local"]).code(2);
+    assert!(run.stderr.contains("--profile applies to push and config check"), "{}", run.stderr);
+}
