@@ -164,7 +164,10 @@ mod tests {
                 dir.path().display()
             )
         );
-        assert_eq!(check_replaceable(Path::new("/dev/null")).unwrap_err().kind, "a character device");
+        assert_eq!(
+            check_replaceable(Path::new("/dev/null")).unwrap_err().kind,
+            "a character device"
+        );
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert_eq!(check_replaceable(&link).unwrap_err().kind, "a symbolic link");

@@ -83,7 +83,10 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
             if opts.to_stdout {
                 // stdout carries the archive itself
                 let manifest = report.manifest_path.display();
-                tracing::info!("md5 {} written to standard output; manifest {manifest}", report.manifest.archive.md5);
+                tracing::info!(
+                    "md5 {} written to standard output; manifest {manifest}",
+                    report.manifest.archive.md5
+                );
             } else {
                 println!("{}  {}", report.manifest.archive.md5, report.archive.display());
             }
@@ -326,14 +329,19 @@ fn main() -> ExitCode {
         tracing::error!("{}", job::error_chain(e.as_ref()));
         // the server stayed out of reach: the message says to run the command again, and so
         // does the exit code, as for send
-        let resumable = e.downcast_ref::<robusto::client::get::GetError>().is_some_and(|g| g.is_resumable())
-            || e.downcast_ref::<job::prune::PruneError>().is_some_and(|p| p.is_resumable())
-            || e.downcast_ref::<job::restore::RestoreJobError>().is_some_and(|r| r.is_resumable());
+        let resumable = e
+            .downcast_ref::<robusto::client::get::GetError>()
+            .is_some_and(|g| g.is_resumable())
+            || e.downcast_ref::<job::prune::PruneError>()
+                .is_some_and(|p| p.is_resumable())
+            || e.downcast_ref::<job::restore::RestoreJobError>()
+                .is_some_and(|r| r.is_resumable());
         if resumable {
             return Exit::Resumable;
         }
         let usage = e.downcast_ref::<UsageError>().is_some()
-            || e.downcast_ref::<robusto::pack::PackError>().is_some_and(|p| p.is_usage())
+            || e.downcast_ref::<robusto::pack::PackError>()
+                .is_some_and(|p| p.is_usage())
             || e.downcast_ref::<job::push::JobError>()
                 .is_some_and(|j| j.exit() == Exit::Usage);
         if usage { Exit::Usage } else { Exit::Failed }

@@ -78,7 +78,14 @@ fn dated_part(name: &str) -> &str {
 /// in the name (for uploads the server timed to the same second), then the name, then the id; the
 /// same every time for the same uploads.
 pub fn oldest_first(a: &Listed, b: &Listed) -> std::cmp::Ordering {
-    let key = |u: &'_ Listed| (completed_ns(u), dated_part(&u.name).to_string(), u.name.clone(), u.id.clone());
+    let key = |u: &'_ Listed| {
+        (
+            completed_ns(u),
+            dated_part(&u.name).to_string(),
+            u.name.clone(),
+            u.id.clone(),
+        )
+    };
     key(a).cmp(&key(b))
 }
 
@@ -198,11 +205,20 @@ mod tests {
             })
             .collect();
         all.reverse();
-        let d = decide(all.clone(), Policy { last: 2, ..Policy::default() });
+        let d = decide(
+            all.clone(),
+            Policy {
+                last: 2,
+                ..Policy::default()
+            },
+        );
         let kept: Vec<_> = d.iter().filter(|x| x.keep()).map(|x| x.upload.id.as_str()).collect();
         assert_eq!(kept, ["5", "6"], "the two completed last");
         // without precise times (an older server): the date in the name, then the name
-        let mut old = vec![up("web-2025-11-21T023001.zip", 0, 0), up("web-2025-11-21T023000.zip", 0, 0)];
+        let mut old = vec![
+            up("web-2025-11-21T023001.zip", 0, 0),
+            up("web-2025-11-21T023000.zip", 0, 0),
+        ];
         old[0].id = "a".into();
         old[1].id = "b".into();
         let mut sorted = old.clone();

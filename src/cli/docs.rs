@@ -5,9 +5,9 @@
 
 use std::io::{self, Write};
 
-/// The examples at the end of each command's `--help` (and in the man page).
+/// The examples at the end of each command's `--help` (and in the man page); each line at most
+/// 78 columns, so that no terminal wraps it.
 pub(crate) mod examples {
-    //! Each line at most 78 columns, so that no terminal wraps it.
 
     /// `robusto pack`
     pub(crate) const PACK: &str = "Examples:
@@ -171,7 +171,10 @@ fn write_page(out: &mut dyn Write) -> io::Result<()> {
         if let Some(after) = sub.get_after_help() {
             let text = after.to_string();
             let mut lines = text.lines().peekable();
-            if lines.peek().is_some_and(|l| l.trim_end_matches(':').eq_ignore_ascii_case("examples")) {
+            if lines
+                .peek()
+                .is_some_and(|l| l.trim_end_matches(':').eq_ignore_ascii_case("examples"))
+            {
                 lines.next();
             }
             writeln!(out, ".SS EXAMPLES\n.nf")?;
@@ -188,13 +191,7 @@ fn write_page(out: &mut dyn Write) -> io::Result<()> {
 fn leaves(cmd: &clap::Command) -> Vec<&clap::Command> {
     cmd.get_subcommands()
         .filter(|s| s.get_name() != "help")
-        .flat_map(|s| {
-            if s.has_subcommands() {
-                leaves(s)
-            } else {
-                vec![s]
-            }
-        })
+        .flat_map(|s| if s.has_subcommands() { leaves(s) } else { vec![s] })
         .collect()
 }
 

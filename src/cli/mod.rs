@@ -589,7 +589,9 @@ fn get_options(
         Ok(u) if matches!(u.scheme(), "http" | "https") => u,
         // `localhost:1080/files/` parses, with `localhost` for its scheme
         _ if let Some(meant) = robusto::job::send::server_address(url) => {
-            return Err(UsageError(format!("{url} has no http:// or https://: did you mean {meant}?")));
+            return Err(UsageError(format!(
+                "{url} has no http:// or https://: did you mean {meant}?"
+            )));
         }
         Ok(_) => return Err(UsageError(format!("{url}: only http and https URLs are supported"))),
         Err(e) => return Err(UsageError(format!("{url}: {e}"))),

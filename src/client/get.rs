@@ -368,7 +368,9 @@ pub async fn get_to(opts: &GetOptions, target: Target<'_>) -> Result<GetReport, 
     };
     let (file, partial, output) = match sink {
         Sink::Stdout(_) => {
-            let md5 = hashing.await.map_err(|e| hashed(std::path::Path::new("standard output"), e))?;
+            let md5 = hashing
+                .await
+                .map_err(|e| hashed(std::path::Path::new("standard output"), e))?;
             if let Some(expected) = expected
                 && expected != md5
             {

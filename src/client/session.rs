@@ -665,7 +665,9 @@ impl Session {
         let stamp = Stamp::new();
         let resp = self.send(self.request(Method::GET, endpoint.clone()), &stamp).await?;
         if !resp.status().is_success() {
-            return Err(self.fail_at_endpoint(resp, Method::GET, "robusto upload endpoint").await);
+            return Err(self
+                .fail_at_endpoint(resp, Method::GET, "robusto upload endpoint")
+                .await);
         }
         let body = tokio::time::timeout(self.config.stall_timeout, resp.bytes())
             .await

@@ -67,7 +67,7 @@ pub fn decide_by_chain(uploads: Vec<crate::protocol::Listed>, policy: Policy) ->
     let mut members: HashMap<String, Vec<crate::protocol::Listed>> = HashMap::new();
     let mut units = Vec::new();
     for (_, mut links) in crate::incremental::chain::units(&uploads) {
-        links.sort_by(|a, b| (level(b), retention::completed_ns(b)).cmp(&(level(a), retention::completed_ns(a))));
+        links.sort_by_key(|u| std::cmp::Reverse((level(u), retention::completed_ns(u))));
         let Some(newest) = links.first() else { continue };
         units.push((*newest).clone());
         members.insert(newest.id.clone(), links.into_iter().cloned().collect());

@@ -93,7 +93,10 @@ impl Destination {
                 && !std::path::Path::new(first).exists()
                 && let Some(url) = server_address(to)
             {
-                return Err(DestinationError::LooksLikeServer { to: to.to_string(), url });
+                return Err(DestinationError::LooksLikeServer {
+                    to: to.to_string(),
+                    url,
+                });
             }
             return Ok(Destination::Dir(PathBuf::from(to)));
         }
@@ -266,17 +269,29 @@ mod tests {
             Destination::parse("./127.0.0.1:19100/files/"),
             Ok(Destination::Dir(_))
         ));
-        assert!(matches!(Destination::parse("/srv/backup.example.org/files/"), Ok(Destination::Dir(_))));
+        assert!(matches!(
+            Destination::parse("/srv/backup.example.org/files/"),
+            Ok(Destination::Dir(_))
+        ));
     }
 
     #[test]
     fn server_addresses_without_a_scheme_are_recognised() {
         let said = |t: &str| server_address(t);
-        assert_eq!(said("127.0.0.1:19100/files/").as_deref(), Some("http://127.0.0.1:19100/files/"));
+        assert_eq!(
+            said("127.0.0.1:19100/files/").as_deref(),
+            Some("http://127.0.0.1:19100/files/")
+        );
         assert_eq!(said("backup:8080").as_deref(), Some("http://backup:8080"));
-        assert_eq!(said("h.example.org:443/files/").as_deref(), Some("https://h.example.org:443/files/"));
+        assert_eq!(
+            said("h.example.org:443/files/").as_deref(),
+            Some("https://h.example.org:443/files/")
+        );
         assert_eq!(said("[::1]:1080/files/").as_deref(), Some("http://[::1]:1080/files/"));
-        assert_eq!(said("backup.example.org/files/").as_deref(), Some("https://backup.example.org/files/"));
+        assert_eq!(
+            said("backup.example.org/files/").as_deref(),
+            Some("https://backup.example.org/files/")
+        );
         assert_eq!(said("10.0.0.5/files/").as_deref(), Some("http://10.0.0.5/files/"));
         assert_eq!(said("localhost/files/").as_deref(), Some("http://localhost/files/"));
         for path in [

@@ -63,7 +63,9 @@ pub struct PackOptions {
 impl PackOptions {
     /// Where the manifest goes.
     pub fn manifest_path(&self) -> PathBuf {
-        self.manifest.clone().unwrap_or_else(|| manifest::path_for(&self.output))
+        self.manifest
+            .clone()
+            .unwrap_or_else(|| manifest::path_for(&self.output))
     }
 
     /// The path the zip writer's spill files are placed beside ([`zip::spill_paths`]): the

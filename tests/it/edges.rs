@@ -61,7 +61,11 @@ fn pack_refuses_to_replace_what_is_not_a_regular_file() {
     let archive = env.join("a.zip");
     mkfifo(&env.join("a.zip.manifest.json"));
     let run = env.pack(&tree, &archive).code(2);
-    assert!(error_line(&run).contains("a.zip.manifest.json is a fifo"), "{}", run.stderr);
+    assert!(
+        error_line(&run).contains("a.zip.manifest.json is a fifo"),
+        "{}",
+        run.stderr
+    );
     assert!(!archive.exists());
 
     // a regular file is replaced as before
@@ -85,11 +89,17 @@ fn pack_to_stdout_writes_the_same_bytes_and_its_manifest_where_told() {
             .arg(&manifest)
             .output();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stdout == fs::read(&file).unwrap(), "{format}: stdout is the archive");
+        assert!(
+            out.stdout == fs::read(&file).unwrap(),
+            "{format}: stdout is the archive"
+        );
         let m: Manifest = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
         let beside = Manifest::read_for(&file).unwrap();
         assert_eq!(m.archive.md5, robusto::fingerprint::Md5::of(&out.stdout));
-        assert_eq!((m.archive.md5, m.archive.size), (beside.archive.md5, beside.archive.size));
+        assert_eq!(
+            (m.archive.md5, m.archive.size),
+            (beside.archive.md5, beside.archive.size)
+        );
         assert_eq!(m.chunks, beside.chunks);
         assert!(!env.join("-").exists() && !env.join("-.manifest.json").exists());
     }
@@ -123,7 +133,14 @@ async fn get_refuses_what_is_not_a_regular_file_and_streams_to_stdout() {
     mkfifo(&fifo);
     let dir = env.mkdir("folder");
     for (target, kind) in [(&fifo, "a fifo"), (&dir, "a folder")] {
-        let run = env.robusto("get").arg(&url).arg("-o").arg(target).run_async().await.code(2);
+        let run = env
+            .robusto("get")
+            .arg(&url)
+            .arg("-o")
+            .arg(target)
+            .run_async()
+            .await
+            .code(2);
         assert_eq!(
             error_line(&run),
             format!(
@@ -161,7 +178,9 @@ fn a_server_address_without_its_scheme_is_not_taken_for_a_folder() {
         let run = env.send(&file, to).code(2);
         assert_eq!(
             error_line(&run),
-            format!("ERROR --to {to} looks like a server address, not a folder: did you mean {meant}? write ./{to} for a local folder")
+            format!(
+                "ERROR --to {to} looks like a server address, not a folder: did you mean {meant}? write ./{to} for a local folder"
+            )
         );
         assert!(run.stdout.is_empty());
         assert!(!env.join(to.split('/').next().unwrap()).exists(), "no folder made");
@@ -182,7 +201,11 @@ fn a_server_address_without_its_scheme_is_not_taken_for_a_folder() {
 
     // written as a path, or an existing folder of that name: a folder
     let run = env.send(&file, "./127.0.0.1:19100/files/").ok();
-    assert!(env.join("127.0.0.1:19100/files/files/a.bin").is_file(), "{}", run.stdout);
+    assert!(
+        env.join("127.0.0.1:19100/files/files/a.bin").is_file(),
+        "{}",
+        run.stdout
+    );
     env.mkdir("backup.example.org");
     env.send(&file, "backup.example.org/files/").ok();
     assert!(env.join("backup.example.org/files/files/a.bin").is_file());
@@ -197,12 +220,19 @@ async fn prune_keeps_the_newest_of_uploads_completed_within_one_second() {
     let server = Server::start(|_| {}).await;
     let tus = server.client();
     // start at the beginning of a second, so that the uploads share it
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    tokio::time::sleep(std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()),
+    ))
+    .await;
     let mut ids = Vec::new();
     for _ in 0..8 {
         // empty uploads are complete when created; every one has the name a push gives
-        let loc = tus.create(0, &metadata(&[("filename", "web-2026-12-01T023000.zip")])).await;
+        let loc = tus
+            .create(0, &metadata(&[("filename", "web-2026-12-01T023000.zip")]))
+            .await;
         ids.push(id_of(&loc));
     }
     let env = TestEnv::new();
@@ -210,10 +240,18 @@ async fn prune_keeps_the_newest_of_uploads_completed_within_one_second() {
     let listed: Vec<robusto::protocol::Listed> = serde_json::from_str(&list().run_async().await.ok().stdout).unwrap();
     let seconds: std::collections::BTreeSet<_> = listed.iter().map(|u| u.completed).collect();
     assert!(seconds.len() <= 2, "the uploads took more than a second: {seconds:?}");
-    assert_eq!(listed.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids, "listed in completion order");
+    assert_eq!(
+        listed.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "listed in completion order"
+    );
     assert!(listed.iter().all(|u| u.completed_ns.is_some()));
     for _ in 0..3 {
-        assert_eq!(list().run_async().await.ok().stdout, list().run_async().await.ok().stdout, "the same order every time");
+        assert_eq!(
+            list().run_async().await.ok().stdout,
+            list().run_async().await.ok().stdout,
+            "the same order every time"
+        );
     }
 
     let run = env
@@ -241,7 +279,10 @@ fn a_bad_exclude_pattern_is_a_usage_error_naming_it() {
         "ERROR bad exclude pattern '[': unclosed character class; missing ']'"
     );
     assert!(!env.join("a.zip").exists() && !env.join("a.zip.partial").exists());
-    let run = env.push(&tree, "./received").args(["--exclude", "*.log", "--exclude", "a[b"]).code(2);
+    let run = env
+        .push(&tree, "./received")
+        .args(["--exclude", "*.log", "--exclude", "a[b"])
+        .code(2);
     assert!(error_line(&run).contains("bad exclude pattern 'a[b'"), "{}", run.stderr);
 }
 
@@ -265,7 +306,10 @@ fn config_check_reports_every_bad_profile_then_exits_2() {
     let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("ERROR")).collect();
     let file = config.display();
     assert_eq!(errors.len(), 3, "{}", run.stderr);
-    assert_eq!(errors[0], format!("ERROR {file}: [profile.key] has an unknown key 'no-such-key'"));
+    assert_eq!(
+        errors[0],
+        format!("ERROR {file}: [profile.key] has an unknown key 'no-such-key'")
+    );
     assert!(
         errors[1].starts_with(&format!("ERROR {file}: [profile.rate]: --bwlimit: ")) && errors[1].contains("fast"),
         "{}",
@@ -315,12 +359,21 @@ async fn a_token_file_others_may_read_is_refused_by_client_and_server() {
     // 0600 (or 0400) is taken
     chmod(&token, 0o600);
     let server = Server::start(|c| c.tokens = robusto::serve::auth::Tokens::parse("s3cret\n")).await;
-    env.send(&file, &server.endpoint()).arg("--token-file").arg(&token).run_async().await.ok();
+    env.send(&file, &server.endpoint())
+        .arg("--token-file")
+        .arg(&token)
+        .run_async()
+        .await
+        .ok();
 }
 
 /// A port on 127.0.0.1 where nothing listens.
 fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,12 +383,23 @@ async fn a_server_that_is_down_is_named_and_the_job_is_resumable() {
     let port = dead_port();
     let endpoint = format!("http://127.0.0.1:{port}/files/");
     let refused = format!("connection refused by 127.0.0.1:{port} (is the server running, and listening there?)");
-    let run = env.send(&file, &endpoint).args(["--retries", "1"]).run_async().await.code(75);
+    let run = env
+        .send(&file, &endpoint)
+        .args(["--retries", "1"])
+        .run_async()
+        .await
+        .code(75);
     assert_eq!(
         error_line(&run),
-        format!("ERROR giving up after 2 failed attempts on one chunk (last: {refused}); run the same command again to continue")
+        format!(
+            "ERROR giving up after 2 failed attempts on one chunk (last: {refused}); run the same command again to continue"
+        )
     );
-    assert!(run.stderr.contains("WARN retry 1/1 in") && run.stderr.contains(&refused), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("WARN retry 1/1 in") && run.stderr.contains(&refused),
+        "{}",
+        run.stderr
+    );
     // list, prune and status say the same, and exit as send does
     for cmd in [
         env.robusto("list").args(["--from", &endpoint]),
@@ -344,7 +408,9 @@ async fn a_server_that_is_down_is_named_and_the_job_is_resumable() {
         let run = cmd.args(["--retries", "1"]).run_async().await.code(75);
         assert_eq!(
             error_line(&run),
-            format!("ERROR giving up after 2 failed attempts (last: {refused}); run the same command again to continue")
+            format!(
+                "ERROR giving up after 2 failed attempts (last: {refused}); run the same command again to continue"
+            )
         );
     }
 }
@@ -356,8 +422,14 @@ async fn a_missing_or_wrong_token_fails_at_once_with_what_to_do() {
     let file = env.write("a.bin", noise(1000, 7));
     let endpoint = server.endpoint();
     let cases = [
-        (None, "the server wants a token (401 Unauthorized): pass it with --token-file FILE or $ROBUSTO_TOKEN"),
-        (Some("wrong"), "the server refused the token (401 Unauthorized): check the one in --token-file FILE or $ROBUSTO_TOKEN"),
+        (
+            None,
+            "the server wants a token (401 Unauthorized): pass it with --token-file FILE or $ROBUSTO_TOKEN",
+        ),
+        (
+            Some("wrong"),
+            "the server refused the token (401 Unauthorized): check the one in --token-file FILE or $ROBUSTO_TOKEN",
+        ),
     ];
     for (token, says) in cases {
         let with = |c: TestCommand| match token {
@@ -368,7 +440,10 @@ async fn a_missing_or_wrong_token_fails_at_once_with_what_to_do() {
         let run = with(env.send(&file, &endpoint)).run_async().await.code(1);
         assert_eq!(error_line(&run), format!("ERROR {endpoint}: {says}"));
         assert!(!run.stderr.contains("retry"), "not retried: {}", run.stderr);
-        let run = with(env.robusto("list").args(["--from", &endpoint])).run_async().await.code(1);
+        let run = with(env.robusto("list").args(["--from", &endpoint]))
+            .run_async()
+            .await
+            .code(1);
         assert_eq!(error_line(&run), format!("ERROR {endpoint}: {says}"));
         assert!(!run.stderr.contains("retry"), "not retried: {}", run.stderr);
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "at once");
@@ -384,12 +459,16 @@ async fn a_wrong_endpoint_path_is_said_to_be_one() {
     let run = env.send(&file, &wrong).run_async().await.code(1);
     assert_eq!(
         error_line(&run),
-        format!("ERROR {wrong}: not a tus upload endpoint: POST answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)")
+        format!(
+            "ERROR {wrong}: not a tus upload endpoint: POST answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)"
+        )
     );
     let run = env.robusto("list").args(["--from", &wrong]).run_async().await.code(1);
     assert_eq!(
         error_line(&run),
-        format!("ERROR {wrong}: not a robusto upload endpoint: GET answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)")
+        format!(
+            "ERROR {wrong}: not a robusto upload endpoint: GET answered 404 Not Found; check the URL's path (robusto serve's endpoint is /files/)"
+        )
     );
     // the endpoint itself works
     env.send(&file, &server.endpoint()).run_async().await.ok();
@@ -403,7 +482,10 @@ async fn a_signal_stops_pack_with_130_and_leaves_nothing_behind() {
         env.write(format!("big/small/{i}.txt"), format!("file {i}\n"));
     }
     // 8 GiB of zeros (sparse): far longer to pack than the test waits
-    fs::File::create(tree.join("disk.img")).unwrap().set_len(8 << 30).unwrap();
+    fs::File::create(tree.join("disk.img"))
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
     for (format, sig) in [("zip", libc::SIGTERM), ("tar", libc::SIGINT)] {
         let archive = env.join(format!("big.{format}"));
         let child = env.pack(&tree, &archive).args(["--format", format]).spawn();
@@ -419,7 +501,9 @@ async fn a_signal_stops_pack_with_130_and_leaves_nothing_behind() {
         signal(&child, sig);
         let run = Run::of_child(child).await.code(130);
         assert!(
-            run.stderr.lines().any(|l| l == " WARN interrupted: no archive was written"),
+            run.stderr
+                .lines()
+                .any(|l| l == " WARN interrupted: no archive was written"),
             "{}",
             run.stderr
         );
@@ -463,7 +547,12 @@ fn have(tool: &str) -> bool {
 fn completions_cover_every_command_and_bash_accepts_them() {
     let help = robusto(["--help"]).ok();
     for c in COMMANDS {
-        assert!(help.stdout.lines().any(|l| l.trim_start().starts_with(&format!("{c} "))), "{c} in --help");
+        assert!(
+            help.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{c} "))),
+            "{c} in --help"
+        );
     }
     let env = TestEnv::new();
     let bash = env.robusto("completions").arg("bash").ok();
@@ -473,23 +562,43 @@ fn completions_cover_every_command_and_bash_accepts_them() {
         .find(|l| l.trim_start().starts_with("opts=\"-v -q"))
         .expect("the words after robusto");
     for c in COMMANDS {
-        assert!(bash.stdout.contains(&format!("robusto,{c})")), "the bash script completes {c}'s flags");
-        assert!(first_words.split([' ', '"']).any(|w| w == c), "{c} completes after robusto");
+        assert!(
+            bash.stdout.contains(&format!("robusto,{c})")),
+            "the bash script completes {c}'s flags"
+        );
+        assert!(
+            first_words.split([' ', '"']).any(|w| w == c),
+            "{c} completes after robusto"
+        );
     }
     assert!(bash.stdout.contains("--token-file") && bash.stdout.contains("--keep-last"));
     let script = env.write("robusto.bash", &bash.stdout);
-    let checked = std::process::Command::new("bash").arg("-n").arg(&script).output().unwrap();
-    assert!(checked.status.success(), "bash -n: {}", String::from_utf8_lossy(&checked.stderr));
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // sourced, it registers the completion for robusto
     let complete = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!("source '{}' && complete -p robusto", script.display()))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&complete.stdout).contains("robusto"), "{complete:?}");
+    assert!(
+        String::from_utf8_lossy(&complete.stdout).contains("robusto"),
+        "{complete:?}"
+    );
     for shell in ["zsh", "fish"] {
         let out = env.robusto("completions").arg(shell).ok();
-        assert!(out.stdout.contains("push") && out.stdout.contains("token-file"), "{shell}");
+        assert!(
+            out.stdout.contains("push") && out.stdout.contains("token-file"),
+            "{shell}"
+        );
     }
     let run = env.robusto("completions").arg("tcsh").code(2);
     assert!(run.stderr.contains("invalid value 'tcsh'"), "{}", run.stderr);
@@ -499,14 +608,24 @@ fn completions_cover_every_command_and_bash_accepts_them() {
 fn the_man_page_has_every_command_and_renders() {
     let env = TestEnv::new();
     let page = env.robusto("man").ok().stdout;
-    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "roff: {}", &page[..80]);
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "roff: {}",
+        &page[..80]
+    );
     assert!(page.contains(".TH robusto 1"), "a section 1 page");
     for c in COMMANDS.iter().filter(|c| **c != "config") {
-        assert!(page.contains(&format!(".SH \"ROBUSTO {}\"", c.to_uppercase())), "{c} has its section");
+        assert!(
+            page.contains(&format!(".SH \"ROBUSTO {}\"", c.to_uppercase())),
+            "{c} has its section"
+        );
     }
     assert!(page.contains(".SH \"ROBUSTO CONFIG CHECK\""));
     for flag in ["token\\-file", "keep\\-last", "to", "bwlimit", "tls\\-cert", "manifest"] {
-        assert!(page.contains(&format!("\\fB\\-\\-{flag}\\fR")), "--{flag} is in the page");
+        assert!(
+            page.contains(&format!("\\fB\\-\\-{flag}\\fR")),
+            "--{flag} is in the page"
+        );
     }
     assert!(page.is_ascii(), "plain ASCII roff");
     let file = env.write("robusto.1", &page);
@@ -518,16 +637,26 @@ fn the_man_page_has_every_command_and_renders() {
             .env("MANPAGER", "cat")
             .output()
             .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         assert!(out.status.success() && stderr.is_empty(), "man -l: {stderr}");
-        assert!(stdout.contains("ROBUSTO PUSH") && stdout.contains("--token-file"), "{stdout}");
+        assert!(
+            stdout.contains("ROBUSTO PUSH") && stdout.contains("--token-file"),
+            "{stdout}"
+        );
     } else if have("groff") {
         let out = std::process::Command::new("groff")
             .args(["-man", "-Tutf8", "-ww", "-z"])
             .arg(&file)
             .output()
             .unwrap();
-        assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "groff: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -535,7 +664,12 @@ fn the_man_page_has_every_command_and_renders() {
 fn every_help_has_examples_and_global_options_apart() {
     let push = robusto(["push", "--help"]).ok().stdout;
     let lines: Vec<&str> = push.lines().collect();
-    let at = |heading: &str| lines.iter().position(|l| *l == heading).unwrap_or_else(|| panic!("{heading} in {push}"));
+    let at = |heading: &str| {
+        lines
+            .iter()
+            .position(|l| *l == heading)
+            .unwrap_or_else(|| panic!("{heading} in {push}"))
+    };
     let (own, global, examples) = (at("Options:"), at("Global options:"), at("Examples:"));
     assert!(own < global && global < examples, "{push}");
     assert_eq!(
@@ -548,7 +682,10 @@ fn every_help_has_examples_and_global_options_apart() {
     for flag in ["--verbose", "--quiet", "--json", "--log-file <FILE>"] {
         assert!(globals.contains(flag), "{flag} among the global options");
     }
-    assert!(!globals.contains("--profile") && !globals.contains("--to "), "{globals}");
+    assert!(
+        !globals.contains("--profile") && !globals.contains("--to "),
+        "{globals}"
+    );
 
     for c in COMMANDS.iter().filter(|c| **c != "config").chain(&["config check"]) {
         let args: Vec<&str> = c.split(' ').chain(["--help"]).collect();
@@ -562,7 +699,11 @@ fn every_help_has_examples_and_global_options_apart() {
         assert!(help.contains("\nGlobal options:\n"), "{c}");
         // --profile (and --config) only where a profile applies
         let profile = help.contains("--profile <NAME>");
-        assert_eq!(profile, matches!(*c, "push" | "config check"), "{c}: --profile shown: {profile}");
+        assert_eq!(
+            profile,
+            matches!(*c, "push" | "config check"),
+            "{c}: --profile shown: {profile}"
+        );
     }
     assert!(!robusto(["--help"]).ok().stdout.contains("--profile"));
 }
@@ -579,14 +720,40 @@ fn profile_goes_before_or_after_the_command_and_only_with_push_and_config() {
             env.state().display()
         ),
     );
-    let after = env.robusto("push").args(["--profile", "local", "--config"]).arg(&config).ok();
+    let after = env
+        .robusto("push")
+        .args(["--profile", "local", "--config"])
+        .arg(&config)
+        .ok();
     assert!(env.join(after.stdout.trim()).is_file(), "{}", after.stdout);
-    let before = env.robusto("--config").arg(&config).args(["--profile", "local", "push"]).ok();
+    let before = env
+        .robusto("--config")
+        .arg(&config)
+        .args(["--profile", "local", "push"])
+        .ok();
     assert!(env.join(before.stdout.trim()).is_file(), "{}", before.stdout);
-    let shown = env.robusto("config").args(["check", "--profile", "local", "--config"]).arg(&config).ok();
-    assert!(shown.stdout.contains("to = \"./received\"  # profile"), "{}", shown.stdout);
-    let run = env.robusto("--profile").args(["local", "list", "--from", "http://127.0.0.1:9/files/"]).code(2);
+    let shown = env
+        .robusto("config")
+        .args(["check", "--profile", "local", "--config"])
+        .arg(&config)
+        .ok();
+    assert!(
+        shown.stdout.contains("to = \"./received\"  # profile"),
+        "{}",
+        shown.stdout
+    );
+    let run = env
+        .robusto("--profile")
+        .args(["local", "list", "--from", "http://127.0.0.1:9/files/"])
+        .code(2);
     assert_eq!(run.stderr.trim(), "error: --profile applies to push and config check");
-    let run = env.robusto("send").args(["x", "--to", "./r", "--profile", "local"]).code(2);
-    assert!(run.stderr.contains("--profile applies to push and config check"), "{}", run.stderr);
+    let run = env
+        .robusto("send")
+        .args(["x", "--to", "./r", "--profile", "local"])
+        .code(2);
+    assert!(
+        run.stderr.contains("--profile applies to push and config check"),
+        "{}",
+        run.stderr
+    );
 }
