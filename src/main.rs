@@ -67,8 +67,29 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
     let progress = output::reporter(&cli.global);
     match cli.command {
         Command::Pack(args) => {
-            let report = robusto::pack::pack(&args.to_options()?, progress.as_ref())?;
-            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let opts = args.to_options()?;
+            // Ctrl-C or SIGTERM stops the packing before the next entry or write, and the
+            // staging file is removed, as in push
+            if let Err(e) = robusto::stop::watch_signals() {
+                tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will leave FILE.partial behind");
+            }
+            let report = match robusto::pack::pack(&opts, progress.as_ref()) {
+                Err(robusto::pack::PackError::Interrupted) => {
+                    tracing::warn!("interrupted: no archive was written");
+                    return Ok(Exit::Interrupted);
+                }
+                other => other?,
+            };
+            if opts.to_stdout {
+                // stdout carries the archive itself
+                let manifest = report.manifest_path.display();
+                tracing::info!(
+                    "md5 {} written to standard output; manifest {manifest}",
+                    report.manifest.archive.md5
+                );
+            } else {
+                println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            }
             let skipped = report.skipped();
             if skipped.is_empty() {
                 return Ok(Exit::Done);
@@ -153,7 +174,18 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 receipt,
             )?)
         }
-        Command::Config(cli::ConfigCommand::Check) => cli::profile::check(&cli.global, profile.as_ref()),
+        Command::Config(cli::ConfigCommand::Check(args)) => {
+            let file = args.config.as_deref().or(cli.global.config.as_deref());
+            cli::profile::check(file, profile.as_ref())
+        }
+        Command::Completions(args) => {
+            cli::docs::completions(args.shell, &mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
+        Command::Man => {
+            cli::docs::man_page(&mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
         Command::Status(args) => {
             let opts = args.options()?;
             let v = job::runtime()?.block_on(robusto::client::get::status(&opts))?;
@@ -162,14 +194,20 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
         }
         Command::Get(args) => {
             let opts = args.options()?;
-            match job::runtime()?.block_on(robusto::client::get::get(&opts, &args.output)) {
+            let target = args.target()?;
+            match job::runtime()?.block_on(robusto::client::get::get_to(&opts, target)) {
                 Ok(r) => {
-                    let (file, checked) = (
-                        args.output.display(),
-                        if r.verified { "verified" } else { "not verified" },
-                    );
-                    tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
-                    println!("{}  {file}", r.md5);
+                    let checked = if r.verified { "verified" } else { "not verified" };
+                    match target {
+                        robusto::client::get::Target::Stdout => {
+                            tracing::info!("standard output: {} bytes, md5 {} ({checked})", r.bytes, r.md5)
+                        }
+                        robusto::client::get::Target::File(file) => {
+                            let file = file.display();
+                            tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
+                            println!("{}  {file}", r.md5);
+                        }
+                    }
                     Ok(Exit::Done)
                 }
                 Err(e) if e.is_resumable() => {
@@ -289,7 +327,21 @@ fn main() -> ExitCode {
     init_logging(&cli.global, log_file.as_deref());
     let exit = run(cli, profile).unwrap_or_else(|e| {
         tracing::error!("{}", job::error_chain(e.as_ref()));
+        // the server stayed out of reach: the message says to run the command again, and so
+        // does the exit code, as for send
+        let resumable = e
+            .downcast_ref::<robusto::client::get::GetError>()
+            .is_some_and(|g| g.is_resumable())
+            || e.downcast_ref::<job::prune::PruneError>()
+                .is_some_and(|p| p.is_resumable())
+            || e.downcast_ref::<job::restore::RestoreJobError>()
+                .is_some_and(|r| r.is_resumable());
+        if resumable {
+            return Exit::Resumable;
+        }
         let usage = e.downcast_ref::<UsageError>().is_some()
+            || e.downcast_ref::<robusto::pack::PackError>()
+                .is_some_and(|p| p.is_usage())
             || e.downcast_ref::<job::push::JobError>()
                 .is_some_and(|j| j.exit() == Exit::Usage);
         if usage { Exit::Usage } else { Exit::Failed }

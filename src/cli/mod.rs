@@ -4,6 +4,7 @@
 //! resolves the environment and a configuration profile into the command line, [`output`] is
 //! what the commands show.
 
+pub(crate) mod docs;
 pub(crate) mod output;
 pub(crate) mod profile;
 
@@ -35,8 +36,9 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options every command takes (listed apart from each command's own).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -50,12 +52,25 @@ pub(crate) struct GlobalArgs {
     /// Also append the log to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Take settings from profile NAME of the configuration file (push, config check).
-    #[arg(long, global = true, value_name = "NAME")]
+    /// `--profile` before the command (`robusto --profile nightly push`); shown with the
+    /// commands it applies to ([`ProfileArgs`]), refused with the others.
+    #[arg(long, global = true, value_name = "NAME", hide = true)]
+    pub profile: Option<String>,
+    /// `--config` before the command; see [`ProfileArgs`].
+    #[arg(long, global = true, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where a job's settings come from: a profile of the configuration file (`push`, `config
+/// check`). Their own flags, which the hidden global ones of [`GlobalArgs`] give way to.
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// Take settings from profile NAME of the configuration file.
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// The configuration file [default: $XDG_CONFIG_HOME/robusto/robusto.toml, then
     /// /etc/robusto/robusto.toml].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -63,28 +78,53 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Pack PATH… into FILE (zip or tar, compressed) and write FILE.manifest.json beside it.
+    #[command(after_help = docs::examples::PACK)]
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
+    #[command(after_help = docs::examples::VERIFY)]
     Verify(VerifyArgs),
     /// Upload FILE to a tus server (or a local folder), resumably; prints the upload URL.
+    #[command(after_help = docs::examples::SEND)]
     Send(SendArgs),
     /// Print an upload's status as JSON.
+    #[command(after_help = docs::examples::STATUS)]
     Status(StatusArgs),
     /// Download a completed upload, resumably, verifying its MD5.
+    #[command(after_help = docs::examples::GET)]
     Get(GetArgs),
     /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
+    #[command(after_help = docs::examples::PUSH)]
     Push(PushArgs),
     /// Verify an archive against its manifest, then extract it into a folder.
+    #[command(after_help = docs::examples::RESTORE)]
     Restore(RestoreArgs),
     /// Receive tus uploads: check every chunk and whole file, store durably, report status.
+    #[command(after_help = docs::examples::SERVE)]
     Serve(ServeArgs),
     /// List the completed uploads on a robusto server (those of this token).
+    #[command(after_help = docs::examples::LIST)]
     List(ListArgs),
     /// Delete older completed uploads, keeping the newest by a last/daily/weekly policy.
+    #[command(after_help = docs::examples::PRUNE)]
     Prune(PruneArgs),
     /// Check the configuration file and show the settings a profile resolves to.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the completion script for a shell (bash: `robusto completions bash >
+    /// /etc/bash_completion.d/robusto`).
+    #[command(after_help = docs::examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `robusto man > robusto.1`, `man -l robusto.1`.
+    #[command(after_help = docs::examples::MAN)]
+    Man,
+}
+
+/// `robusto completions SHELL`
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `robusto config …`
@@ -92,7 +132,8 @@ pub(crate) enum Command {
 pub(crate) enum ConfigCommand {
     /// Validate the configuration file; with --profile, print what `push --profile` would use
     /// (tokens redacted) and where each value comes from.
-    Check,
+    #[command(after_help = docs::examples::CONFIG_CHECK)]
+    Check(ProfileArgs),
 }
 
 /// `robusto push PATH… --to URL|DIR`
@@ -122,6 +163,9 @@ pub(crate) struct PushArgs {
     /// incrementals), or once the full is older than a DURATION (30d).
     #[arg(long, value_name = "N|DURATION", requires = "incremental")]
     pub full_every: Option<String>,
+    /// The profile its settings come from.
+    #[command(flatten)]
+    pub settings: ProfileArgs,
 }
 
 impl PushArgs {
@@ -252,7 +296,7 @@ pub(crate) struct StatusArgs {
 pub(crate) struct GetArgs {
     /// The upload's URL.
     pub url: String,
-    /// Where to write it (through FILE.partial).
+    /// Where to write it (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Failed attempts in a row allowed before giving up (exit 75, resumable).
@@ -311,7 +355,7 @@ pub(crate) fn destination(to: &str) -> Result<Destination, UsageError> {
 /// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
 pub(crate) fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
     if let Some(f) = file {
-        robusto::config::check_secret_file(f);
+        robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
         let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("--token-file {}: {e}", f.display())))?;
         let line = text.lines().map(str::trim).find(|l| !l.is_empty());
         return line
@@ -438,9 +482,12 @@ pub(crate) struct PackArgs {
     /// Files and folders to pack.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// The archive to write.
+    /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Where to write the manifest [default: FILE.manifest.json]; required with -o -.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     /// Chunk size of the manifest (the upload's unit of retry), e.g. 8MiB, 512K.
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
     pub chunk_size: String,
@@ -499,6 +546,8 @@ impl PackFlags {
             },
             keep_cached: false,
             incremental: None,
+            manifest: None,
+            to_stdout: false,
         })
     }
 }
@@ -507,6 +556,18 @@ impl GetArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
         get_options(&self.url, &self.connect, self.retries, &self.stall_timeout)
+    }
+
+    /// Where the download goes: standard output for `-o -`, else a file (refused when
+    /// something other than a regular file is there).
+    pub(crate) fn target(&self) -> Result<robusto::client::get::Target<'_>, UsageError> {
+        if is_stdout(&self.output) {
+            stdout_not_a_terminal("the download")?;
+            return Ok(robusto::client::get::Target::Stdout);
+        }
+        replaceable("-o", &self.output)?;
+        replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        Ok(robusto::client::get::Target::File(&self.output))
     }
 }
 
@@ -523,7 +584,18 @@ fn get_options(
     retries: u32,
     stall: &str,
 ) -> Result<robusto::client::get::GetOptions, UsageError> {
-    let url = robusto::client::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    let parsed = robusto::client::Url::parse(url).map_err(|e| e.to_string());
+    let url = match parsed {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        // `localhost:1080/files/` parses, with `localhost` for its scheme
+        _ if let Some(meant) = robusto::job::send::server_address(url) => {
+            return Err(UsageError(format!(
+                "{url} has no http:// or https://: did you mean {meant}?"
+            )));
+        }
+        Ok(_) => return Err(UsageError(format!("{url}: only http and https URLs are supported"))),
+        Err(e) => return Err(UsageError(format!("{url}: {e}"))),
+    };
     let connect = connect.resolve(&url)?;
     Ok(robusto::client::get::GetOptions {
         url,
@@ -541,9 +613,54 @@ impl PackArgs {
     /// The validated options.
     pub(crate) fn to_options(&self) -> Result<PackOptions, UsageError> {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
-        self.flags
-            .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+        let to_stdout = is_stdout(&self.output);
+        if to_stdout && self.manifest.is_none() {
+            return Err(UsageError(
+                "-o - writes the archive to standard output: say where its manifest goes with --manifest FILE".into(),
+            ));
+        }
+        if to_stdout {
+            stdout_not_a_terminal("the archive")?;
+        } else {
+            replaceable("-o", &self.output)?;
+            replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        }
+        let mut opts = self
+            .flags
+            .to_options(self.paths.clone(), self.output.clone(), chunk_size)?;
+        opts.manifest = self.manifest.clone();
+        opts.to_stdout = to_stdout;
+        let manifest = opts.manifest_path();
+        replaceable(if self.manifest.is_some() { "--manifest" } else { "-o" }, &manifest)?;
+        if !to_stdout && manifest == self.output {
+            return Err(UsageError(format!(
+                "--manifest {} is the archive itself: name another file",
+                manifest.display()
+            )));
+        }
+        Ok(opts)
     }
+}
+
+/// Whether an output argument is `-`: standard output.
+pub(crate) fn is_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Refuses to write binary output to a terminal.
+fn stdout_not_a_terminal(what: &str) -> Result<(), UsageError> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        return Err(UsageError(format!(
+            "-o - would write {what} to the terminal: redirect standard output to a file or a pipe"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an output path where something other than a regular file is (exit 2).
+fn replaceable(flag: &str, path: &std::path::Path) -> Result<(), UsageError> {
+    robusto::durable::check_replaceable(path).map_err(|e| UsageError(format!("{flag}: {e}")))
 }
 
 /// A robusto server to talk to (list, prune, restore by name).
@@ -821,7 +938,7 @@ impl ServeArgs {
             ));
         }
         if let Some(f) = &self.token_file {
-            robusto::config::check_secret_file(f);
+            robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
             config.tokens = robusto::serve::auth::Tokens::from_file(f)
                 .map_err(|e| usage("--token-file", &format!("{}: {e}", f.display())))?;
             if config.tokens.is_empty() {

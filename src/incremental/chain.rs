@@ -94,6 +94,7 @@ mod tests {
             size: 1,
             md5: Some(md5),
             completed: Some(1),
+            completed_ns: None,
             completed_at: None,
             metadata: link
                 .map(|l| l.metadata().into_iter().map(|(k, v)| (k.to_string(), v)).collect())

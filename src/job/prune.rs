@@ -41,6 +41,14 @@ pub enum PruneError {
     Get(#[from] GetError),
 }
 
+impl PruneError {
+    /// Whether running the same command again may succeed (exit 75): the server stayed out of
+    /// reach past the retry budget (uploads already deleted stay deleted).
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, PruneError::Get(e) if e.is_resumable())
+    }
+}
+
 /// How many uploads were kept and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -59,7 +67,7 @@ pub fn decide_by_chain(uploads: Vec<crate::protocol::Listed>, policy: Policy) ->
     let mut members: HashMap<String, Vec<crate::protocol::Listed>> = HashMap::new();
     let mut units = Vec::new();
     for (_, mut links) in crate::incremental::chain::units(&uploads) {
-        links.sort_by_key(|u| std::cmp::Reverse((level(u), u.completed)));
+        links.sort_by_key(|u| std::cmp::Reverse((level(u), retention::completed_ns(u))));
         let Some(newest) = links.first() else { continue };
         units.push((*newest).clone());
         members.insert(newest.id.clone(), links.into_iter().cloned().collect());

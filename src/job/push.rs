@@ -90,6 +90,7 @@ impl JobError {
     pub fn exit(&self) -> Exit {
         match self {
             JobError::Invalid(_) => Exit::Usage,
+            JobError::Stage(StageError::Pack(e)) if e.is_usage() => Exit::Usage,
             _ => Exit::Failed,
         }
     }

@@ -89,6 +89,14 @@ pub enum RestoreJobError {
     },
 }
 
+impl RestoreJobError {
+    /// Whether running the same command again may succeed (exit 75): the server stayed out of
+    /// reach past the retry budget.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, RestoreJobError::Get(e) if e.is_resumable())
+    }
+}
+
 /// What to restore, and how.
 #[derive(Clone, Debug)]
 pub struct RestoreJob {

@@ -33,8 +33,15 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 pub struct PackOptions {
     /// Files and folders to pack.
     pub paths: Vec<PathBuf>,
-    /// The archive to write; the manifest goes beside it.
+    /// The archive to write; the manifest goes beside it unless [`PackOptions::manifest`] says
+    /// otherwise.
     pub output: PathBuf,
+    /// Where the manifest goes; `None`: beside the archive ([`manifest::path_for`] `output`).
+    pub manifest: Option<PathBuf>,
+    /// Write the archive to standard output instead of `output` (`pack -o -`), hashed on its way
+    /// out: `output` then only names it in the manifest, and the zip writer's spill files go
+    /// beside the manifest.
+    pub to_stdout: bool,
     /// zip or tar.
     pub format: Format,
     /// Codec and level.
@@ -53,6 +60,34 @@ pub struct PackOptions {
     pub incremental: Option<Incremental>,
 }
 
+impl PackOptions {
+    /// Where the manifest goes.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.manifest
+            .clone()
+            .unwrap_or_else(|| manifest::path_for(&self.output))
+    }
+
+    /// The path the zip writer's spill files are placed beside ([`zip::spill_paths`]): the
+    /// archive, or the manifest when the archive goes to standard output.
+    pub fn work_path(&self) -> PathBuf {
+        if self.to_stdout {
+            self.manifest_path()
+        } else {
+            self.output.clone()
+        }
+    }
+
+    /// The archive as messages name it.
+    fn shown_output(&self) -> PathBuf {
+        if self.to_stdout {
+            PathBuf::from("standard output")
+        } else {
+            self.output.clone()
+        }
+    }
+}
+
 /// One link of an incremental chain to pack.
 #[derive(Clone, Debug)]
 pub struct Incremental {
@@ -65,7 +100,7 @@ pub struct Incremental {
 /// What `pack` made.
 #[derive(Debug)]
 pub struct PackReport {
-    /// The archive.
+    /// The archive (`standard output` when it was streamed there).
     pub archive: PathBuf,
     /// Its manifest file.
     pub manifest_path: PathBuf,
@@ -100,6 +135,17 @@ pub enum PackError {
     /// A stop was requested ([`crate::stop`]); no archive was left behind.
     #[error("packing was interrupted")]
     Interrupted,
+}
+
+impl PackError {
+    /// Whether what went wrong is a flag's value (exit 2): an exclude pattern that is not a glob,
+    /// an `--exclude-from` file that cannot be read.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PackError::Walk(walk::WalkError::Pattern { .. } | walk::WalkError::ExcludeFile { .. })
+        )
+    }
 }
 
 /// The number of cores, the default for `--threads`.
@@ -161,14 +207,15 @@ pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, P
 }
 
 fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
-    let manifest_path = manifest::path_for(&opts.output);
+    let manifest_path = opts.manifest_path();
     let mut walk_opts = opts.walk.clone();
     walk_opts.never.extend([
         opts.output.clone(),
         crate::durable::partial_path(&opts.output),
         manifest_path.clone(),
+        crate::durable::partial_path(&manifest_path),
     ]);
-    walk_opts.never.extend(zip::spill_paths(&opts.output));
+    walk_opts.never.extend(zip::spill_paths(&opts.work_path()));
     walk_opts
         .never
         .push(crate::incremental::state::pending_path(&opts.output));
@@ -179,11 +226,15 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
     let mut tally = Tally::default();
 
     let out_err = |source: io::Error| PackError::Output {
-        path: opts.output.clone(),
+        path: opts.shown_output(),
         source,
     };
-    let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
-    let out = WritebackFile::new(file, opts.keep_cached);
+    let (staging, out) = if opts.to_stdout {
+        (None, WritebackFile::stream(stdout_file().map_err(out_err)?))
+    } else {
+        let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
+        (Some(staging), WritebackFile::new(file, opts.keep_cached))
+    };
     let sink = HashingWriter::new(out, opts.chunk_size);
     let tracker = match &opts.incremental {
         None => None,
@@ -214,7 +265,11 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(out_err(e)),
         _ => {}
     }
-    staging.commit(file).map_err(out_err)?;
+    match staging {
+        Some(staging) => staging.commit(file).map_err(out_err)?,
+        // every byte was handed to the pipe by the hashing writer; nothing to sync or rename
+        None => drop(file),
+    }
 
     let source = SourceInfo {
         paths: opts.paths.iter().map(|p| p.display().to_string()).collect(),
@@ -228,7 +283,9 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
     if let Err(e) = manifest.write(&manifest_path) {
         // a failed pack leaves no archive: one without its manifest cannot be verified, and
         // `push` would not know it is finished
-        if let Err(rm) = std::fs::remove_file(&opts.output) {
+        if !opts.to_stdout
+            && let Err(rm) = std::fs::remove_file(&opts.output)
+        {
             tracing::warn!("cannot remove {}: {rm}", opts.output.display());
         }
         return Err(e.into());
@@ -240,10 +297,17 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         md5: manifest.archive.md5.hex(),
     });
     Ok(PackReport {
-        archive: opts.output.clone(),
+        archive: opts.shown_output(),
         manifest_path,
         manifest,
     })
+}
+
+/// Standard output as a file of its own (a duplicate of descriptor 1), to be written from the
+/// hashing writer's thread without Rust's line buffer in between.
+fn stdout_file() -> io::Result<std::fs::File> {
+    use std::os::fd::AsFd as _;
+    Ok(std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 mod cli_send;
 mod disk_full;
+mod edges;
 mod faults;
 mod flaky;
 mod hostile;

@@ -207,7 +207,7 @@ async fn the_readmes_nginx_setup_carries_uploads_with_tls_and_tokens() {
     let env = TestEnv::new();
     let ca = Ca::new(env.path(), "ca");
     let (crt, key) = ca.server(env.path(), "proxy", false);
-    let token = env.write("token", "nightly-secret\n");
+    let token = env.write_secret("token", "nightly-secret\n");
     let (_robusto, upstream) = robusto_behind(&env, &token);
     let port = free_port();
     let _nginx = nginx(&env.mkdir("nginx"), port, &crt, &key, upstream);
@@ -219,7 +219,7 @@ async fn the_readmes_caddy_setup_carries_uploads_with_tls_and_tokens() {
     let env = TestEnv::new();
     let ca = Ca::new(env.path(), "ca");
     let (crt, key) = ca.server(env.path(), "proxy", false);
-    let token = env.write("token", "nightly-secret\n");
+    let token = env.write_secret("token", "nightly-secret\n");
     let (_robusto, upstream) = robusto_behind(&env, &token);
     let port = free_port();
     let _caddy = caddy(&env.mkdir("caddy"), port, &crt, &key, upstream);

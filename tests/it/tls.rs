@@ -121,7 +121,7 @@ async fn send_status_get_and_list_over_https_with_a_private_ca() {
     let env = TestEnv::new();
     let ca = Ca::new(env.path(), "ca");
     let (crt, key) = ca.server(env.path(), "server", false);
-    let token = env.write("token", "s3cret\n");
+    let token = env.write_secret("token", "s3cret\n");
     let server = TlsServer::start(
         &env.join("data"),
         &crt,
@@ -375,7 +375,7 @@ async fn tus_js_client_uploads_over_https() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_never_goes_out_on_plain_http_off_loopback() {
     let env = TestEnv::new();
-    let token = env.write("token", "s3cret\n");
+    let token = env.write_secret("token", "s3cret\n");
     env.write("f.bin", bytes(100, 2));
     let tok = token.to_str().unwrap();
 
