@@ -37,18 +37,16 @@ wait_port() { for _ in $(seq 400); do inns bash -c "exec 3<>/dev/tcp/127.0.0.1/$
 change_tree() {
   local tree=$1
   find "$tree" -type f ! -name .done | sort > "$out/files.list"
-  awk 'NR % 100 == 0' "$out/files.list" | while IFS= read -r f; do
-    python3 - "$f" << 'EOF'
+  awk 'NR % 100 == 0' "$out/files.list" | python3 -c '
 import os, sys
-p = sys.argv[1]
-st = os.stat(p)
-with open(p, "r+b") as f:
-    b = f.read(1)
-    f.seek(0)
-    f.write(bytes([(b[0] ^ 0xFF) if b else 0]))
-os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-EOF
-  done
+for p in sys.stdin.read().splitlines():
+    st = os.stat(p)
+    with open(p, "r+b") as f:
+        b = f.read(1)
+        f.seek(0)
+        f.write(bytes([(b[0] ^ 0xFF) if b else 0]))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+'
   awk 'NR % 1000 == 7' "$out/files.list" | xargs -r -d '\n' rm -f
 }
 
@@ -60,13 +58,15 @@ run_one() {
   cp -a "$corpus" "$tree"
   case $tool in
     robusto)
-      inns "$bin" -q serve --listen "127.0.0.1:$port" --data "$data" & pid=$!
+      # started straight under `ip netns exec` (which execs it): $! is the server, and its
+      # output does not hold the $(run_one) pipe open
+      ip netns exec "$ns" "$bin" -q serve --listen "127.0.0.1:$port" --data "$data" > /dev/null 2>&1 & pid=$!
       wait_port
       night() { inns "$bin" -q push "$tree" --to "http://127.0.0.1:$port/files/" --state-dir "$state" \
         --incremental --format tar --compress zstd -l 3 --name "nightly-$1" > /dev/null; }
       ;;
     restic)
-      inns rclone serve restic --addr "127.0.0.1:$port" "$data" 2> /dev/null & pid=$!
+      ip netns exec "$ns" rclone serve restic --addr "127.0.0.1:$port" "$data" > /dev/null 2>&1 & pid=$!
       wait_port
       export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="rest:http://127.0.0.1:$port/" RESTIC_CACHE_DIR="$state/cache"
       inns restic init -q > /dev/null

@@ -17,6 +17,12 @@ pub struct Policy {
     pub daily: usize,
     /// The newest of each of the last N ISO weeks.
     pub weekly: usize,
+    /// The newest of each of the last N calendar months.
+    pub monthly: usize,
+    /// The newest of each of the last N years.
+    pub yearly: usize,
+    /// Everything completed within this many seconds of the group's newest upload.
+    pub within: Option<u64>,
 }
 
 /// The decision for one upload.
@@ -101,6 +107,9 @@ pub fn decide(uploads: Vec<Listed>, policy: Policy) -> Vec<Decision> {
         list.sort_by(|a, b| oldest_first(b, a));
         let mut days = BTreeSet::new();
         let mut weeks = BTreeSet::new();
+        let mut months = BTreeSet::new();
+        let mut years = BTreeSet::new();
+        let newest = list.first().and_then(|u| u.completed);
         for (i, upload) in list.into_iter().enumerate() {
             let mut reasons = Vec::new();
             if i == 0 {
@@ -123,6 +132,20 @@ pub fn decide(uploads: Vec<Listed>, policy: Policy) -> Vec<Decision> {
                     weeks.insert((year, week));
                     reasons.push("weekly");
                 }
+                let month = (t.year(), u8::from(t.month()));
+                if months.len() < policy.monthly && !months.contains(&month) {
+                    months.insert(month);
+                    reasons.push("monthly");
+                }
+                if years.len() < policy.yearly && !years.contains(&t.year()) {
+                    years.insert(t.year());
+                    reasons.push("yearly");
+                }
+            }
+            if let (Some(within), Some(newest), Some(at)) = (policy.within, newest, upload.completed)
+                && newest.saturating_sub(at) <= within
+            {
+                reasons.push("within");
             }
             out.push(Decision {
                 upload,
@@ -175,6 +198,7 @@ mod tests {
                 last: 2,
                 daily: 3,
                 weekly: 2,
+                ..Policy::default()
             },
         );
         let kept: Vec<_> = d
@@ -191,6 +215,36 @@ mod tests {
         assert!(web[0].2.contains(&"newest") && web[0].2.contains(&"last") && web[0].2.contains(&"daily"));
         let gone = d.iter().filter(|x| !x.keep()).count();
         assert_eq!(gone, 42 - 5);
+    }
+
+    #[test]
+    fn keeps_monthly_yearly_and_within() {
+        // one upload a day for 70 days from 2025-11-21
+        let all: Vec<Listed> = (0..70).map(|d| up("web-", d, 12)).collect();
+        let kept = |p: Policy| -> Vec<(u64, Vec<&'static str>)> {
+            decide(all.clone(), p)
+                .into_iter()
+                .filter(|x| x.keep())
+                .map(|x| ((x.upload.completed.unwrap_or(0) - 1_763_683_200) / 86_400, x.reasons))
+                .collect()
+        };
+        // the newest of 2026-01 (day 69: 2026-01-29), of 2025-12 (day 40), of 2025-11 (day 9)
+        let monthly = kept(Policy {
+            monthly: 3,
+            ..Policy::default()
+        });
+        assert_eq!(monthly.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 40, 9]);
+        let yearly = kept(Policy {
+            yearly: 5,
+            ..Policy::default()
+        });
+        assert_eq!(yearly.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 40]);
+        let within = kept(Policy {
+            within: Some(2 * 86_400),
+            ..Policy::default()
+        });
+        assert_eq!(within.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 68, 67]);
+        assert!(within.iter().all(|k| k.1.contains(&"within")));
     }
 
     #[test]

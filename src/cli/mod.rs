@@ -715,6 +715,15 @@ pub(crate) struct PruneArgs {
     /// Keep the newest upload of each of the last N ISO weeks.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_weekly: usize,
+    /// Keep the newest upload of each of the last N months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Keep the newest upload of each of the last N years.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Keep every upload completed within DURATION of its group's newest (e.g. 14d).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
     /// Print what would be kept and removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -723,15 +732,26 @@ pub(crate) struct PruneArgs {
 impl PruneArgs {
     /// The policy; at least one --keep-… is required.
     pub(crate) fn policy(&self) -> Result<robusto::retention::Policy, UsageError> {
-        if self.keep_last + self.keep_daily + self.keep_weekly == 0 {
+        let within = self
+            .keep_within
+            .as_deref()
+            .map(|d| duration("--keep-within", d).map(|d| d.as_secs()))
+            .transpose()?;
+        let counts = self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly + self.keep_yearly;
+        if counts == 0 && within.is_none() {
             return Err(UsageError(
-                "say what to keep: --keep-last, --keep-daily and/or --keep-weekly".into(),
+                "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly \
+                 and/or --keep-within"
+                    .into(),
             ));
         }
         Ok(robusto::retention::Policy {
             last: self.keep_last,
             daily: self.keep_daily,
             weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within,
         })
     }
 }

@@ -265,6 +265,27 @@ const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Uploa
      Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, \
      Tus-Checksum-Algorithm, ETag, Content-Range, Robusto-Chunk-Prefix, Robusto-Chunk-Checksum";
 
+/// The header names a preflight asks for (`Access-Control-Request-Headers`) that the tus
+/// headers do not cover, e.g. a custom header a tus-js-client or Uppy application sets: an
+/// allowed origin may send them. Only well-formed header names are taken.
+fn requested_headers(headers: &HeaderMap) -> Option<String> {
+    let known: Vec<String> = CORS_ALLOW_HEADERS
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let extra: Vec<String> = headers
+        .get_all(http::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h.len() <= 64 && http::HeaderName::from_bytes(h.as_bytes()).is_ok())
+        .filter(|h| !known.contains(h))
+        .take(32)
+        .collect();
+    (!extra.is_empty()).then(|| extra.join(", "))
+}
+
 fn allowed_origin(config: &Config, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(http::ORIGIN)?;
     let text = origin.to_str().ok()?;
@@ -289,6 +310,7 @@ pub async fn tus_layer(State(state): State<AppState>, mut req: Request, next: Ne
     let origin = allowed_origin(&state.config, req.headers());
     let method = req.method().clone();
     let preflight = method == Method::OPTIONS && req.headers().contains_key(http::ACCESS_CONTROL_REQUEST_METHOD);
+    let requested_headers = preflight.then(|| requested_headers(req.headers())).flatten();
     let mut response = if preflight && origin.is_some() {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -324,10 +346,12 @@ pub async fn tus_layer(State(state): State<AppState>, mut req: Request, next: Ne
                 http::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("POST, GET, HEAD, PATCH, DELETE, OPTIONS"),
             );
-            h.insert(
-                http::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(CORS_ALLOW_HEADERS),
-            );
+            let allow = match requested_headers {
+                Some(extra) => HeaderValue::from_str(&format!("{CORS_ALLOW_HEADERS}, {extra}"))
+                    .unwrap_or_else(|_| HeaderValue::from_static(CORS_ALLOW_HEADERS)),
+                None => HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            };
+            h.insert(http::ACCESS_CONTROL_ALLOW_HEADERS, allow);
             h.insert(http::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         }
     }
