@@ -1091,7 +1091,10 @@ async fn cors_for_browser_clients() {
     let req = axum::http::Request::options("/files/")
         .header("origin", "https://app.example")
         .header("access-control-request-method", "PATCH")
-        .header("access-control-request-headers", "upload-offset, X-App-Session, content-type, bad header")
+        .header(
+            "access-control-request-headers",
+            "upload-offset, X-App-Session, content-type, bad header",
+        )
         .body(Body::empty())
         .unwrap();
     let (status, h, _) = oneshot(&app, req).await;
