@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use robusto::job::prune::Action;
-use robusto::progress::{Human, JsonLines, Progress, Silent};
+use robusto::progress::{Human, JsonLines, Progress};
 use robusto::protocol::Listed as Upload;
 use robusto::restore::{EntryKind, Listed};
 use robusto::retention::Decision;
@@ -17,7 +17,8 @@ pub(crate) fn reporter(global: &GlobalArgs) -> Box<dyn Progress> {
     if global.json {
         Box::new(JsonLines)
     } else if global.quiet {
-        Box::new(Silent)
+        // no bar, no progress lines: only what is logged at warning level (a skipped file)
+        Box::new(Human::new(false, None))
     } else {
         let tty = std::io::stderr().is_terminal();
         let interval = (global.verbose > 0).then(|| Duration::from_secs(10));

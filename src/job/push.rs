@@ -109,6 +109,8 @@ pub struct Summary {
     pub retries: u64,
     /// The upload's URL, when known.
     pub url: Option<String>,
+    /// Files left out while packing, `PATH: REASON`.
+    pub skipped: Vec<String>,
 }
 
 /// Counts retries on their way to the real reporter, for the job summary.
@@ -159,6 +161,7 @@ pub fn run(
                 exit: exit.code(),
                 url: None,
                 bytes: None,
+                skipped: Vec::new(),
             },
         );
         if stopped {
@@ -188,6 +191,7 @@ pub fn run(
             exit: exit.code(),
             url: summary.url.clone(),
             bytes: summary.archive_size,
+            skipped: summary.skipped.clone(),
         },
     );
     let (files, bytes_in, archive_size) = (summary.files, summary.bytes_in, summary.archive_size.unwrap_or(0));
@@ -204,6 +208,7 @@ pub fn run(
         duration_s: started.elapsed().as_secs_f64(),
         retries: summary.retries,
         url: summary.url,
+        skipped: summary.skipped,
     });
     result
 }
@@ -271,6 +276,11 @@ fn push(
     summary.files = staged.manifest.source.files;
     summary.bytes_in = staged.manifest.source.bytes;
     summary.archive_size = Some(staged.manifest.archive.size);
+    summary.skipped = staged
+        .skipped()
+        .iter()
+        .map(|s| format!("{}: {}", s.path, s.reason))
+        .collect();
     opts.file = staged.archive.clone();
     opts.name = Some(staged.name.clone());
     if crate::stop::requested() {
