@@ -125,7 +125,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 println!("{}", serde_json::to_string_pretty(&uploads)?);
             } else {
                 for u in &uploads {
-                    println!("{}", upload_line(u, &job::upload_url(&opts.url, &u.id)));
+                    println!("{}", upload_line(u, &job::upload_url(&opts.url, &u.id), args.bytes));
                 }
             }
             Ok(Exit::Done)

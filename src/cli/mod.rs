@@ -698,6 +698,9 @@ pub(crate) struct ListArgs {
     /// The server.
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Sizes in bytes instead of KiB, MiB, GiB.
+    #[arg(long)]
+    pub bytes: bool,
 }
 
 /// `robusto prune --from URL --keep-…`

@@ -40,7 +40,12 @@ pub(crate) fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
 }
 
 /// One line of `robusto list`: completion time, size, MD5, name, URL.
-pub(crate) fn upload_line(u: &Upload, url: &str) -> String {
+pub(crate) fn upload_line(u: &Upload, url: &str, exact: bool) -> String {
+    let size = if exact {
+        u.size.to_string()
+    } else {
+        robusto::units::format_bytes(u.size)
+    };
     let chain = match robusto::incremental::Link::from_metadata(&u.metadata) {
         None => String::new(),
         Some(l) => match &l.parent {
@@ -51,7 +56,7 @@ pub(crate) fn upload_line(u: &Upload, url: &str) -> String {
     format!(
         "{}  {:>12}  {}  {}  {}{chain}",
         u.completed_at.as_deref().unwrap_or("-"),
-        u.size,
+        size,
         u.md5.as_deref().unwrap_or("-"),
         u.name,
         url
