@@ -151,6 +151,14 @@ async fn each_night_restores_to_the_tree_it_saw_and_gnu_tar_agrees() {
         text.contains(&format!("(incremental level 2 after {})", name(2))),
         "{text}"
     );
+    let full_line = text.lines().find(|l| l.contains(&name(1))).unwrap();
+    assert!(full_line.contains(" MiB  "), "human sizes: {full_line}");
+    let exact = env.robusto("list").args(["--from", &endpoint, "--bytes"]).ok().stdout;
+    let full_size = full["size"].as_u64().unwrap().to_string();
+    assert!(
+        exact.lines().any(|l| l.contains(&name(1)) && l.contains(&full_size)),
+        "{exact}"
+    );
 
     for (i, expected) in points.iter().enumerate() {
         assert_restores(&env, &endpoint, i as u32 + 1, expected);
