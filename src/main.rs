@@ -37,21 +37,31 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) {
     match opened {
         Some((_, Ok(file))) => {
             // the file gets timestamps (it outlives the run), and no colour codes
-            tracing_subscriber::fmt()
+            let log = tracing_subscriber::fmt()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr.and(std::sync::Mutex::new(file)))
                 .with_ansi(false)
-                .with_target(false)
-                .init()
+                .with_target(false);
+            if global.json {
+                log.json().flatten_event(true).init()
+            } else {
+                log.init()
+            }
         }
         other => {
-            tracing_subscriber::fmt()
+            let log = tracing_subscriber::fmt()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
                 .with_target(false)
-                .without_time()
-                .init();
+                .without_time();
+            // --json: every line of stderr is JSON, log records ({"level", "message", fields})
+            // as well as the progress events ({"event", …})
+            if global.json {
+                log.json().flatten_event(true).init()
+            } else {
+                log.init()
+            }
             if let Some((path, Err(e))) = other {
                 tracing::warn!(
                     "cannot append to the log file {}: {e}; logging to stderr only",

@@ -153,6 +153,16 @@ async fn push_with_a_skipped_file_completes_with_exit_3() {
         .run_async()
         .await
         .code(3);
+    for line in json.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("--json: a stderr line is not JSON ({e}): {line}"));
+        assert!(v.get("event").is_some() || v.get("level").is_some(), "{line}");
+    }
+    assert!(
+        json.stderr.contains(r#""level":"WARN""#) && json.stderr.contains("locked.txt"),
+        "the skipped file's warning is a JSON record: {}",
+        json.stderr
+    );
     let summary = json
         .stderr
         .lines()
