@@ -63,7 +63,7 @@ pub enum ManifestError {
         found: Md5,
     },
     /// The file has another size than the manifest records.
-    #[error("size is {found} bytes, the manifest says {expected}")]
+    #[error("size is {found} bytes, the manifest says {expected}{}", if found < expected { ": the archive is too short (truncated)" } else { ": the archive is too long" })]
     SizeMismatch {
         /// Size recorded in the manifest.
         expected: u64,
@@ -259,6 +259,13 @@ impl Manifest {
     /// Compares a fingerprint of the archive with this manifest; the first difference wins,
     /// chunks first so that damage is located.
     pub fn compare(&self, fp: &Fingerprint) -> Result<(), ManifestError> {
+        // a file cut short is said to be so, not as a damaged last chunk
+        if fp.size < self.archive.size {
+            return Err(ManifestError::SizeMismatch {
+                expected: self.archive.size,
+                found: fp.size,
+            });
+        }
         for (index, (want, got)) in self.chunks.iter().zip(&fp.chunks).enumerate() {
             if want.md5 != got.md5 || want.len != got.len {
                 return Err(ManifestError::ChunkMismatch {

@@ -56,6 +56,8 @@ pub struct Change {
     pub ino: u64,
     /// Device.
     pub dev: u64,
+    /// Hard links to the inode (a file with more than one is stored once in a tar archive).
+    pub nlink: u64,
 }
 
 impl Change {
@@ -68,6 +70,7 @@ impl Change {
             ctime_ns: ns(m.ctime(), m.ctime_nsec()),
             ino: m.ino(),
             dev: m.dev(),
+            nlink: m.nlink(),
         }
     }
 }

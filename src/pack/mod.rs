@@ -332,6 +332,8 @@ fn write_tar(
     let enc = compress::StreamEncoder::new(sink, opts.compression, opts.threads)?;
     let mut builder = tar::Builder::new(enc);
     builder.follow_symlinks(false);
+    // the first name stored of each inode with several hard links: later names are links to it
+    let mut linked: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
     for item in walk {
         crate::stop::check()?;
         let Some(e) = tally.take(item, progress) else { continue };
@@ -357,6 +359,17 @@ fn write_tar(
                     t.stored(&e)?;
                 }
             }
+            Kind::File { .. } if e.change.nlink > 1 && linked.contains_key(&(e.change.dev, e.change.ino)) => {
+                let first = linked.get(&(e.change.dev, e.change.ino)).cloned().unwrap_or_default();
+                let mut h = archive::tar_header(&e);
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                builder.append_link(&mut h, &e.name, &first)?;
+                if let Some(t) = &mut tracker {
+                    t.stored(&e)?;
+                }
+                tally.stored(0, progress);
+            }
             Kind::File { .. } => {
                 let source = match source::open_source(&e.src, opts.walk.follow_symlinks) {
                     Ok(s) => s,
@@ -370,6 +383,9 @@ fn write_tar(
                 };
                 if let Some(t) = &mut tracker {
                     t.stored(&e)?;
+                }
+                if e.change.nlink > 1 {
+                    linked.insert((e.change.dev, e.change.ino), e.name.clone());
                 }
                 // Header and content come from the same look at the open file.
                 let fresh = e.refreshed(&source);

@@ -450,6 +450,9 @@ impl Extractor {
                 Self::clear(&dest, &shown)?;
                 std::os::unix::fs::symlink(target, &dest).map_err(Self::io(&shown))?;
                 self.set_owner(&dest, &shown, meta.owner);
+                if let Some(t) = meta.mtime {
+                    set_link_mtime(&dest, t, &shown);
+                }
             }
             EntryKind::HardLink(target) => {
                 let link_rel = link_rel.unwrap_or_default();
@@ -499,6 +502,28 @@ impl Extractor {
 
 /// What a read error inside an entry's data means: the zip reader checks each entry's CRC32 as
 /// its last byte is read.
+/// Sets a symlink's own mtime (not its target's); a failure is logged, the link stays.
+fn set_link_mtime(link: &Path, secs: i64, shown: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(link.as_os_str().as_bytes()) else {
+        return;
+    };
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `times` holds two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        tracing::debug!(
+            "{}: cannot set the link's mtime: {}",
+            shown.display(),
+            io::Error::last_os_error()
+        );
+    }
+}
+
 fn entry_fault(e: &io::Error) -> String {
     if e.kind() == io::ErrorKind::InvalidData && e.to_string() == "Invalid checksum" {
         "CRC mismatch: the archive is damaged".into()

@@ -757,3 +757,57 @@ fn profile_goes_before_or_after_the_command_and_only_with_push_and_config() {
         run.stderr
     );
 }
+
+#[test]
+fn verify_says_a_truncated_archive_is_too_short_and_restore_keeps_link_times() {
+    let env = TestEnv::new();
+    env.write("tree/a.bin", crate::serve_env::bytes(300_000, 4));
+    std::os::unix::fs::symlink("a.bin", env.join("tree/link")).unwrap();
+    // an old mtime on the link itself
+    sh(&format!(
+        "touch -h -d 2020-01-02T03:04:05Z '{}'",
+        env.join("tree/link").display()
+    ));
+    env.pack("tree", "t.tar")
+        .args(["--format", "tar", "--compress", "none"])
+        .ok();
+    env.restore(env.join("t.tar"), "out").ok();
+    let m = fs::symlink_metadata(env.join("out/tree/link")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(m.mtime(), 1_577_934_245, "the link's own mtime is restored");
+
+    let file = fs::OpenOptions::new().write(true).open(env.join("t.tar")).unwrap();
+    file.set_len(100_000).unwrap();
+    let run = env.robusto("verify").arg(env.join("t.tar")).code(1);
+    assert!(run.stderr.contains("too short (truncated)"), "{run:?}");
+}
+
+#[test]
+fn hard_links_are_stored_once_in_tar_and_restored_as_links() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new();
+    let data = crate::serve_env::bytes(1 << 20, 9);
+    env.write("tree/a.bin", &data);
+    fs::hard_link(env.join("tree/a.bin"), env.join("tree/b.bin")).unwrap();
+    env.mkdir("tree/sub");
+    fs::hard_link(env.join("tree/a.bin"), env.join("tree/sub/c.bin")).unwrap();
+    env.pack("tree", "t.tar")
+        .args(["--format", "tar", "--compress", "none"])
+        .ok();
+    let size = fs::metadata(env.join("t.tar")).unwrap().len();
+    assert!(
+        size < (1 << 20) + (64 << 10),
+        "the content is stored once: {size} bytes"
+    );
+    let list = sh(&format!("tar -tvf '{}'", env.join("t.tar").display())).stdout;
+    assert!(list.contains("tree/b.bin link to tree/a.bin"), "{list}");
+    env.restore(env.join("t.tar"), "out").ok();
+    let ino = |p: &str| fs::metadata(env.join(p)).unwrap().ino();
+    assert_eq!(ino("out/tree/a.bin"), ino("out/tree/b.bin"));
+    assert_eq!(ino("out/tree/a.bin"), ino("out/tree/sub/c.bin"));
+    assert_eq!(fs::read(env.join("out/tree/sub/c.bin")).unwrap(), data);
+    // zip has no hard links: each name carries the content
+    env.pack("tree", "t.zip").ok();
+    env.restore(env.join("t.zip"), "zout").ok();
+    assert_eq!(fs::read(env.join("zout/tree/b.bin")).unwrap(), data);
+}
