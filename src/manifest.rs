@@ -336,11 +336,20 @@ mod tests {
             }
             other => panic!("expected chunk 4 mismatch, got {other:?}"),
         }
+        // a file cut short is said to be too short, not a damaged last chunk
         fs::write(&file, &data[..9_500]).unwrap();
-        assert!(matches!(
-            verify(&file),
-            Err(ManifestError::ChunkMismatch { index: 9, .. })
-        ));
+        let e = verify(&file).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::SizeMismatch {
+                    expected: 10_000,
+                    found: 9_500
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("too short (truncated)"), "{e}");
     }
 
     #[test]
