@@ -140,7 +140,7 @@ pub(crate) enum ConfigCommand {
 #[derive(Debug, Args)]
 pub(crate) struct PushArgs {
     /// Files and folders to pack.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "files_from", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// How to pack.
     #[command(flatten)]
@@ -465,6 +465,21 @@ pub(crate) struct PackFlags {
     /// Read exclude globs from FILE, one per line ('#' starts a comment).
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Like --exclude, without regard to case (repeatable).
+    #[arg(long = "iexclude", value_name = "GLOB")]
+    pub iexclude: Vec<String>,
+    /// Leave out every folder that holds a file or folder of this NAME (repeatable), e.g. .nobackup.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out cache folders: those holding a CACHEDIR.TAG with its signature.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out files larger than SIZE, e.g. 2GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub exclude_larger_than: Option<String>,
+    /// Also pack the paths listed in FILE, one per line ('#' starts a comment).
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
     /// Do not descend into other file systems.
     #[arg(long)]
     pub one_file_system: bool,
@@ -480,7 +495,7 @@ pub(crate) struct PackFlags {
 #[derive(Debug, Args)]
 pub(crate) struct PackArgs {
     /// Files and folders to pack.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "files_from", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
@@ -531,18 +546,43 @@ impl PackFlags {
             None => pack::default_threads(),
         };
         Ok(PackOptions {
-            paths,
             output,
             format,
             compression,
             chunk_size,
             threads,
+            paths: {
+                let mut paths = paths;
+                for file in &self.files_from {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| UsageError(format!("--files-from {}: {e}", file.display())))?;
+                    paths.extend(
+                        text.lines()
+                            .map(str::trim_end)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(PathBuf::from),
+                    );
+                }
+                if paths.is_empty() {
+                    return Err(UsageError("nothing to pack: name a PATH or --files-from FILE".into()));
+                }
+                paths
+            },
             walk: WalkOptions {
                 exclude: self.exclude.clone(),
                 exclude_from: self.exclude_from.clone(),
                 one_file_system: self.one_file_system,
                 follow_symlinks: self.follow_symlinks,
                 never: Vec::new(),
+                iexclude: self.iexclude.clone(),
+                exclude_if_present: self.exclude_if_present.clone(),
+                exclude_caches: self.exclude_caches,
+                exclude_larger_than: self
+                    .exclude_larger_than
+                    .as_deref()
+                    .map(robusto::units::parse_size)
+                    .transpose()
+                    .map_err(|e| UsageError(format!("--exclude-larger-than: {e}")))?,
             },
             keep_cached: false,
             incremental: None,

@@ -811,3 +811,67 @@ fn hard_links_are_stored_once_in_tar_and_restored_as_links() {
     env.restore(env.join("t.zip"), "zout").ok();
     assert_eq!(fs::read(env.join("zout/tree/b.bin")).unwrap(), data);
 }
+
+#[test]
+fn the_exclude_flags_backup_users_expect() {
+    let env = TestEnv::new();
+    env.write("tree/keep.txt", "k");
+    env.write("tree/Thumbs.DB", "t");
+    env.write("tree/photos/IMG.JPG", "j");
+    env.write("tree/photos/note.txt", "n");
+    env.write("tree/private/.nobackup", "");
+    env.write("tree/private/secret.txt", "s");
+    env.write(
+        "tree/cache/CACHEDIR.TAG",
+        "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+    );
+    env.write("tree/cache/blob", "c");
+    env.write("tree/notcache/CACHEDIR.TAG", "no signature here\n");
+    env.write("tree/notcache/kept", "k");
+    env.write("tree/big.iso", crate::serve_env::bytes(200_000, 1));
+    env.write("other/extra.txt", "from the list");
+    env.write(
+        "list.txt",
+        format!("# the paths to pack\n{}\n", env.join("other").display()),
+    );
+    env.pack("tree", "t.tar")
+        .args(["--format", "tar", "--compress", "none"])
+        .args(["--iexclude", "thumbs.db", "--iexclude", "*.jpg"])
+        .args(["--exclude-if-present", ".nobackup", "--exclude-caches"])
+        .args(["--exclude-larger-than", "100KiB"])
+        .arg("--files-from")
+        .arg(env.join("list.txt"))
+        .ok();
+    let names = sh(&format!("tar -tf '{}' | sort", env.join("t.tar").display())).stdout;
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(
+        names,
+        [
+            "other/",
+            "other/extra.txt",
+            "tree/",
+            "tree/keep.txt",
+            "tree/notcache/",
+            "tree/notcache/CACHEDIR.TAG",
+            "tree/notcache/kept",
+            "tree/photos/",
+            "tree/photos/note.txt",
+        ]
+    );
+    // --files-from alone is enough
+    env.robusto("pack")
+        .arg("--files-from")
+        .arg(env.join("list.txt"))
+        .arg("-o")
+        .arg(env.join("l.zip"))
+        .ok();
+    let run = env
+        .robusto("pack")
+        .arg("tree")
+        .arg("--exclude-larger-than")
+        .arg("big")
+        .arg("-o")
+        .arg("x.zip")
+        .code(2);
+    assert!(run.stderr.contains("--exclude-larger-than"), "{run:?}");
+}
