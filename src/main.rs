@@ -76,6 +76,10 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) {
 fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
     let progress = output::reporter(&cli.global);
     match cli.command {
+        Command::Pack(args) if args.dry_run => {
+            let opts = args.to_options()?;
+            dry_run(&opts)
+        }
         Command::Pack(args) => {
             let opts = args.to_options()?;
             // Ctrl-C or SIGTERM stops the packing before the next entry or write, and the
@@ -170,6 +174,13 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 println!("{receipt}");
             }
             Ok(sent.exit)
+        }
+        Command::Push(args) if args.dry_run => {
+            let plan = args.plan()?;
+            if plan.incremental.is_some() {
+                tracing::info!("--dry-run counts the whole tree; --incremental would send only what changed");
+            }
+            dry_run(&plan.pack)
         }
         Command::Push(args) => {
             let plan = || args.plan().map_err(|e| job::push::Invalid(e.0));
@@ -282,6 +293,31 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         tracing::info!("stopped");
         Ok(Exit::Done)
     })
+}
+
+/// `--dry-run` of pack and push: the names that would be stored on stdout, what would be left
+/// out and the totals in the log.
+fn dry_run(opts: &robusto::pack::PackOptions) -> anyhow::Result<Exit> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let est = robusto::pack::dry_run::estimate(opts, &mut |e| {
+        let _ = writeln!(out, "{}", e.name);
+    })?;
+    for s in &est.left_out {
+        tracing::warn!("would leave out {}: {}", s.path, s.reason);
+    }
+    let fmt = robusto::units::format_bytes;
+    tracing::info!(
+        "would pack {} files ({}) and {} folders and links; {} left out; the archive would be about {} \
+         (estimated from {} of content)",
+        est.files,
+        fmt(est.bytes),
+        est.others,
+        est.left_out.len(),
+        fmt(est.archive_size),
+        fmt(est.sampled)
+    );
+    Ok(Exit::Done)
 }
 
 /// On every SIGHUP, reads the TLS certificate and key again; connections already open keep the

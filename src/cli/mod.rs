@@ -155,6 +155,10 @@ pub(crate) struct PushArgs {
     /// Keep the staging archive and its manifest after the upload completes.
     #[arg(long)]
     pub keep_staging: bool,
+    /// Print what would be packed and left out and the archive's estimated size; pack and send
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Send only what changed since the last push the server confirmed (GNU tar's incremental
     /// format; needs --format tar). The first push of a job is a full archive.
     #[arg(long)]
@@ -499,7 +503,11 @@ pub(crate) struct PackArgs {
     pub paths: Vec<PathBuf>,
     /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
+    /// Print what would be packed (one name a line) and left out, the count of files and bytes,
+    /// and an estimate of the archive's size; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Where to write the manifest [default: FILE.manifest.json]; required with -o -.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
@@ -652,8 +660,19 @@ fn get_options(
 impl PackArgs {
     /// The validated options.
     pub(crate) fn to_options(&self) -> Result<PackOptions, UsageError> {
+        if self.dry_run {
+            let chunk_size = parse_chunk_size(&self.chunk_size)?;
+            return self
+                .flags
+                .to_options(self.paths.clone(), self.output.clone().unwrap_or_default(), chunk_size);
+        }
+        let Some(output) = self.output.clone() else {
+            return Err(UsageError(
+                "say where the archive goes: -o FILE (or -o - for standard output)".into(),
+            ));
+        };
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
-        let to_stdout = is_stdout(&self.output);
+        let to_stdout = is_stdout(&output);
         if to_stdout && self.manifest.is_none() {
             return Err(UsageError(
                 "-o - writes the archive to standard output: say where its manifest goes with --manifest FILE".into(),
@@ -662,17 +681,15 @@ impl PackArgs {
         if to_stdout {
             stdout_not_a_terminal("the archive")?;
         } else {
-            replaceable("-o", &self.output)?;
-            replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+            replaceable("-o", &output)?;
+            replaceable("-o", &robusto::durable::partial_path(&output))?;
         }
-        let mut opts = self
-            .flags
-            .to_options(self.paths.clone(), self.output.clone(), chunk_size)?;
+        let mut opts = self.flags.to_options(self.paths.clone(), output.clone(), chunk_size)?;
         opts.manifest = self.manifest.clone();
         opts.to_stdout = to_stdout;
         let manifest = opts.manifest_path();
         replaceable(if self.manifest.is_some() { "--manifest" } else { "-o" }, &manifest)?;
-        if !to_stdout && manifest == self.output {
+        if !to_stdout && manifest == output {
             return Err(UsageError(format!(
                 "--manifest {} is the archive itself: name another file",
                 manifest.display()

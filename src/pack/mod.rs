@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod compress;
+pub mod dry_run;
 pub mod entry;
 pub mod source;
 pub mod staging;

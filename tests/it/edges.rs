@@ -875,3 +875,42 @@ fn the_exclude_flags_backup_users_expect() {
         .code(2);
     assert!(run.stderr.contains("--exclude-larger-than"), "{run:?}");
 }
+
+#[test]
+fn dry_runs_say_what_would_be_packed_and_write_nothing() {
+    let env = TestEnv::new();
+    env.write("tree/a.txt", "a".repeat(10_000));
+    env.write("tree/sub/b.bin", crate::serve_env::bytes(100_000, 3));
+    env.write("tree/skip.tmp", "t");
+    let run = env
+        .robusto("pack")
+        .arg(env.join("tree"))
+        .args(["--dry-run", "--exclude", "*.tmp", "--compress", "zstd"])
+        .ok();
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["tree", "tree/a.txt", "tree/sub", "tree/sub/b.bin"]
+    );
+    assert!(run.stderr.contains("would pack 2 files (107.4 KiB)"), "{run:?}");
+    // the text compresses, the random bytes do not: about 100 KB, not 110
+    let est: f64 = run
+        .stderr
+        .split("about ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((95.0..=105.0).contains(&est), "{run:?}");
+    assert_eq!(fs::read_dir(env.path()).unwrap().count(), 1, "nothing written");
+    let run = env.push("tree", "http://127.0.0.1:9/files/").arg("--dry-run").ok();
+    assert!(
+        run.stdout.contains("tree/sub/b.bin") && run.stderr.contains("would pack 3 files"),
+        "{run:?}"
+    );
+    assert!(!env.state().join("staging").exists(), "push --dry-run stages nothing");
+    let run = env.robusto("pack").arg(env.join("tree")).code(2);
+    assert!(run.stderr.contains("-o FILE"), "{run:?}");
+}
