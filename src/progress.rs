@@ -212,10 +212,16 @@ impl Progress for Human {
                 }
             }
             Event::Skipped { path, reason } => {
-                if let Some(bar) = &self.bar {
-                    bar.suspend(|| tracing::warn!("skipped {path}: {reason}"));
+                // a file stored while it changed is not said to be skipped
+                let what = if reason.starts_with(crate::pack::source::STORED_BUT) {
+                    ""
                 } else {
-                    tracing::warn!("skipped {path}: {reason}");
+                    "skipped "
+                };
+                if let Some(bar) = &self.bar {
+                    bar.suspend(|| tracing::warn!("{what}{path}: {reason}"));
+                } else {
+                    tracing::warn!("{what}{path}: {reason}");
                 }
             }
             Event::PackFinished {

@@ -481,6 +481,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         if let Some(url) = url.and_then(|u| opts.recorded_url(&u)) {
             match session.head(&url).await {
                 Ok(h) if h.offset == Some(size) => {
+                    tracing::info!("nothing to send: the server already has the whole upload at {url}");
                     progress.event(&Event::Complete {
                         url: url.to_string(),
                         bytes: size,

@@ -160,8 +160,11 @@ impl Read for ExactReader {
 
 /// The reason recorded for a file whose content was stored but may be inconsistent.
 pub fn changed_reason(problem: &str) -> String {
-    format!("{problem}; stored content may be inconsistent")
+    format!("{STORED_BUT} {problem}: the content in the archive may be inconsistent")
 }
+
+/// How the reason of a file that was stored, but changed while being read, begins.
+pub const STORED_BUT: &str = "stored, but";
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,21 @@ async fn exit_codes_and_stdout() {
     assert_eq!(out.stdout.lines().count(), 1, "stdout: {:?}", out.stdout);
     assert!(url.starts_with(&server.endpoint()), "{url}");
     assert_eq!(md5_file(&server.stored(url)), md5_file(&file));
+    // a rerun has nothing to send, and says so
+    let again = env
+        .send(&file, &server.endpoint())
+        .args(["--chunk-size", "1M"])
+        .run_async()
+        .await
+        .ok();
+    assert_eq!(again.stdout.trim(), url);
+    assert!(
+        again
+            .stderr
+            .contains("nothing to send: the server already has the whole upload"),
+        "{}",
+        again.stderr
+    );
 
     // 2: usage errors.
     for bad in [
