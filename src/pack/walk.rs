@@ -279,8 +279,15 @@ impl Walk {
         let e = match result {
             Ok(e) => e,
             Err(err) => {
-                let path = error_path(&err).unwrap_or(root).display().to_string();
-                return skipped(path, describe_walk_error(&err));
+                let at = error_path(&err).unwrap_or(root);
+                let mut why = describe_walk_error(&err);
+                // following links, a link whose target is missing is dangling, not vanished
+                if why == "vanished"
+                    && let Ok(target) = fs::read_link(at)
+                {
+                    why = format!("dangling symlink: {} does not exist", target.display());
+                }
+                return skipped(at.display().to_string(), why);
             }
         };
         let rel = e.path().strip_prefix(root).unwrap_or(e.path());
@@ -306,12 +313,12 @@ impl Walk {
         let meta = match meta {
             Ok(m) => m,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let why = if self.opts.follow_symlinks {
-                    "dangling symlink or vanished"
-                } else {
-                    "vanished"
+                // following links, a link whose target is missing is dangling, not vanished
+                let why = match fs::read_link(e.path()) {
+                    Ok(target) if follow => format!("dangling symlink: {} does not exist", target.display()),
+                    _ => "vanished".to_string(),
                 };
-                return skipped(shown, why.into());
+                return skipped(shown, why);
             }
             Err(err) => return skipped(shown, format!("unreadable: {err}")),
         };

@@ -914,3 +914,16 @@ fn dry_runs_say_what_would_be_packed_and_write_nothing() {
     let run = env.robusto("pack").arg(env.join("tree")).code(2);
     assert!(run.stderr.contains("-o FILE"), "{run:?}");
 }
+
+#[test]
+fn a_dangling_link_followed_is_called_dangling() {
+    let env = TestEnv::new();
+    env.write("tree/a.txt", "a");
+    std::os::unix::fs::symlink("nowhere.txt", env.join("tree/broken")).unwrap();
+    let run = env.pack("tree", "t.zip").arg("--follow-symlinks").code(3);
+    assert!(
+        run.stderr
+            .contains("broken: dangling symlink: nowhere.txt does not exist"),
+        "{run:?}"
+    );
+}
