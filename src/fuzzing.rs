@@ -607,3 +607,101 @@ fn restore_archive(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::journal::Part;
+
+    fn fails(f: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+        std::panic::catch_unwind(f).is_err()
+    }
+
+    #[test]
+    fn valid_inputs_pass_every_target() {
+        upload_metadata(b"filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential");
+        upload_checksum(b"md5 XUFAKrxLKna5cZ2REBfFkg==");
+        upload_concat(b"final;/files/fcfc95f8ce686a06ff5376fadfd1e485");
+        offsets(b"10\nbytes=2-4");
+        units(b"1h30m");
+        units(b"1.5G");
+        bwlimit(b"08:00,512K 19:00,off");
+        config(b"[profile.p]\nto = \"/x\"\ndry-run = true\n");
+        restore_tar(b"not an archive");
+    }
+
+    #[test]
+    fn a_saved_md5_state_round_trips() {
+        let mut h = crate::protocol::ChecksumAlgorithm::Md5.hasher();
+        h.update(b"abc");
+        let Some(state) = h.saved_state() else {
+            panic!("no state");
+        };
+        upload_checksum(state.as_bytes());
+    }
+
+    #[test]
+    fn the_properties_catch_what_they_guard() {
+        let md5 = Md5::of(b"x");
+        let state = |parts: Vec<(u64, u64)>| JournalState {
+            version: journal::VERSION,
+            file: "f".into(),
+            target: "t".into(),
+            size: 10,
+            md5,
+            chunk_size: 4,
+            parts: parts
+                .into_iter()
+                .map(|(start, end)| Part { start, end, url: None })
+                .collect(),
+            final_url: None,
+            complete: false,
+        };
+        assert!(!fails(|| assert_usable_journal(&state(vec![(0, 4), (4, 10)]))));
+        for bad in [vec![], vec![(0, 4)], vec![(0, 4), (5, 10)], vec![(4, 0), (0, 10)], vec![(0, 0), (0, 10)]] {
+            assert!(fails(|| assert_usable_journal(&state(bad.clone()))), "{bad:?}");
+        }
+        let chunk = |offset, len| ChunkDigest {
+            offset,
+            len,
+            md5: Md5::of(b""),
+        };
+        let fp = crate::fingerprint::Fingerprint {
+            size: 10,
+            md5,
+            chunk_size: 4,
+            chunks: vec![chunk(0, 4), chunk(4, 4), chunk(8, 2)],
+        };
+        let good = Manifest::new(Path::new("a"), "raw", "none", None, fp, SourceInfo::default());
+        assert!(!fails(|| assert_usable_manifest(&good)));
+        let mut bad = good.clone();
+        bad.chunks[1].len = 3;
+        assert!(fails(move || assert_usable_manifest(&bad)));
+        let mut bad = good.clone();
+        bad.chunk_size = 0;
+        assert!(fails(move || assert_usable_manifest(&bad)));
+    }
+
+    #[test]
+    fn a_restore_leaves_nothing_when_it_fails() {
+        // a tar whose second entry escapes: the first must not stay behind
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        let _ = b.append_data(&mut h, "ok.txt", &b"ok"[..]);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Symlink);
+        let _ = h.set_link_name("/");
+        let _ = b.append_data(&mut h, "up", &b""[..]);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        let _ = b.append_data(&mut h, "up/tmp/x", &b"no"[..]);
+        let Ok(bytes) = b.into_inner() else {
+            panic!("tar");
+        };
+        restore_tar(&bytes);
+    }
+}
