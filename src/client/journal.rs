@@ -252,12 +252,15 @@ fn identity(meta: &fs::Metadata) -> (u64, i128, u64) {
 }
 
 /// A previously computed manifest of `file`, if the file has not changed since (size, mtime,
-/// inode).
+/// inode). An entry whose manifest fails the checks a manifest file gets, describes another
+/// size, or is cut at another chunk size is not taken (the manifest is computed again).
 pub fn cached_manifest(state_dir: &Path, file: &Path, chunk_size: u64) -> Option<Manifest> {
     let meta = fs::metadata(file).ok()?;
     let bytes = fs::read(manifest_cache_path(state_dir, file, chunk_size)).ok()?;
     let c: CachedManifest = serde_json::from_slice(&bytes).ok()?;
-    ((c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
+    let usable =
+        c.manifest.check().is_ok() && c.manifest.archive.size == c.size && c.manifest.chunk_size == chunk_size;
+    (usable && (c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
 }
 
 /// Remembers the manifest computed for `file` (as it was at `meta`).
@@ -285,6 +288,7 @@ pub fn cache_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::ChunkDigest;
 
     fn state(md5: Md5) -> JournalState {
         JournalState {
@@ -301,6 +305,45 @@ mod tests {
             }],
             final_url: None,
             complete: false,
+        }
+    }
+
+    #[test]
+    fn a_cached_manifest_that_does_not_fit_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"0123456789").unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        let fp = crate::fingerprint::fingerprint_reader(&b"0123456789"[..], 4).unwrap();
+        let right = Manifest::new(&file, "raw", "none", None, fp, crate::manifest::SourceInfo::default());
+        cache_manifest(dir.path(), &file, &meta, &right).unwrap();
+        assert_eq!(cached_manifest(dir.path(), &file, 4), Some(right.clone()));
+        // the same entry with a manifest of another size, of another chunk size, of a broken
+        // chunk list, of chunk size 0
+        let mut other = right.clone();
+        other.archive.size = 12;
+        other.chunks[2].len = 4;
+        let mut cut = right.clone();
+        cut.chunk_size = 16;
+        cut.chunks = vec![ChunkDigest {
+            offset: 0,
+            len: 10,
+            md5: right.archive.md5,
+        }];
+        let mut broken = right.clone();
+        broken.chunks[1].len = 3;
+        let mut zero = right.clone();
+        zero.chunk_size = 0;
+        for bad in [other, cut, broken, zero] {
+            let json = serde_json::to_vec(&CachedManifest {
+                size: meta.len(),
+                mtime_ns: identity(&meta).1,
+                inode: meta.ino(),
+                manifest: bad.clone(),
+            })
+            .unwrap();
+            fs::write(manifest_cache_path(dir.path(), &file, 4), json).unwrap();
+            assert_eq!(cached_manifest(dir.path(), &file, 4), None, "{bad:?}");
         }
     }
 
