@@ -80,6 +80,36 @@ pub struct JournalState {
     pub complete: bool,
 }
 
+impl JournalState {
+    /// Checks what the send job relies on: the parts tile the file, in order, none empty (but
+    /// the one part of an empty file), and the chunk size is not 0. A journal that fails this
+    /// (edited by hand, or damaged) is not resumed from: `part.end - part.start` and the offsets
+    /// within a part would be wrong, or overflow.
+    pub fn check(&self) -> Result<(), String> {
+        if self.chunk_size == 0 {
+            return Err("chunk_size is 0".into());
+        }
+        if self.parts.is_empty() {
+            return Err("no parts".into());
+        }
+        let mut at = 0u64;
+        for (i, p) in self.parts.iter().enumerate() {
+            let empty_file = self.size == 0 && self.parts.len() == 1;
+            if p.start != at || (p.end <= p.start && !(empty_file && p.end == p.start)) {
+                return Err(format!(
+                    "part {i} ({}..{}) does not follow the part before it",
+                    p.start, p.end
+                ));
+            }
+            at = p.end;
+        }
+        if at != self.size {
+            return Err(format!("the parts cover {at} bytes, the file has {}", self.size));
+        }
+        Ok(())
+    }
+}
+
 /// An open journal: holds the job's lock until dropped.
 pub struct Journal {
     path: PathBuf,
@@ -160,7 +190,13 @@ impl Journal {
         let lock = lock(&lock_path)?;
         let state = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<JournalState>(&bytes) {
-                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => Some(s),
+                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => match s.check() {
+                    Ok(()) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("ignoring unusable journal {}: {e}", path.display());
+                        None
+                    }
+                },
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!("ignoring unreadable journal {}: {e}", path.display());
@@ -345,6 +381,41 @@ mod tests {
             fs::write(manifest_cache_path(dir.path(), &file, 4), json).unwrap();
             assert_eq!(cached_manifest(dir.path(), &file, 4), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_journal_whose_parts_do_not_tile_the_file_is_not_resumed() {
+        let md5 = Md5::of(b"x");
+        let part = |start, end| Part { start, end, url: None };
+        let mut ok = state(md5);
+        ok.parts = vec![part(0, 4), part(4, 10)];
+        assert_eq!(ok.check(), Ok(()));
+        let mut empty = state(md5);
+        empty.size = 0;
+        empty.parts = vec![part(0, 0)];
+        assert_eq!(empty.check(), Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        for parts in [
+            vec![],
+            vec![part(0, 4)],
+            vec![part(0, 4), part(3, 10)],
+            vec![part(0, 8), part(8, 4), part(4, 10)],
+            vec![part(0, 0), part(0, 10)],
+            vec![part(0, 11)],
+        ] {
+            let mut bad = state(md5);
+            bad.parts = parts.clone();
+            assert!(bad.check().is_err(), "{parts:?}");
+            let j = Journal::open(dir.path(), &md5, &bad.target).unwrap();
+            let path = j.path().to_path_buf();
+            drop(j);
+            fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+            let j = Journal::open(dir.path(), &md5, &bad.target).unwrap();
+            assert!(j.state.is_none(), "{parts:?} resumed");
+        }
+        let mut zero = state(md5);
+        zero.chunk_size = 0;
+        assert!(zero.check().is_err());
     }
 
     #[test]
