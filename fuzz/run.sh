@@ -45,6 +45,7 @@ for t in "${targets[@]}"; do
   log="$scratch/$t.log"
   echo "== $t: ${seconds}s"
   status=ok
+  started=$SECONDS
   if ! TMPDIR="$tmp" cargo +nightly fuzz run -a "$t" "$corpus" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -artifact_prefix="$artifacts/" \
     -print_final_stats=1 >"$log" 2>&1; then
@@ -68,7 +69,7 @@ for t in "${targets[@]}"; do
     mkdir -p fuzz/artifacts && cp "$log" "fuzz/artifacts/$t.log"
     echo "(the whole log: fuzz/artifacts/$t.log)"
   fi
-  line="$t: ${runs:-?} runs in ${seconds}s, $status"
+  line="$t: ${runs:-?} runs in $((SECONDS - started))s, $status"
   [ ${#found[@]} -gt 0 ] && line="$line, kept ${found[*]}"
   summary+=("$line")
   echo "$line"
