@@ -26,9 +26,12 @@ use crate::restore::{RestoreOptions, restore};
 use crate::serve::{routes, uploads, verify};
 use crate::units;
 
+/// A fuzz target: takes any bytes, panics when a property fails.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: the names of `fuzz/fuzz_targets/*.rs` and of the folders of
 /// `fuzz/regressions/`.
-pub const TARGETS: [(&str, fn(&[u8])); 11] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("upload_metadata", upload_metadata),
     ("upload_checksum", upload_checksum),
     ("upload_concat", upload_concat),
@@ -443,10 +446,7 @@ pub fn config(data: &[u8]) {
     let names = match config::profile_names(&path) {
         Ok(n) => n,
         Err(e) => {
-            assert!(
-                matches!(e, ConfigError::Read { .. } | ConfigError::Parse { .. }),
-                "{e}"
-            );
+            assert!(matches!(e, ConfigError::Read { .. } | ConfigError::Parse { .. }), "{e}");
             assert!(
                 config::load_profile(&path, "x", &flags).is_err(),
                 "a file whose profiles cannot be listed has a profile"
@@ -538,7 +538,11 @@ pub fn bwlimit(data: &[u8]) {
         let Ok(single) = Timetable::parse(&format!("00:00,{rate}")) else {
             panic!("{rate:?} is a rate in {text:?} but not alone");
         };
-        assert_eq!(limits[(h * 60 + m) as usize], single.limit_at(0), "{part:?} in {text:?}");
+        assert_eq!(
+            limits[(h * 60 + m) as usize],
+            single.limit_at(0),
+            "{part:?} in {text:?}"
+        );
     }
     let throttle = Throttle::new(table);
     for n in [0, 1, 64 << 10, 8 << 20, 1 << 30] {
@@ -590,8 +594,16 @@ fn restore_archive(data: &[u8]) {
     match real {
         Ok(report) => {
             assert!(dry.is_ok(), "the restore succeeded but its dry run failed: {dry:?}");
-            assert_eq!(names(dir.path()), ["archive", "out"], "written beside the target folder");
-            assert_eq!(names(&dir.path().join("out")), ["into"], "written beside the target folder");
+            assert_eq!(
+                names(dir.path()),
+                ["archive", "out"],
+                "written beside the target folder"
+            );
+            assert_eq!(
+                names(&dir.path().join("out")),
+                ["into"],
+                "written beside the target folder"
+            );
             for entry in walkdir::WalkDir::new(&into).into_iter().flatten() {
                 let name = entry.file_name().to_string_lossy();
                 assert!(!name.starts_with(STAGING_PREFIX), "staging folder left: {name}");
@@ -658,7 +670,13 @@ mod tests {
             complete: false,
         };
         assert!(!fails(|| assert_usable_journal(&state(vec![(0, 4), (4, 10)]))));
-        for bad in [vec![], vec![(0, 4)], vec![(0, 4), (5, 10)], vec![(4, 0), (0, 10)], vec![(0, 0), (0, 10)]] {
+        for bad in [
+            vec![],
+            vec![(0, 4)],
+            vec![(0, 4), (5, 10)],
+            vec![(4, 0), (0, 10)],
+            vec![(0, 0), (0, 10)],
+        ] {
             assert!(fails(|| assert_usable_journal(&state(bad.clone()))), "{bad:?}");
         }
         let chunk = |offset, len| ChunkDigest {

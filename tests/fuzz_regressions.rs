@@ -2,6 +2,9 @@
 //! the seeds) through its target in `robusto::fuzzing`: a property that breaks again panics here,
 //! on stable, without the fuzzer. `bash fuzz/run.sh` runs the fuzzer itself.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
@@ -22,9 +25,16 @@ fn stems(dir: &Path, ext: &str) -> BTreeSet<String> {
 #[test]
 fn every_fuzz_target_has_a_function_and_regression_inputs() {
     let listed: BTreeSet<String> = robusto::fuzzing::TARGETS.iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(listed.len(), robusto::fuzzing::TARGETS.len(), "a target is listed twice");
+    assert_eq!(
+        listed.len(),
+        robusto::fuzzing::TARGETS.len(),
+        "a target is listed twice"
+    );
     let targets = stems(&fuzz_dir().join("fuzz_targets"), ".rs");
-    assert_eq!(targets, listed, "fuzz/fuzz_targets/*.rs and robusto::fuzzing::TARGETS differ");
+    assert_eq!(
+        targets, listed,
+        "fuzz/fuzz_targets/*.rs and robusto::fuzzing::TARGETS differ"
+    );
     let kept: BTreeSet<String> = fs::read_dir(fuzz_dir().join("regressions"))
         .unwrap()
         .map(|e| e.unwrap())

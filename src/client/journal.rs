@@ -294,8 +294,7 @@ pub fn cached_manifest(state_dir: &Path, file: &Path, chunk_size: u64) -> Option
     let meta = fs::metadata(file).ok()?;
     let bytes = fs::read(manifest_cache_path(state_dir, file, chunk_size)).ok()?;
     let c: CachedManifest = serde_json::from_slice(&bytes).ok()?;
-    let usable =
-        c.manifest.check().is_ok() && c.manifest.archive.size == c.size && c.manifest.chunk_size == chunk_size;
+    let usable = c.manifest.check().is_ok() && c.manifest.archive.size == c.size && c.manifest.chunk_size == chunk_size;
     (usable && (c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
 }
 
