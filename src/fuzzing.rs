@@ -207,7 +207,7 @@ pub fn upload_concat(data: &[u8]) {
 
 /// Offsets and lengths: `Upload-Offset`, `Upload-Length`, `Content-Length` and
 /// `Robusto-Chunk-Prefix` as the server reads them ([`verify::header_u64`]: strict decimal, and
-/// what it accepts is exactly that number), and `Range` against a file of some length (the
+/// what it accepts is exactly that number, which the client's reading agrees with), and `Range` against a file of some length (the
 /// range given is within the file and not empty). Input: the file's length in decimal on the
 /// first line, the header value after it.
 pub fn offsets(data: &[u8]) {
@@ -230,8 +230,10 @@ pub fn offsets(data: &[u8]) {
         let Some(h) = headers_with(name, value) else {
             return;
         };
+        let client = crate::client::session::header_u64(&h, name);
         match verify::header_u64(&h, name) {
             Ok(Some(n)) => {
+                assert_eq!(client, Some(n), "{name}: the client reads {value:?} otherwise");
                 let Ok(text) = std::str::from_utf8(value) else {
                     panic!("a number read from bytes that are not text");
                 };
