@@ -52,8 +52,11 @@ for t in "${targets[@]}"; do
     status=CRASHED
     failed=1
   fi
+  # libFuzzer's own count and time (the build before it is not counted)
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
   [ -n "$runs" ] || runs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
+  took=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | grep -oE '[0-9]+ second' | grep -oE '[0-9]+' | tail -1 || true)
+  [ -n "$took" ] || took="$((SECONDS - started)) (with the build)"
   found=()
   for a in "$artifacts"/*; do
     [ -e "$a" ] || continue
@@ -69,7 +72,7 @@ for t in "${targets[@]}"; do
     mkdir -p fuzz/artifacts && cp "$log" "fuzz/artifacts/$t.log"
     echo "(the whole log: fuzz/artifacts/$t.log)"
   fi
-  line="$t: ${runs:-?} runs in $((SECONDS - started))s, $status"
+  line="$t: ${runs:-?} runs in ${took}s, $status"
   [ ${#found[@]} -gt 0 ] && line="$line, kept ${found[*]}"
   summary+=("$line")
   echo "$line"

@@ -448,7 +448,13 @@ pub fn config(data: &[u8]) {
     let names = match config::profile_names(&path) {
         Ok(n) => n,
         Err(e) => {
-            assert!(matches!(e, ConfigError::Read { .. } | ConfigError::Parse { .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::BadValue { .. }
+                ),
+                "{e}"
+            );
             assert!(
                 config::load_profile(&path, "x", &flags).is_err(),
                 "a file whose profiles cannot be listed has a profile"
