@@ -112,20 +112,27 @@ pub struct Profile {
     pub log_file: Option<PathBuf>,
 }
 
-/// Warns, like ssh does for keys, when a file holding tokens can be read by its group or others.
-/// Returns whether it warned.
-pub fn check_secret_file(path: &Path) -> bool {
+/// A file of tokens that its group or others may read or write: refused, as ssh refuses such a
+/// key (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{} holds tokens but its group or others may read it (mode {mode:03o}): chmod 600 {}", .path.display(), .path.display())]
+pub struct ExposedSecret {
+    /// The file.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+/// Refuses a file holding tokens that its group or others have any access to. A file that cannot
+/// be examined passes: reading it reports why.
+pub fn check_secret_file(path: &Path) -> Result<(), ExposedSecret> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-            tracing::warn!(
-                "{} holds tokens but is readable by others (mode {:o}): chmod 600 it",
-                path.display(),
-                m.permissions().mode() & 0o777
-            );
-            true
-        }
-        _ => false,
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(ExposedSecret {
+            path: path.to_path_buf(),
+            mode: m.permissions().mode() & 0o777,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -196,7 +203,7 @@ fn profiles_of(path: &Path, doc: &toml::Table) -> Result<toml::Table, ConfigErro
     Ok(profiles.clone())
 }
 
-/// The names of the profiles in the file at `path`, in the file's order.
+/// The names of the profiles in the file at `path`, in the order of their names.
 pub fn profile_names(path: &Path) -> Result<Vec<String>, ConfigError> {
     let doc = read_document(path)?;
     Ok(profiles_of(path, &doc)?.keys().cloned().collect())
@@ -386,13 +393,25 @@ mod tests {
     }
 
     #[test]
-    fn token_files_readable_by_others_are_flagged() {
+    fn token_files_others_may_read_are_refused() {
         use std::os::unix::fs::PermissionsExt;
         let (_d, p) = write("secret\n");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(check_secret_file(&p));
+        let e = check_secret_file(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} holds tokens but its group or others may read it (mode 644): chmod 600 {}",
+                p.display(),
+                p.display()
+            )
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(check_secret_file(&p).unwrap_err().mode, 0o640);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(!check_secret_file(&p));
+        assert!(check_secret_file(&p).is_ok());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(check_secret_file(&p).is_ok());
     }
 
     #[test]

@@ -14,6 +14,49 @@ pub fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// A path robusto would replace with a file of its own, where something other than a regular
+/// file already is: renaming over it would put a file where a device, a fifo, a folder or a
+/// link was (as root, `-o /dev/null` would replace the device).
+#[derive(Debug, thiserror::Error)]
+#[error("{} is {kind}, not a regular file: robusto writes a new file there and will not replace it", .path.display())]
+pub struct NotAFile {
+    /// The path.
+    pub path: PathBuf,
+    /// What is there: "a folder", "a fifo", "a character device"…
+    pub kind: &'static str,
+}
+
+/// `Ok` when `path` is free or a regular file (what robusto may replace by renaming a file over
+/// it); otherwise what is there. A symbolic link is not followed: it is refused too.
+pub fn check_replaceable(path: &Path) -> Result<(), NotAFile> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
 /// Flushes a directory entry table to stable storage, so that a rename or a create inside it
 /// survives a power cut.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -104,6 +147,30 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!partial_path(&p).exists());
+    }
+
+    #[test]
+    fn only_free_paths_and_regular_files_are_replaceable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        assert!(check_replaceable(&file).is_ok(), "nothing there yet");
+        fs::write(&file, b"x").unwrap();
+        assert!(check_replaceable(&file).is_ok());
+        let e = check_replaceable(dir.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is a folder, not a regular file: robusto writes a new file there and will not replace it",
+                dir.path().display()
+            )
+        );
+        assert_eq!(
+            check_replaceable(Path::new("/dev/null")).unwrap_err().kind,
+            "a character device"
+        );
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(check_replaceable(&link).unwrap_err().kind, "a symbolic link");
     }
 
     #[test]

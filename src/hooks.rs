@@ -39,6 +39,8 @@ pub struct JobOutcome {
     pub url: Option<String>,
     /// Bytes uploaded (the archive size), if known.
     pub bytes: Option<u64>,
+    /// Files left out while packing, `PATH: REASON` (`ROBUSTO_SKIPPED`, one a line).
+    pub skipped: Vec<String>,
 }
 
 impl JobOutcome {
@@ -75,6 +77,7 @@ fn run(which: &'static str, command: &str, outcome: Option<&JobOutcome>) -> Resu
             .env("ROBUSTO_EXIT", o.exit.to_string());
         cmd.env("ROBUSTO_URL", o.url.as_deref().unwrap_or(""));
         cmd.env("ROBUSTO_BYTES", o.bytes.map(|b| b.to_string()).unwrap_or_default());
+        cmd.env("ROBUSTO_SKIPPED", o.skipped.join("\n"));
     }
     tracing::info!("running {which} hook: {command}");
     let status = cmd.status().map_err(|source| HookError::Spawn { which, source })?;
@@ -135,6 +138,7 @@ mod tests {
         after(
             &hooks,
             &JobOutcome {
+                skipped: Vec::new(),
                 exit: 0,
                 url: Some("http://h/files/x".into()),
                 bytes: Some(42),
@@ -143,6 +147,7 @@ mod tests {
         after(
             &hooks,
             &JobOutcome {
+                skipped: Vec::new(),
                 exit: 75,
                 url: None,
                 bytes: None,

@@ -42,6 +42,7 @@ pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod incremental;
 pub mod job;
 pub mod manifest;
 pub mod pack;

@@ -25,27 +25,43 @@ fn init_logging(global: &cli::GlobalArgs, log_file: Option<&std::path::Path>) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The certificate verifier logs each refusal itself; robusto's own error says it once, with
+    // what to do.
+    let directives = match level {
+        "trace" => level.to_string(),
+        _ => format!("{level},rustls_platform_verifier=off"),
+    };
+    let filter = || EnvFilter::try_from_env("ROBUSTO_LOG").unwrap_or_else(|_| EnvFilter::new(&directives));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let opened = log_file.map(|path| (path, std::fs::OpenOptions::new().create(true).append(true).open(path)));
     match opened {
         Some((_, Ok(file))) => {
             // the file gets timestamps (it outlives the run), and no colour codes
-            tracing_subscriber::fmt()
+            let log = tracing_subscriber::fmt()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr.and(std::sync::Mutex::new(file)))
                 .with_ansi(false)
-                .with_target(false)
-                .init()
+                .with_target(false);
+            if global.json {
+                log.json().flatten_event(true).init()
+            } else {
+                log.init()
+            }
         }
         other => {
-            tracing_subscriber::fmt()
+            let log = tracing_subscriber::fmt()
                 .with_env_filter(filter())
                 .with_writer(std::io::stderr)
                 .with_ansi(ansi)
                 .with_target(false)
-                .without_time()
-                .init();
+                .without_time();
+            // --json: every line of stderr is JSON, log records ({"level", "message", fields})
+            // as well as the progress events ({"event", …})
+            if global.json {
+                log.json().flatten_event(true).init()
+            } else {
+                log.init()
+            }
             if let Some((path, Err(e))) = other {
                 tracing::warn!(
                     "cannot append to the log file {}: {e}; logging to stderr only",
@@ -61,8 +77,29 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
     let progress = output::reporter(&cli.global);
     match cli.command {
         Command::Pack(args) => {
-            let report = robusto::pack::pack(&args.to_options()?, progress.as_ref())?;
-            println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            let opts = args.to_options()?;
+            // Ctrl-C or SIGTERM stops the packing before the next entry or write, and the
+            // staging file is removed, as in push
+            if let Err(e) = robusto::stop::watch_signals() {
+                tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will leave FILE.partial behind");
+            }
+            let report = match robusto::pack::pack(&opts, progress.as_ref()) {
+                Err(robusto::pack::PackError::Interrupted) => {
+                    tracing::warn!("interrupted: no archive was written");
+                    return Ok(Exit::Interrupted);
+                }
+                other => other?,
+            };
+            if opts.to_stdout {
+                // stdout carries the archive itself
+                let manifest = report.manifest_path.display();
+                tracing::info!(
+                    "md5 {} written to standard output; manifest {manifest}",
+                    report.manifest.archive.md5
+                );
+            } else {
+                println!("{}  {}", report.manifest.archive.md5, report.archive.display());
+            }
             let skipped = report.skipped();
             if skipped.is_empty() {
                 return Ok(Exit::Done);
@@ -98,7 +135,7 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 println!("{}", serde_json::to_string_pretty(&uploads)?);
             } else {
                 for u in &uploads {
-                    println!("{}", upload_line(u, &job::upload_url(&opts.url, &u.id)));
+                    println!("{}", upload_line(u, &job::upload_url(&opts.url, &u.id), args.bytes));
                 }
             }
             Ok(Exit::Done)
@@ -147,7 +184,18 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
                 receipt,
             )?)
         }
-        Command::Config(cli::ConfigCommand::Check) => cli::profile::check(&cli.global, profile.as_ref()),
+        Command::Config(cli::ConfigCommand::Check(args)) => {
+            let file = args.config.as_deref().or(cli.global.config.as_deref());
+            cli::profile::check(file, profile.as_ref())
+        }
+        Command::Completions(args) => {
+            cli::docs::completions(args.shell, &mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
+        Command::Man => {
+            cli::docs::man_page(&mut std::io::stdout().lock())?;
+            Ok(Exit::Done)
+        }
         Command::Status(args) => {
             let opts = args.options()?;
             let v = job::runtime()?.block_on(robusto::client::get::status(&opts))?;
@@ -156,14 +204,20 @@ fn run(cli: Cli, profile: Option<Profile>) -> anyhow::Result<Exit> {
         }
         Command::Get(args) => {
             let opts = args.options()?;
-            match job::runtime()?.block_on(robusto::client::get::get(&opts, &args.output)) {
+            let target = args.target()?;
+            match job::runtime()?.block_on(robusto::client::get::get_to(&opts, target)) {
                 Ok(r) => {
-                    let (file, checked) = (
-                        args.output.display(),
-                        if r.verified { "verified" } else { "not verified" },
-                    );
-                    tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
-                    println!("{}  {file}", r.md5);
+                    let checked = if r.verified { "verified" } else { "not verified" };
+                    match target {
+                        robusto::client::get::Target::Stdout => {
+                            tracing::info!("standard output: {} bytes, md5 {} ({checked})", r.bytes, r.md5)
+                        }
+                        robusto::client::get::Target::File(file) => {
+                            let file = file.display();
+                            tracing::info!("{file}: {} bytes, md5 {} ({checked})", r.bytes, r.md5);
+                            println!("{}  {file}", r.md5);
+                        }
+                    }
                     Ok(Exit::Done)
                 }
                 Err(e) if e.is_resumable() => {
@@ -189,14 +243,23 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         let listen = args.listen;
         tracing::warn!("no --token-file: anyone who can reach {listen} can upload; keep an open server on 127.0.0.1");
     }
+    let certificates = match args.tls_files() {
+        Some(files) => Some(robusto::serve::tls::Certificates::load(&files).map_err(|e| UsageError(e.to_string()))?),
+        None => None,
+    };
+    let scheme = if certificates.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let state = robusto::serve::AppState::open(config.clone())
+        let mut state = robusto::serve::AppState::open(config.clone())
             .await
             .with_context(|| match &config.store {
                 robusto::serve::StoreChoice::Fs => format!("cannot use --data {}", config.data.display()),
                 robusto::serve::StoreChoice::S3(s3) => format!("cannot use --s3-bucket {}", s3.bucket),
             })?;
+        if let Some(certificates) = certificates {
+            reload_on_hangup(std::sync::Arc::clone(&certificates))?;
+            state.tls = Some(certificates);
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -204,10 +267,13 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         let shutdown = robusto::stop::shutdown_signal()?;
         match &config.store {
             robusto::serve::StoreChoice::Fs => {
-                tracing::info!("listening on http://{addr}/files/ (data in {})", config.data.display())
+                tracing::info!(
+                    "listening on {scheme}://{addr}/files/ (data in {})",
+                    config.data.display()
+                )
             }
             robusto::serve::StoreChoice::S3(s3) => tracing::info!(
-                "listening on http://{addr}/files/ (data in s3://{}/{})",
+                "listening on {scheme}://{addr}/files/ (data in s3://{}/{})",
                 s3.bucket,
                 s3.prefix
             ),
@@ -216,6 +282,23 @@ fn serve(args: &cli::ServeArgs) -> anyhow::Result<Exit> {
         tracing::info!("stopped");
         Ok(Exit::Done)
     })
+}
+
+/// On every SIGHUP, reads the TLS certificate and key again; connections already open keep the
+/// pair they began with, a pair that cannot be used is refused and the old one stays.
+fn reload_on_hangup(certificates: std::sync::Arc<robusto::serve::tls::Certificates>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let cert = certificates.files().cert.display().to_string();
+            match certificates.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate from {cert}"),
+                Err(e) => tracing::error!("kept the TLS certificate in use: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The sender holds a few chunk-sized buffers at a time, allocated on whichever blocking thread
@@ -254,7 +337,21 @@ fn main() -> ExitCode {
     init_logging(&cli.global, log_file.as_deref());
     let exit = run(cli, profile).unwrap_or_else(|e| {
         tracing::error!("{}", job::error_chain(e.as_ref()));
+        // the server stayed out of reach: the message says to run the command again, and so
+        // does the exit code, as for send
+        let resumable = e
+            .downcast_ref::<robusto::client::get::GetError>()
+            .is_some_and(|g| g.is_resumable())
+            || e.downcast_ref::<job::prune::PruneError>()
+                .is_some_and(|p| p.is_resumable())
+            || e.downcast_ref::<job::restore::RestoreJobError>()
+                .is_some_and(|r| r.is_resumable());
+        if resumable {
+            return Exit::Resumable;
+        }
         let usage = e.downcast_ref::<UsageError>().is_some()
+            || e.downcast_ref::<robusto::pack::PackError>()
+                .is_some_and(|p| p.is_usage())
             || e.downcast_ref::<job::push::JobError>()
                 .is_some_and(|j| j.exit() == Exit::Usage);
         if usage { Exit::Usage } else { Exit::Failed }

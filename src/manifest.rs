@@ -63,7 +63,7 @@ pub enum ManifestError {
         found: Md5,
     },
     /// The file has another size than the manifest records.
-    #[error("size is {found} bytes, the manifest says {expected}")]
+    #[error("size is {found} bytes, the manifest says {expected}{}", if found < expected { ": the archive is too short (truncated)" } else { ": the archive is too long" })]
     SizeMismatch {
         /// Size recorded in the manifest.
         expected: u64,
@@ -134,6 +134,10 @@ pub struct Manifest {
     pub source: SourceInfo,
     /// When the manifest was made (RFC 3339, UTC).
     pub created: String,
+    /// Where the archive stands in an incremental chain (`push --incremental`); absent for an
+    /// archive that stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::incremental::Link>,
 }
 
 /// `FILE.manifest.json` for `FILE`.
@@ -179,6 +183,7 @@ impl Manifest {
             chunks: fp.chunks,
             source,
             created: now_rfc3339(),
+            incremental: None,
         }
     }
 
@@ -254,6 +259,13 @@ impl Manifest {
     /// Compares a fingerprint of the archive with this manifest; the first difference wins,
     /// chunks first so that damage is located.
     pub fn compare(&self, fp: &Fingerprint) -> Result<(), ManifestError> {
+        // a file cut short is said to be so, not as a damaged last chunk
+        if fp.size < self.archive.size {
+            return Err(ManifestError::SizeMismatch {
+                expected: self.archive.size,
+                found: fp.size,
+            });
+        }
         for (index, (want, got)) in self.chunks.iter().zip(&fp.chunks).enumerate() {
             if want.md5 != got.md5 || want.len != got.len {
                 return Err(ManifestError::ChunkMismatch {
@@ -324,11 +336,20 @@ mod tests {
             }
             other => panic!("expected chunk 4 mismatch, got {other:?}"),
         }
+        // a file cut short is said to be too short, not a damaged last chunk
         fs::write(&file, &data[..9_500]).unwrap();
-        assert!(matches!(
-            verify(&file),
-            Err(ManifestError::ChunkMismatch { index: 9, .. })
-        ));
+        let e = verify(&file).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::SizeMismatch {
+                    expected: 10_000,
+                    found: 9_500
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("too short (truncated)"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub enum Event {
         retries: u64,
         /// The upload URL, when known.
         url: Option<String>,
+        /// Files left out while packing (`PATH: REASON`), also named in the log as they happen.
+        skipped: Vec<String>,
     },
     /// The job stopped with an error (emitted by the command line).
     Error {

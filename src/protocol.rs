@@ -482,6 +482,10 @@ pub struct Listed {
     pub md5: Option<String>,
     /// When it completed, seconds since the Unix epoch.
     pub completed: Option<u64>,
+    /// The same instant in nanoseconds since the Unix epoch, when the server kept it (servers
+    /// before it was kept send `completed` only): orders uploads completed within one second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ns: Option<u64>,
     /// The same as RFC 3339.
     pub completed_at: Option<String>,
     /// Its metadata, values as text.

@@ -17,6 +17,12 @@ pub struct Policy {
     pub daily: usize,
     /// The newest of each of the last N ISO weeks.
     pub weekly: usize,
+    /// The newest of each of the last N calendar months.
+    pub monthly: usize,
+    /// The newest of each of the last N years.
+    pub yearly: usize,
+    /// Everything completed within this many seconds of the group's newest upload.
+    pub within: Option<u64>,
 }
 
 /// The decision for one upload.
@@ -40,6 +46,14 @@ impl Decision {
 /// The group of an upload name: everything before its date (`YYYY-MM-DD`), or the whole name
 /// without extension when it has none.
 pub fn group_of(name: &str) -> String {
+    match date_at(name) {
+        Some(i) => name[..i].to_string(),
+        None => name.split('.').next().unwrap_or(name).to_string(),
+    }
+}
+
+/// Where the date (`YYYY-MM-DD`) in `name` starts, if it has one.
+fn date_at(name: &str) -> Option<usize> {
     let b = name.as_bytes();
     let is_date = |i: usize| {
         b.len() >= i + 10
@@ -49,10 +63,36 @@ pub fn group_of(name: &str) -> String {
             && b[i + 7] == b'-'
             && b[i + 8..i + 10].iter().all(u8::is_ascii_digit)
     };
-    match (0..b.len()).find(|&i| is_date(i)) {
-        Some(i) => name[..i].to_string(),
-        None => name.split('.').next().unwrap_or(name).to_string(),
-    }
+    (0..b.len()).find(|&i| is_date(i))
+}
+
+/// When `u` completed, in nanoseconds since the Unix epoch: the server's precise time, else its
+/// seconds (`None`, oldest of all, without either).
+pub fn completed_ns(u: &Listed) -> Option<u64> {
+    u.completed_ns
+        .or_else(|| u.completed.map(|s| s.saturating_mul(1_000_000_000)))
+}
+
+/// The part of an upload's name from its date on (`2026-11-21T023000.zip` of
+/// `web-2026-11-21T023000.zip`), empty without a date: names made by the same template sort by it
+/// in time order.
+fn dated_part(name: &str) -> &str {
+    &name[date_at(name).unwrap_or(name.len())..]
+}
+
+/// The order of uploads in time, oldest first: by the precise completion time, then by the date
+/// in the name (for uploads the server timed to the same second), then the name, then the id; the
+/// same every time for the same uploads.
+pub fn oldest_first(a: &Listed, b: &Listed) -> std::cmp::Ordering {
+    let key = |u: &'_ Listed| {
+        (
+            completed_ns(u),
+            dated_part(&u.name).to_string(),
+            u.name.clone(),
+            u.id.clone(),
+        )
+    };
+    key(a).cmp(&key(b))
 }
 
 /// Decides, per group, what `policy` keeps. Uploads without a completion time count as oldest.
@@ -64,9 +104,12 @@ pub fn decide(uploads: Vec<Listed>, policy: Policy) -> Vec<Decision> {
     let mut out = Vec::new();
     for (group, mut list) in groups {
         // newest first
-        list.sort_by(|a, b| (b.completed, &b.id).cmp(&(a.completed, &a.id)));
+        list.sort_by(|a, b| oldest_first(b, a));
         let mut days = BTreeSet::new();
         let mut weeks = BTreeSet::new();
+        let mut months = BTreeSet::new();
+        let mut years = BTreeSet::new();
+        let newest = list.first().and_then(|u| u.completed);
         for (i, upload) in list.into_iter().enumerate() {
             let mut reasons = Vec::new();
             if i == 0 {
@@ -89,6 +132,20 @@ pub fn decide(uploads: Vec<Listed>, policy: Policy) -> Vec<Decision> {
                     weeks.insert((year, week));
                     reasons.push("weekly");
                 }
+                let month = (t.year(), u8::from(t.month()));
+                if months.len() < policy.monthly && !months.contains(&month) {
+                    months.insert(month);
+                    reasons.push("monthly");
+                }
+                if years.len() < policy.yearly && !years.contains(&t.year()) {
+                    years.insert(t.year());
+                    reasons.push("yearly");
+                }
+            }
+            if let (Some(within), Some(newest), Some(at)) = (policy.within, newest, upload.completed)
+                && newest.saturating_sub(at) <= within
+            {
+                reasons.push("within");
             }
             out.push(Decision {
                 upload,
@@ -113,6 +170,7 @@ mod tests {
             size: 1,
             md5: None,
             completed: Some(t),
+            completed_ns: None,
             completed_at: None,
             metadata: Default::default(),
         }
@@ -140,6 +198,7 @@ mod tests {
                 last: 2,
                 daily: 3,
                 weekly: 2,
+                ..Policy::default()
             },
         );
         let kept: Vec<_> = d
@@ -156,6 +215,72 @@ mod tests {
         assert!(web[0].2.contains(&"newest") && web[0].2.contains(&"last") && web[0].2.contains(&"daily"));
         let gone = d.iter().filter(|x| !x.keep()).count();
         assert_eq!(gone, 42 - 5);
+    }
+
+    #[test]
+    fn keeps_monthly_yearly_and_within() {
+        // one upload a day for 70 days from 2025-11-21
+        let all: Vec<Listed> = (0..70).map(|d| up("web-", d, 12)).collect();
+        let kept = |p: Policy| -> Vec<(u64, Vec<&'static str>)> {
+            decide(all.clone(), p)
+                .into_iter()
+                .filter(|x| x.keep())
+                .map(|x| ((x.upload.completed.unwrap_or(0) - 1_763_683_200) / 86_400, x.reasons))
+                .collect()
+        };
+        // the newest of 2026-01 (day 69: 2026-01-29), of 2025-12 (day 40), of 2025-11 (day 9)
+        let monthly = kept(Policy {
+            monthly: 3,
+            ..Policy::default()
+        });
+        assert_eq!(monthly.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 40, 9]);
+        let yearly = kept(Policy {
+            yearly: 5,
+            ..Policy::default()
+        });
+        assert_eq!(yearly.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 40]);
+        let within = kept(Policy {
+            within: Some(2 * 86_400),
+            ..Policy::default()
+        });
+        assert_eq!(within.iter().map(|k| k.0).collect::<Vec<_>>(), [69, 68, 67]);
+        assert!(within.iter().all(|k| k.1.contains(&"within")));
+    }
+
+    #[test]
+    fn uploads_of_one_second_keep_their_order() {
+        // the same second; the ids in the opposite order of completion
+        let mut all: Vec<Listed> = (0..5u64)
+            .map(|i| {
+                let mut u = up("web-2025-11-21T023000.zip", 0, 0);
+                u.id = format!("{}", 9 - i);
+                u.completed_ns = u.completed.map(|s| s * 1_000_000_000 + i * 1000);
+                u
+            })
+            .collect();
+        all.reverse();
+        let d = decide(
+            all.clone(),
+            Policy {
+                last: 2,
+                ..Policy::default()
+            },
+        );
+        let kept: Vec<_> = d.iter().filter(|x| x.keep()).map(|x| x.upload.id.as_str()).collect();
+        assert_eq!(kept, ["5", "6"], "the two completed last");
+        // without precise times (an older server): the date in the name, then the name
+        let mut old = vec![
+            up("web-2025-11-21T023001.zip", 0, 0),
+            up("web-2025-11-21T023000.zip", 0, 0),
+        ];
+        old[0].id = "a".into();
+        old[1].id = "b".into();
+        let mut sorted = old.clone();
+        sorted.sort_by(oldest_first);
+        assert_eq!(sorted[1].name, "web-2025-11-21T023001.zip");
+        all.sort_by(oldest_first);
+        let ids: Vec<_> = all.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["9", "8", "7", "6", "5"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! resolves the environment and a configuration profile into the command line, [`output`] is
 //! what the commands show.
 
+pub(crate) mod docs;
 pub(crate) mod output;
 pub(crate) mod profile;
 
@@ -35,8 +36,9 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options every command takes (listed apart from each command's own).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -50,12 +52,25 @@ pub(crate) struct GlobalArgs {
     /// Also append the log to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Take settings from profile NAME of the configuration file (push, config check).
-    #[arg(long, global = true, value_name = "NAME")]
+    /// `--profile` before the command (`robusto --profile nightly push`); shown with the
+    /// commands it applies to ([`ProfileArgs`]), refused with the others.
+    #[arg(long, global = true, value_name = "NAME", hide = true)]
+    pub profile: Option<String>,
+    /// `--config` before the command; see [`ProfileArgs`].
+    #[arg(long, global = true, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where a job's settings come from: a profile of the configuration file (`push`, `config
+/// check`). Their own flags, which the hidden global ones of [`GlobalArgs`] give way to.
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// Take settings from profile NAME of the configuration file.
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
     /// The configuration file [default: $XDG_CONFIG_HOME/robusto/robusto.toml, then
     /// /etc/robusto/robusto.toml].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -63,28 +78,53 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Pack PATH… into FILE (zip or tar, compressed) and write FILE.manifest.json beside it.
+    #[command(after_help = docs::examples::PACK)]
     Pack(PackArgs),
     /// Re-hash FILE against FILE.manifest.json (whole file and every chunk).
+    #[command(after_help = docs::examples::VERIFY)]
     Verify(VerifyArgs),
     /// Upload FILE to a tus server (or a local folder), resumably; prints the upload URL.
+    #[command(after_help = docs::examples::SEND)]
     Send(SendArgs),
     /// Print an upload's status as JSON.
+    #[command(after_help = docs::examples::STATUS)]
     Status(StatusArgs),
     /// Download a completed upload, resumably, verifying its MD5.
+    #[command(after_help = docs::examples::GET)]
     Get(GetArgs),
     /// Pack PATH… into a staging file and send it, in one resumable job; prints the upload URL.
+    #[command(after_help = docs::examples::PUSH)]
     Push(PushArgs),
     /// Verify an archive against its manifest, then extract it into a folder.
+    #[command(after_help = docs::examples::RESTORE)]
     Restore(RestoreArgs),
     /// Receive tus uploads: check every chunk and whole file, store durably, report status.
+    #[command(after_help = docs::examples::SERVE)]
     Serve(ServeArgs),
     /// List the completed uploads on a robusto server (those of this token).
+    #[command(after_help = docs::examples::LIST)]
     List(ListArgs),
     /// Delete older completed uploads, keeping the newest by a last/daily/weekly policy.
+    #[command(after_help = docs::examples::PRUNE)]
     Prune(PruneArgs),
     /// Check the configuration file and show the settings a profile resolves to.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the completion script for a shell (bash: `robusto completions bash >
+    /// /etc/bash_completion.d/robusto`).
+    #[command(after_help = docs::examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `robusto man > robusto.1`, `man -l robusto.1`.
+    #[command(after_help = docs::examples::MAN)]
+    Man,
+}
+
+/// `robusto completions SHELL`
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `robusto config …`
@@ -92,14 +132,15 @@ pub(crate) enum Command {
 pub(crate) enum ConfigCommand {
     /// Validate the configuration file; with --profile, print what `push --profile` would use
     /// (tokens redacted) and where each value comes from.
-    Check,
+    #[command(after_help = docs::examples::CONFIG_CHECK)]
+    Check(ProfileArgs),
 }
 
 /// `robusto push PATH… --to URL|DIR`
 #[derive(Debug, Args)]
 pub(crate) struct PushArgs {
     /// Files and folders to pack.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "files_from", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// How to pack.
     #[command(flatten)]
@@ -114,6 +155,17 @@ pub(crate) struct PushArgs {
     /// Keep the staging archive and its manifest after the upload completes.
     #[arg(long)]
     pub keep_staging: bool,
+    /// Send only what changed since the last push the server confirmed (GNU tar's incremental
+    /// format; needs --format tar). The first push of a job is a full archive.
+    #[arg(long)]
+    pub incremental: bool,
+    /// With --incremental: start a new full archive after N pushes in all (7: a full and six
+    /// incrementals), or once the full is older than a DURATION (30d).
+    #[arg(long, value_name = "N|DURATION", requires = "incremental")]
+    pub full_every: Option<String>,
+    /// The profile its settings come from.
+    #[command(flatten)]
+    pub settings: ProfileArgs,
 }
 
 impl PushArgs {
@@ -134,12 +186,31 @@ impl PushArgs {
     pub(crate) fn plan(&self) -> Result<Plan, UsageError> {
         let dest = destination(&self.send.to)?;
         let (pack, send) = self.options(dest.endpoint())?;
+        let incremental = if self.incremental {
+            if !matches!(self.pack.format, FormatArg::Tar) {
+                return Err(UsageError(
+                    "--incremental writes GNU tar's incremental format: add --format tar (and --compress zstd)".into(),
+                ));
+            }
+            let full_every = match self.full_every.as_deref() {
+                None => None,
+                Some(text) => Some(match text.parse::<u32>() {
+                    Ok(0) => return Err(UsageError("--full-every must be at least 1".into())),
+                    Ok(n) => robusto::incremental::state::FullEvery::Pushes(n),
+                    Err(_) => robusto::incremental::state::FullEvery::Age(duration("--full-every", text)?),
+                }),
+            };
+            Some(push_job::IncrementalChoice { full_every })
+        } else {
+            None
+        };
         Ok(Plan {
             dest,
             pack,
             send,
             name: self.name.clone(),
             keep_staging: self.keep_staging,
+            incremental,
         })
     }
 
@@ -202,9 +273,9 @@ pub(crate) struct SendFlags {
     /// A request with no progress for this long is abandoned and retried.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub stall_timeout: String,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
     /// Where resume journals and locks live (default: the platform's state directory).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -215,9 +286,9 @@ pub(crate) struct SendFlags {
 pub(crate) struct StatusArgs {
     /// The upload's URL.
     pub url: String,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
 }
 
 /// `robusto get URL -o FILE`
@@ -225,7 +296,7 @@ pub(crate) struct StatusArgs {
 pub(crate) struct GetArgs {
     /// The upload's URL.
     pub url: String,
-    /// Where to write it (through FILE.partial).
+    /// Where to write it (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Failed attempts in a row allowed before giving up (exit 75, resumable).
@@ -234,9 +305,46 @@ pub(crate) struct GetArgs {
     /// A request with no progress for this long is abandoned and retried.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub stall_timeout: String,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
+}
+
+/// How to reach a server: its token, the authorities trusted for its certificate, and whether a
+/// token may cross a network in clear.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectFlags {
     /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Also trust the certificate authorities in this PEM file (repeatable), e.g. a private CA;
+    /// the system's roots are always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Send the token over plain http:// to a host that is not this machine (it crosses the
+    /// network in clear: only on a network you trust).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+}
+
+/// What [`ConnectFlags`] resolve to for one server URL.
+pub(crate) struct Connect {
+    /// The bearer token.
+    pub token: Option<String>,
+    /// Authorities trusted besides the system's.
+    pub roots: robusto::client::transport::ExtraRoots,
+}
+
+impl ConnectFlags {
+    /// The token and trust for `url`; refuses a token over plain http off loopback (exit 2).
+    pub(crate) fn resolve(&self, url: &robusto::client::Url) -> Result<Connect, UsageError> {
+        let token = token(self.token_file.as_ref())?;
+        robusto::client::transport::check(url, token.is_some(), self.allow_insecure_http)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let roots = robusto::client::transport::ExtraRoots::from_pem_files(&self.ca_cert)
+            .map_err(|e| UsageError(e.to_string()))?;
+        Ok(Connect { token, roots })
+    }
 }
 
 /// Parses `--to`: a URL with a scheme, or a folder.
@@ -247,7 +355,7 @@ pub(crate) fn destination(to: &str) -> Result<Destination, UsageError> {
 /// The bearer token: the first non-empty line of `--token-file`, else `$ROBUSTO_TOKEN`.
 pub(crate) fn token(file: Option<&PathBuf>) -> Result<Option<String>, UsageError> {
     if let Some(f) = file {
-        robusto::config::check_secret_file(f);
+        robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
         let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("--token-file {}: {e}", f.display())))?;
         let line = text.lines().map(str::trim).find(|l| !l.is_empty());
         return line
@@ -292,6 +400,7 @@ impl SendFlags {
             .as_deref()
             .map(|d| duration("--max-duration", d))
             .transpose()?;
+        let connect = self.connect.resolve(&target)?;
         Ok(robusto::client::SendOptions {
             file,
             target,
@@ -304,7 +413,8 @@ impl SendFlags {
             },
             stall_timeout,
             max_duration,
-            token: token(self.token_file.as_ref())?,
+            token: connect.token,
+            roots: connect.roots,
             state_dir: self
                 .state_dir
                 .clone()
@@ -355,6 +465,21 @@ pub(crate) struct PackFlags {
     /// Read exclude globs from FILE, one per line ('#' starts a comment).
     #[arg(long = "exclude-from", value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Like --exclude, without regard to case (repeatable).
+    #[arg(long = "iexclude", value_name = "GLOB")]
+    pub iexclude: Vec<String>,
+    /// Leave out every folder that holds a file or folder of this NAME (repeatable), e.g. .nobackup.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out cache folders: those holding a CACHEDIR.TAG with its signature.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out files larger than SIZE, e.g. 2GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub exclude_larger_than: Option<String>,
+    /// Also pack the paths listed in FILE, one per line ('#' starts a comment).
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
     /// Do not descend into other file systems.
     #[arg(long)]
     pub one_file_system: bool,
@@ -370,11 +495,14 @@ pub(crate) struct PackFlags {
 #[derive(Debug, Args)]
 pub(crate) struct PackArgs {
     /// Files and folders to pack.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "files_from", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// The archive to write.
+    /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Where to write the manifest [default: FILE.manifest.json]; required with -o -.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
     /// Chunk size of the manifest (the upload's unit of retry), e.g. 8MiB, 512K.
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
     pub chunk_size: String,
@@ -418,20 +546,48 @@ impl PackFlags {
             None => pack::default_threads(),
         };
         Ok(PackOptions {
-            paths,
             output,
             format,
             compression,
             chunk_size,
             threads,
+            paths: {
+                let mut paths = paths;
+                for file in &self.files_from {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| UsageError(format!("--files-from {}: {e}", file.display())))?;
+                    paths.extend(
+                        text.lines()
+                            .map(str::trim_end)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(PathBuf::from),
+                    );
+                }
+                if paths.is_empty() {
+                    return Err(UsageError("nothing to pack: name a PATH or --files-from FILE".into()));
+                }
+                paths
+            },
             walk: WalkOptions {
                 exclude: self.exclude.clone(),
                 exclude_from: self.exclude_from.clone(),
                 one_file_system: self.one_file_system,
                 follow_symlinks: self.follow_symlinks,
                 never: Vec::new(),
+                iexclude: self.iexclude.clone(),
+                exclude_if_present: self.exclude_if_present.clone(),
+                exclude_caches: self.exclude_caches,
+                exclude_larger_than: self
+                    .exclude_larger_than
+                    .as_deref()
+                    .map(robusto::units::parse_size)
+                    .transpose()
+                    .map_err(|e| UsageError(format!("--exclude-larger-than: {e}")))?,
             },
             keep_cached: false,
+            incremental: None,
+            manifest: None,
+            to_stdout: false,
         })
     }
 }
@@ -439,24 +595,48 @@ impl PackFlags {
 impl GetArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
-        get_options(&self.url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+        get_options(&self.url, &self.connect, self.retries, &self.stall_timeout)
+    }
+
+    /// Where the download goes: standard output for `-o -`, else a file (refused when
+    /// something other than a regular file is there).
+    pub(crate) fn target(&self) -> Result<robusto::client::get::Target<'_>, UsageError> {
+        if is_stdout(&self.output) {
+            stdout_not_a_terminal("the download")?;
+            return Ok(robusto::client::get::Target::Stdout);
+        }
+        replaceable("-o", &self.output)?;
+        replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        Ok(robusto::client::get::Target::File(&self.output))
     }
 }
 
 impl StatusArgs {
     /// Typed options.
     pub(crate) fn options(&self) -> Result<robusto::client::get::GetOptions, UsageError> {
-        get_options(&self.url, self.token_file.as_ref(), 3, "30s")
+        get_options(&self.url, &self.connect, 3, "30s")
     }
 }
 
 fn get_options(
     url: &str,
-    token_file: Option<&PathBuf>,
+    connect: &ConnectFlags,
     retries: u32,
     stall: &str,
 ) -> Result<robusto::client::get::GetOptions, UsageError> {
-    let url = robusto::client::Url::parse(url).map_err(|e| UsageError(format!("{url}: {e}")))?;
+    let parsed = robusto::client::Url::parse(url).map_err(|e| e.to_string());
+    let url = match parsed {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        // `localhost:1080/files/` parses, with `localhost` for its scheme
+        _ if let Some(meant) = robusto::job::send::server_address(url) => {
+            return Err(UsageError(format!(
+                "{url} has no http:// or https://: did you mean {meant}?"
+            )));
+        }
+        Ok(_) => return Err(UsageError(format!("{url}: only http and https URLs are supported"))),
+        Err(e) => return Err(UsageError(format!("{url}: {e}"))),
+    };
+    let connect = connect.resolve(&url)?;
     Ok(robusto::client::get::GetOptions {
         url,
         retry: robusto::client::retry::RetryPolicy {
@@ -464,7 +644,8 @@ fn get_options(
             ..Default::default()
         },
         stall_timeout: duration("--stall-timeout", stall)?,
-        token: token(token_file)?,
+        token: connect.token,
+        roots: connect.roots,
     })
 }
 
@@ -472,9 +653,54 @@ impl PackArgs {
     /// The validated options.
     pub(crate) fn to_options(&self) -> Result<PackOptions, UsageError> {
         let chunk_size = parse_chunk_size(&self.chunk_size)?;
-        self.flags
-            .to_options(self.paths.clone(), self.output.clone(), chunk_size)
+        let to_stdout = is_stdout(&self.output);
+        if to_stdout && self.manifest.is_none() {
+            return Err(UsageError(
+                "-o - writes the archive to standard output: say where its manifest goes with --manifest FILE".into(),
+            ));
+        }
+        if to_stdout {
+            stdout_not_a_terminal("the archive")?;
+        } else {
+            replaceable("-o", &self.output)?;
+            replaceable("-o", &robusto::durable::partial_path(&self.output))?;
+        }
+        let mut opts = self
+            .flags
+            .to_options(self.paths.clone(), self.output.clone(), chunk_size)?;
+        opts.manifest = self.manifest.clone();
+        opts.to_stdout = to_stdout;
+        let manifest = opts.manifest_path();
+        replaceable(if self.manifest.is_some() { "--manifest" } else { "-o" }, &manifest)?;
+        if !to_stdout && manifest == self.output {
+            return Err(UsageError(format!(
+                "--manifest {} is the archive itself: name another file",
+                manifest.display()
+            )));
+        }
+        Ok(opts)
     }
+}
+
+/// Whether an output argument is `-`: standard output.
+pub(crate) fn is_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Refuses to write binary output to a terminal.
+fn stdout_not_a_terminal(what: &str) -> Result<(), UsageError> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        return Err(UsageError(format!(
+            "-o - would write {what} to the terminal: redirect standard output to a file or a pipe"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an output path where something other than a regular file is (exit 2).
+fn replaceable(flag: &str, path: &std::path::Path) -> Result<(), UsageError> {
+    robusto::durable::check_replaceable(path).map_err(|e| UsageError(format!("{flag}: {e}")))
 }
 
 /// A robusto server to talk to (list, prune, restore by name).
@@ -483,9 +709,9 @@ pub(crate) struct RemoteArgs {
     /// The server's upload endpoint, e.g. https://backup.example.org/files/.
     #[arg(long = "from", value_name = "URL", env = "ROBUSTO_URL")]
     pub from: Option<String>,
-    /// Bearer token: the first line of this file (else $ROBUSTO_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// The token and TLS trust for the server.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
     /// Failed attempts in a row allowed before giving up (exit 75).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub retries: u32,
@@ -502,7 +728,7 @@ impl RemoteArgs {
             (None, Some(f)) => f.clone(),
             (None, None) => return Err(UsageError("--from URL is needed (or ROBUSTO_URL)".into())),
         };
-        get_options(&url, self.token_file.as_ref(), self.retries, &self.stall_timeout)
+        get_options(&url, &self.connect, self.retries, &self.stall_timeout)
     }
 }
 
@@ -512,6 +738,9 @@ pub(crate) struct ListArgs {
     /// The server.
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Sizes in bytes instead of KiB, MiB, GiB.
+    #[arg(long)]
+    pub bytes: bool,
 }
 
 /// `robusto prune --from URL --keep-…`
@@ -529,6 +758,15 @@ pub(crate) struct PruneArgs {
     /// Keep the newest upload of each of the last N ISO weeks.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_weekly: usize,
+    /// Keep the newest upload of each of the last N months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Keep the newest upload of each of the last N years.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Keep every upload completed within DURATION of its group's newest (e.g. 14d).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
     /// Print what would be kept and removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -537,15 +775,26 @@ pub(crate) struct PruneArgs {
 impl PruneArgs {
     /// The policy; at least one --keep-… is required.
     pub(crate) fn policy(&self) -> Result<robusto::retention::Policy, UsageError> {
-        if self.keep_last + self.keep_daily + self.keep_weekly == 0 {
+        let within = self
+            .keep_within
+            .as_deref()
+            .map(|d| duration("--keep-within", d).map(|d| d.as_secs()))
+            .transpose()?;
+        let counts = self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly + self.keep_yearly;
+        if counts == 0 && within.is_none() {
             return Err(UsageError(
-                "say what to keep: --keep-last, --keep-daily and/or --keep-weekly".into(),
+                "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly \
+                 and/or --keep-within"
+                    .into(),
             ));
         }
         Ok(robusto::retention::Policy {
             last: self.keep_last,
             daily: self.keep_daily,
             weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within,
         })
     }
 }
@@ -568,6 +817,30 @@ pub(crate) struct RestoreArgs {
     /// Extract even without a manifest to check the archive against.
     #[arg(long)]
     pub no_verify: bool,
+    /// With a NAME: the tree as of the newest upload completed at or before TIME (RFC 3339, e.g.
+    /// 2026-12-01T02:30:00Z; a date alone means the end of that day, UTC; or seconds since the
+    /// epoch). An incremental's whole chain is fetched and applied.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+/// Parses `--at`: RFC 3339, `YYYY-MM-DD` (the end of that day, UTC), or seconds since the epoch.
+fn point_in_time(text: &str) -> Result<u64, UsageError> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = || {
+        UsageError(format!(
+            "--at {text}: not a time (examples: 2026-12-01T02:30:00Z, 2026-12-01, 1796176200)"
+        ))
+    };
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return u64::try_from(t.unix_timestamp()).map_err(|_| bad());
+    }
+    let day = time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
+    let end = day.with_hms(23, 59, 59).map_err(|_| bad())?.assume_utc();
+    u64::try_from(end.unix_timestamp()).map_err(|_| bad())
 }
 
 impl RestoreArgs {
@@ -590,6 +863,7 @@ impl RestoreArgs {
             into: self.into.clone(),
             dry_run: self.dry_run,
             no_verify: self.no_verify,
+            at: self.at.as_deref().map(point_in_time).transpose()?,
         })
     }
 }
@@ -597,9 +871,22 @@ impl RestoreArgs {
 /// `robusto serve`
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on. Without --token-file, keep it on 127.0.0.1.
+    /// Address to listen on. Without --token-file, keep it on 127.0.0.1; with it, on any other
+    /// address, serve TLS (--tls-cert, --tls-key) or sit behind a TLS proxy (--behind-proxy).
     #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); reloaded
+    /// with the key on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A TLS-terminating reverse proxy is in front: allow --token-file off loopback without
+    /// --tls-cert, and take the proxy's Forwarded / X-Forwarded-Proto / X-Forwarded-Host for the
+    /// URLs handed out.
+    #[arg(long)]
+    pub behind_proxy: bool,
     /// Where uploads are kept (DIR/uploads) and completed files published (DIR/files).
     #[arg(long, default_value = "robusto-data", value_name = "DIR")]
     pub data: PathBuf,
@@ -672,6 +959,14 @@ pub(crate) enum StoreKind {
 }
 
 impl ServeArgs {
+    /// The TLS certificate and key files, when both are given.
+    pub(crate) fn tls_files(&self) -> Option<robusto::serve::tls::TlsFiles> {
+        Some(robusto::serve::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
     /// The validated server options.
     pub(crate) fn to_config(&self) -> Result<robusto::serve::Config, UsageError> {
         use robusto::units::{parse_duration, parse_size};
@@ -706,13 +1001,22 @@ impl ServeArgs {
             ));
         }
         if let Some(f) = &self.token_file {
-            robusto::config::check_secret_file(f);
+            robusto::config::check_secret_file(f).map_err(|e| UsageError(format!("--token-file {e}")))?;
             config.tokens = robusto::serve::auth::Tokens::from_file(f)
                 .map_err(|e| usage("--token-file", &format!("{}: {e}", f.display())))?;
             if config.tokens.is_empty() {
                 return Err(UsageError(format!("--token-file: {} holds no token", f.display())));
             }
         }
+        if !config.tokens.is_empty() && !self.listen.ip().is_loopback() && self.tls_cert.is_none() && !self.behind_proxy
+        {
+            return Err(UsageError(format!(
+                "--token-file on {} without TLS would send every token in clear: add --tls-cert FILE --tls-key FILE, \
+                 or --behind-proxy if a TLS-terminating proxy is in front",
+                self.listen
+            )));
+        }
+        config.behind_proxy = self.behind_proxy;
         config.cors_origins = self.cors_origin.clone();
         config.keep_prefixes = !self.no_chunk_prefix;
         config.metrics = self.metrics;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use robusto::job::prune::Action;
-use robusto::progress::{Human, JsonLines, Progress, Silent};
+use robusto::progress::{Human, JsonLines, Progress};
 use robusto::protocol::Listed as Upload;
 use robusto::restore::{EntryKind, Listed};
 use robusto::retention::Decision;
@@ -17,7 +17,8 @@ pub(crate) fn reporter(global: &GlobalArgs) -> Box<dyn Progress> {
     if global.json {
         Box::new(JsonLines)
     } else if global.quiet {
-        Box::new(Silent)
+        // no bar, no progress lines: only what is logged at warning level (a skipped file)
+        Box::new(Human::new(false, None))
     } else {
         let tty = std::io::stderr().is_terminal();
         let interval = (global.verbose > 0).then(|| Duration::from_secs(10));
@@ -39,11 +40,23 @@ pub(crate) fn send_reporter(global: &GlobalArgs) -> Box<dyn Progress> {
 }
 
 /// One line of `robusto list`: completion time, size, MD5, name, URL.
-pub(crate) fn upload_line(u: &Upload, url: &str) -> String {
+pub(crate) fn upload_line(u: &Upload, url: &str, exact: bool) -> String {
+    let size = if exact {
+        u.size.to_string()
+    } else {
+        robusto::units::format_bytes(u.size)
+    };
+    let chain = match robusto::incremental::Link::from_metadata(&u.metadata) {
+        None => String::new(),
+        Some(l) => match &l.parent {
+            None => "  (full: starts a chain)".to_string(),
+            Some(p) => format!("  (incremental level {} after {})", l.level, p.name),
+        },
+    };
     format!(
-        "{}  {:>12}  {}  {}  {}",
+        "{}  {:>12}  {}  {}  {}{chain}",
         u.completed_at.as_deref().unwrap_or("-"),
-        u.size,
+        size,
         u.md5.as_deref().unwrap_or("-"),
         u.name,
         url

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches};
 use robusto::config::{self, ConfigError, Flag, Profile};
 use robusto::job::Exit;
 
-use super::{Cli, Command, GlobalArgs, UsageError};
+use super::{Cli, Command, UsageError};
 
 /// Why the command line could not be taken.
 pub(crate) enum ParseFailure {
@@ -44,9 +44,13 @@ pub(crate) fn with_env(cmd: clap::Command) -> clap::Command {
     add(cmd)
 }
 
+/// Flags that choose the profile: never keys of one.
+const CHOOSING: [&str; 2] = ["profile", "config"];
+
 /// The flags of `cmd`, as the profile reader knows them.
 fn flags(cmd: &clap::Command) -> Vec<Flag> {
     cmd.get_arguments()
+        .filter(|a| !CHOOSING.contains(&a.get_id().as_str()))
         .filter_map(|a| {
             a.get_long().map(|long| Flag {
                 long: long.to_string(),
@@ -78,7 +82,7 @@ pub(crate) fn apply(p: &Profile, push: clap::Command) -> clap::Command {
 }
 
 /// The whole command line: robusto's commands, each flag with its environment variable.
-fn command() -> clap::Command {
+pub(crate) fn command() -> clap::Command {
     with_env(Cli::command())
 }
 
@@ -94,8 +98,8 @@ fn load(path: &std::path::Path, name: &str) -> Result<Profile, ConfigError> {
 pub(crate) fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), ParseFailure> {
     let mut cmd = command();
     let lenient = cmd.clone().ignore_errors(true).try_get_matches_from(&argv).ok();
-    let name = lenient.as_ref().and_then(|m| m.get_one::<String>("profile").cloned());
-    let file = lenient.as_ref().and_then(|m| m.get_one::<PathBuf>("config").cloned());
+    let name = lenient.as_ref().and_then(|m| chosen::<String>(m, "profile"));
+    let file = lenient.as_ref().and_then(|m| chosen::<PathBuf>(m, "config"));
     let sub = lenient.as_ref().and_then(|m| m.subcommand_name().map(str::to_string));
     let mut profile = None;
     if let Some(name) = name {
@@ -126,17 +130,45 @@ pub(crate) fn parse(argv: Vec<OsString>) -> Result<(Cli, Option<Profile>), Parse
     Ok((cli, profile))
 }
 
+/// The value of `id` where the command line gave it: before the command (the hidden global flag)
+/// or after it (the command's own).
+fn chosen<T: Clone + Send + Sync + 'static>(m: &clap::ArgMatches, id: &str) -> Option<T> {
+    if let Ok(Some(v)) = m.try_get_one::<T>(id) {
+        return Some(v.clone());
+    }
+    m.subcommand().and_then(|(_, sub)| chosen(sub, id))
+}
+
 /// `robusto config check`: the resolved settings of `push --profile P`, with their sources; with
-/// no profile named, every profile in the file must resolve to a valid push.
-pub(crate) fn check(global: &GlobalArgs, profile: Option<&Profile>) -> anyhow::Result<Exit> {
+/// no profile named, every profile in the file must resolve to a valid push: each one that does
+/// not is reported with its reason, then the check fails (exit 2).
+pub(crate) fn check(file: Option<&std::path::Path>, profile: Option<&Profile>) -> anyhow::Result<Exit> {
     let Some(p) = profile else {
         let usage = |e: ConfigError| UsageError(e.to_string());
-        let path = config::locate(global.config.as_deref()).map_err(usage)?;
+        let path = config::locate(file).map_err(usage)?;
         let names = config::profile_names(&path).map_err(usage)?;
+        let mut bad = 0;
+        let mut said = std::collections::BTreeSet::new();
         for name in &names {
-            let p = load(&path, name).map_err(usage)?;
-            resolve(&p)?;
-            println!("[profile.{name}]: valid");
+            match load(&path, name).map_err(|e| usage(e).into()).and_then(|p| resolve(&p)) {
+                Ok(_) => println!("[profile.{name}]: valid"),
+                Err(e) => {
+                    bad += 1;
+                    // a fault of the whole file (a key outside any profile) is said once
+                    let reason = robusto::error_chain(e.as_ref());
+                    if said.insert(reason.clone()) {
+                        tracing::error!("{reason}");
+                    }
+                }
+            }
+        }
+        if bad > 0 {
+            return Err(UsageError(format!(
+                "{}: {bad} of {} profile(s) are not valid",
+                path.display(),
+                names.len()
+            ))
+            .into());
         }
         println!(
             "{}: valid, {} profile(s) (name one with --profile to see its settings)",
@@ -155,6 +187,9 @@ pub(crate) fn check(global: &GlobalArgs, profile: Option<&Profile>) -> anyhow::R
     println!("# {} [profile.{}]", p.file.display(), p.name);
     for arg in push_cmd.get_arguments() {
         let id = arg.get_id().as_str();
+        if CHOOSING.contains(&id) {
+            continue;
+        }
         let Some(source) = push.value_source(id) else { continue };
         let values: Vec<String> = push
             .get_raw(id)

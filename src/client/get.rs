@@ -39,12 +39,23 @@ pub enum GetError {
         length: String,
     },
     /// The downloaded bytes do not match the upload's checksum.
-    #[error("the download's md5 is {found}, the upload's metadata says {expected}; the partial file was removed")]
+    #[error("the download's md5 is {found}, the upload's metadata says {expected}; {left}")]
     Mismatch {
         /// From the metadata.
         expected: Md5,
         /// Of the bytes received.
         found: Md5,
+        /// What became of the bytes received.
+        left: &'static str,
+    },
+    /// A download to standard output that would have to start over: what was written cannot be
+    /// taken back.
+    #[error(
+        "{url}: the server ignores Range requests, and the bytes already written to standard output cannot be taken back; download to a file with -o FILE"
+    )]
+    CannotRestart {
+        /// The upload.
+        url: String,
     },
     /// The server refused or does not have the upload.
     #[error("{url}: {source}")]
@@ -82,6 +93,8 @@ pub struct GetOptions {
     pub stall_timeout: Duration,
     /// Bearer token.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: super::transport::ExtraRoots,
 }
 
 /// What `get` fetched.
@@ -100,6 +113,7 @@ fn session(opts: &GetOptions) -> Result<Session, GetError> {
         SessionConfig {
             stall_timeout: opts.stall_timeout,
             token: opts.token.clone(),
+            roots: opts.roots.clone(),
         },
         None,
     )
@@ -177,9 +191,72 @@ pub async fn status(opts: &GetOptions) -> Result<serde_json::Value, GetError> {
     Ok(v)
 }
 
+/// Where a download goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// A file, written through `FILE.partial` (resumable), renamed into place once checked.
+    File(&'a std::path::Path),
+    /// Standard output (`get -o -`): streamed as it arrives, checked at the end.
+    Stdout,
+}
+
+/// Where the bytes of a download are written as they arrive.
+enum Sink {
+    File {
+        file: tokio::fs::File,
+        partial: PathBuf,
+        output: PathBuf,
+    },
+    Stdout(tokio::io::Stdout),
+}
+
+impl Sink {
+    fn io(&self) -> impl FnOnce(std::io::Error) -> GetError + use<> {
+        let path = match self {
+            Sink::File { partial, .. } => partial.clone(),
+            Sink::Stdout(_) => PathBuf::from("standard output"),
+        };
+        move |source| GetError::Io { path, source }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), GetError> {
+        let io = self.io();
+        match self {
+            Sink::File { file, .. } => file.write_all(bytes).await,
+            Sink::Stdout(out) => out.write_all(bytes).await,
+        }
+        .map_err(io)
+    }
+
+    async fn flush(&mut self) -> Result<(), GetError> {
+        let io = self.io();
+        match self {
+            Sink::File { file, .. } => file.flush().await,
+            Sink::Stdout(out) => out.flush().await,
+        }
+        .map_err(io)
+    }
+
+    /// Cuts what was written back to nothing, for a server that ignores Range.
+    async fn restart(&mut self, url: &Url) -> Result<(), GetError> {
+        let io = self.io();
+        match self {
+            Sink::File { file, .. } => file.set_len(0).await.map_err(io),
+            Sink::Stdout(_) => Err(GetError::CannotRestart { url: url.to_string() }),
+        }
+    }
+}
+
 /// Downloads the completed upload into `output` (through `output.partial`, resumable), checks the
 /// whole-file MD5 against the upload's `checksum` metadata, then renames it into place.
 pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetReport, GetError> {
+    get_to(opts, Target::File(output)).await
+}
+
+/// Downloads the completed upload to `target`, checking the whole-file MD5 against the upload's
+/// `checksum` metadata: a file is renamed into place only once checked; standard output gets the
+/// bytes as they arrive (a mismatch is then reported at the end, exit 1).
+pub async fn get_to(opts: &GetOptions, target: Target<'_>) -> Result<GetReport, GetError> {
     let s = session(opts)?;
     let h = head(opts, &s).await?;
     let length = match (h.offset, h.length) {
@@ -202,35 +279,46 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
     if expected.is_none() {
         tracing::warn!("the upload carries no md5 checksum metadata: the download cannot be verified");
     }
-    let partial = durable::partial_path(output);
     let io = |path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| GetError::Io { path, source }
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&partial)
-        .await
-        .map_err(io(&partial))?;
-    let mut have = file.metadata().await.map_err(io(&partial))?.len();
-    if have > length {
-        file.set_len(0).await.map_err(io(&partial))?;
-        have = 0;
-    }
     // The MD5 follows the file as it is written, on a thread of its own, so the check at the
     // end need not read the whole file again: first what an earlier run left, then each piece.
     let (hash, hashing) = running_md5();
-    if have > 0 {
-        let mut f = tokio::fs::File::open(&partial).await.map_err(io(&partial))?;
-        let mut left = have;
-        while left > 0 {
-            let mut buf = vec![0u8; left.min(1 << 20) as usize];
-            f.read_exact(&mut buf).await.map_err(io(&partial))?;
-            left -= buf.len() as u64;
-            let _ = hash.send(HashMsg::Data(bytes::Bytes::from(buf))).await;
+    let mut have = 0;
+    let mut sink = match target {
+        Target::Stdout => Sink::Stdout(tokio::io::stdout()),
+        Target::File(output) => {
+            let partial = durable::partial_path(output);
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&partial)
+                .await
+                .map_err(io(&partial))?;
+            have = file.metadata().await.map_err(io(&partial))?.len();
+            if have > length {
+                file.set_len(0).await.map_err(io(&partial))?;
+                have = 0;
+            }
+            if have > 0 {
+                let mut f = tokio::fs::File::open(&partial).await.map_err(io(&partial))?;
+                let mut left = have;
+                while left > 0 {
+                    let mut buf = vec![0u8; left.min(1 << 20) as usize];
+                    f.read_exact(&mut buf).await.map_err(io(&partial))?;
+                    left -= buf.len() as u64;
+                    let _ = hash.send(HashMsg::Data(bytes::Bytes::from(buf))).await;
+                }
+            }
+            Sink::File {
+                file,
+                partial,
+                output: output.to_path_buf(),
+            }
         }
-    }
+    };
     let mut retry = Retrier::new(opts.retry, None);
     while have < length {
         let resp = match s.get_from(&opts.url, have).await {
@@ -248,7 +336,7 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
         };
         if resp.status() == StatusCode::OK && have > 0 {
             tracing::debug!("the server ignores Range: fetching from the start");
-            file.set_len(0).await.map_err(io(&partial))?;
+            sink.restart(&opts.url).await?;
             have = 0;
             let _ = hash.send(HashMsg::Reset).await;
         }
@@ -256,7 +344,7 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
         loop {
             match tokio::time::timeout(opts.stall_timeout, body.next()).await {
                 Ok(Some(Ok(bytes))) => {
-                    file.write_all(&bytes).await.map_err(io(&partial))?;
+                    sink.write(&bytes).await?;
                     have += bytes.len() as u64;
                     let _ = hash.send(HashMsg::Data(bytes)).await;
                     retry.progressed();
@@ -272,22 +360,49 @@ pub async fn get(opts: &GetOptions, output: &std::path::Path) -> Result<GetRepor
                 }
             }
         }
-        file.flush().await.map_err(io(&partial))?;
+        sink.flush().await?;
     }
+    drop(hash);
+    let hashed = |partial: &std::path::Path, e: tokio::task::JoinError| {
+        io(partial)(std::io::Error::other(format!("hashing failed: {e}")))
+    };
+    let (file, partial, output) = match sink {
+        Sink::Stdout(_) => {
+            let md5 = hashing
+                .await
+                .map_err(|e| hashed(std::path::Path::new("standard output"), e))?;
+            if let Some(expected) = expected
+                && expected != md5
+            {
+                return Err(GetError::Mismatch {
+                    expected,
+                    found: md5,
+                    left: "the bytes written to standard output are not the upload's",
+                });
+            }
+            return Ok(GetReport {
+                bytes: have,
+                md5,
+                verified: expected.is_some(),
+            });
+        }
+        Sink::File { file, partial, output } => (file, partial, output),
+    };
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
-    drop(hash);
-    let md5 = hashing
-        .await
-        .map_err(|e| io(&partial)(std::io::Error::other(format!("hashing failed: {e}"))))?;
+    let md5 = hashing.await.map_err(|e| hashed(&partial, e))?;
     if let Some(expected) = expected
         && expected != md5
     {
         let _ = tokio::fs::remove_file(&partial).await;
-        return Err(GetError::Mismatch { expected, found: md5 });
+        return Err(GetError::Mismatch {
+            expected,
+            found: md5,
+            left: "the partial file was removed",
+        });
     }
     let file = std::fs::File::open(&partial).map_err(io(&partial))?;
-    durable::commit_file(file, &partial, output).map_err(io(output))?;
+    durable::commit_file(file, &partial, &output).map_err(io(&output))?;
     Ok(GetReport {
         bytes: have,
         md5,
@@ -320,10 +435,12 @@ fn running_md5() -> (tokio::sync::mpsc::Sender<HashMsg>, tokio::task::JoinHandle
 }
 
 /// The completed uploads at `opts.url` (a robusto server's `/files/`) this token may see,
-/// oldest first.
+/// oldest first ([`crate::retention::oldest_first`], whatever order the server sent).
 pub async fn list(opts: &GetOptions) -> Result<Vec<crate::protocol::Listed>, GetError> {
     let s = session(opts)?;
-    retrying(opts, &opts.url, async || s.list(&opts.url).await).await
+    let mut uploads = retrying(opts, &opts.url, async || s.list(&opts.url).await).await?;
+    uploads.sort_by(crate::retention::oldest_first);
+    Ok(uploads)
 }
 
 /// Deletes (tus termination) the upload at `url`.

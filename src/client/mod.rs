@@ -22,6 +22,7 @@ mod part;
 pub mod retry;
 pub mod session;
 pub mod throttle;
+pub mod transport;
 
 pub use files::manifest_for;
 pub(crate) use files::{blocking, compute_checksum, manifest_checksum, spawn_io};
@@ -68,6 +69,8 @@ pub struct SendOptions {
     pub max_duration: Option<Duration>,
     /// Bearer token.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: transport::ExtraRoots,
     /// Where journals, locks and computed manifests live.
     pub state_dir: PathBuf,
     /// The upload's `filename` metadata (default: the file's name).
@@ -79,9 +82,15 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
-    /// The target as the journal knows it.
+    /// The target as the journal knows it, with the upload's name when one is given: the same
+    /// file sent again under another name (a nightly push of an unchanged tree) is an upload of
+    /// its own, never the earlier one reported again.
     fn journal_target(&self) -> String {
-        self.job_key.clone().unwrap_or_else(|| self.target.to_string())
+        let target = self.job_key.clone().unwrap_or_else(|| self.target.to_string());
+        match &self.name {
+            Some(name) => format!("{target}|name={name}"),
+            None => target,
+        }
     }
 
     /// A URL from the journal, moved onto the current target's origin when the job has a
@@ -267,6 +276,11 @@ impl Job<'_> {
         m.insert(meta::CHUNK_SIZE, &self.manifest.chunk_size.to_string());
         if whole {
             m.insert(meta::CHECKSUM, &Checksum::md5(self.manifest.archive.md5).to_header());
+            if let Some(link) = &self.manifest.incremental {
+                for (key, value) in link.metadata() {
+                    m.insert(key, &value);
+                }
+            }
         }
         m
     }
@@ -429,6 +443,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         SessionConfig {
             stall_timeout: opts.stall_timeout,
             token: opts.token.clone(),
+            roots: opts.roots.clone(),
         },
         throttle,
     )
@@ -677,6 +692,7 @@ mod tests {
             stall_timeout: Duration::from_secs(1),
             max_duration: None,
             token: None,
+            roots: Default::default(),
             state_dir: "s".into(),
             name: None,
             job_key: None,

@@ -44,6 +44,33 @@ pub enum SessionError {
     /// The upload is unknown or expired on the server (404, 410): start a fresh one.
     #[error("the server no longer has this upload ({0})")]
     Gone(StatusCode),
+    /// The server wants a token, or refused the one sent (401, 403): retrying will not change
+    /// that.
+    #[error(
+        "{}",
+        if *.sent_token {
+            format!("the server refused the token ({status}): check the one in --token-file FILE or $ROBUSTO_TOKEN")
+        } else {
+            format!("the server wants a token ({status}): pass it with --token-file FILE or $ROBUSTO_TOKEN")
+        }
+    )]
+    Unauthorized {
+        /// 401 or 403.
+        status: StatusCode,
+        /// Whether the request carried a token.
+        sent_token: bool,
+    },
+    /// What the URL names answered a creation or a listing with 404 or 405: it is not the
+    /// endpoint (a wrong path, most often).
+    #[error("not a {what}: {method} answered {status}; check the URL's path (robusto serve's endpoint is /files/)")]
+    NotAnEndpoint {
+        /// What was expected there: a tus upload endpoint, a robusto listing.
+        what: &'static str,
+        /// The request's method.
+        method: Method,
+        /// The status code.
+        status: StatusCode,
+    },
     /// The server refused the request for a reason that retrying will not change.
     #[error("the server refused the request: {status} {message}")]
     Rejected {
@@ -55,6 +82,15 @@ pub enum SessionError {
     /// The server's answer does not follow the protocol.
     #[error("the server's answer does not follow tus 1.0.0: {0}")]
     Protocol(String),
+    /// TLS failed for a reason that retrying will not change: most often a certificate this
+    /// client does not trust (unknown authority, expired, for another name).
+    #[error("TLS with the server failed: {reason}; {hint}")]
+    Tls {
+        /// What rustls said.
+        reason: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
 }
 
 /// A failure worth trying again, with what caused it when that was an HTTP client error.
@@ -77,6 +113,14 @@ impl SessionError {
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_builder() {
             SessionError::Protocol(format!("cannot build the request: {e}"))
+        } else if let Some(tls) = tls_failure(&e) {
+            SessionError::Tls {
+                reason: tls.to_string(),
+                hint: tls_hint(tls),
+            }
+        } else if let Some(what) = connect_failure(&e) {
+            // worth retrying (a server restarting), said so that a person knows what is down
+            SessionError::transient(what)
         } else {
             SessionError::Transient(Fault {
                 what: e.to_string(),
@@ -93,6 +137,75 @@ impl SessionError {
     /// The error with its causes, for a log line or a retry's reason.
     pub fn reason(&self) -> String {
         crate::error_chain(self)
+    }
+}
+
+/// The rustls error behind a request's failure, if TLS is what failed. (An `io::Error` does not
+/// list the error it wraps among its sources, so each one is opened.)
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// What a failure to connect says, with the address: "connection refused by 127.0.0.1:1080
+/// (…)", "cannot connect to backup.example.org:443: …"; `None` if the request got past
+/// connecting.
+fn connect_failure(e: &reqwest::Error) -> Option<String> {
+    if !e.is_connect() {
+        return None;
+    }
+    let addr = e.url().map_or_else(
+        || "the server".to_string(),
+        |u| match (u.host_str(), u.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => u.to_string(),
+        },
+    );
+    // the innermost cause says it best ("Connection refused (os error 111)", a DNS failure …)
+    let mut refused = false;
+    let mut innermost = e.to_string();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        innermost = err.to_string();
+        next = err.source();
+    }
+    Some(if refused {
+        format!("connection refused by {addr} (is the server running, and listening there?)")
+    } else {
+        format!("cannot connect to {addr}: {innermost}")
+    })
+}
+
+/// What a user can do about a TLS failure.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "if the server's certificate comes from a private CA, add --ca-cert FILE with that CA's certificate"
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "renew the server's certificate (and check this machine's clock)"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet: check this machine's clock"
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the certificate is for another name: use the host name it was issued for in the URL"
+        }
+        _ => "check the server's certificate (robusto -v shows more)",
     }
 }
 
@@ -231,6 +344,8 @@ pub struct SessionConfig {
     pub stall_timeout: Duration,
     /// Bearer token for `Authorization`.
     pub token: Option<String>,
+    /// Certificate authorities trusted besides the system's (`--ca-cert`).
+    pub roots: super::transport::ExtraRoots,
 }
 
 /// A tus client for one server.
@@ -251,8 +366,11 @@ pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     header_str(headers, name).and_then(|v| v.trim().parse().ok())
 }
 
-fn classify(status: StatusCode, message: String) -> SessionError {
+/// What an answer that is not a success means for the caller; `sent_token`: whether the request
+/// carried a token.
+fn classify(status: StatusCode, message: String, sent_token: bool) -> SessionError {
     match status.as_u16() {
+        401 | 403 => SessionError::Unauthorized { status, sent_token },
         protocol::STATUS_CHECKSUM_MISMATCH => SessionError::ChecksumMismatch,
         409 => SessionError::OffsetConflict,
         404 | 410 => SessionError::Gone(status),
@@ -272,6 +390,7 @@ impl Session {
             // reusing one they just closed costs a retry.
             .pool_idle_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
+            .tls_certs_merge(config.roots.certificates().iter().cloned())
             .build()
             .map_err(|e| SessionError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         Ok(Session {
@@ -360,7 +479,18 @@ impl Session {
     async fn fail(&self, resp: reqwest::Response) -> SessionError {
         let status = resp.status();
         let message = self.text(resp).await;
-        classify(status, message)
+        classify(status, message, self.config.token.is_some())
+    }
+
+    /// Like [`Self::fail`], for a request to the endpoint itself (`what` it should be): 404 and
+    /// 405 say that the URL is not that endpoint.
+    async fn fail_at_endpoint(&self, resp: reqwest::Response, method: Method, what: &'static str) -> SessionError {
+        match resp.status() {
+            status @ (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {
+                SessionError::NotAnEndpoint { what, method, status }
+            }
+            _ => self.fail(resp).await,
+        }
     }
 
     /// OPTIONS: what the server supports. A server that does not answer OPTIONS with
@@ -390,6 +520,7 @@ impl Session {
     /// POST: creates an upload (partial, final or plain), optionally with its first bytes.
     pub async fn create(&self, endpoint: &Url, creation: Creation) -> Result<Created, SessionError> {
         let stamp = Stamp::new();
+        let final_upload = creation.concat.as_deref().is_some_and(|c| c.starts_with("final"));
         let mut rb = self.request(Method::POST, endpoint.clone());
         if let Some(len) = creation.length {
             rb = rb.header(header::UPLOAD_LENGTH, len);
@@ -411,7 +542,11 @@ impl Session {
         }
         let resp = self.send(rb, &stamp).await?;
         if resp.status() != StatusCode::CREATED {
-            return Err(self.fail(resp).await);
+            // a final upload may be refused for its parts: that is no fault of the endpoint
+            if final_upload {
+                return Err(self.fail(resp).await);
+            }
+            return Err(self.fail_at_endpoint(resp, Method::POST, "tus upload endpoint").await);
         }
         let location = header_str(resp.headers(), "location")
             .ok_or_else(|| SessionError::Protocol("201 Created without Location".into()))?;
@@ -530,7 +665,9 @@ impl Session {
         let stamp = Stamp::new();
         let resp = self.send(self.request(Method::GET, endpoint.clone()), &stamp).await?;
         if !resp.status().is_success() {
-            return Err(self.fail(resp).await);
+            return Err(self
+                .fail_at_endpoint(resp, Method::GET, "robusto upload endpoint")
+                .await);
         }
         let body = tokio::time::timeout(self.config.stall_timeout, resp.bytes())
             .await
@@ -578,28 +715,38 @@ mod tests {
     #[test]
     fn statuses_map_to_what_the_caller_does() {
         assert!(matches!(
-            classify(StatusCode::from_u16(460).unwrap(), String::new()),
+            classify(StatusCode::from_u16(460).unwrap(), String::new(), false),
             SessionError::ChecksumMismatch
         ));
         assert!(matches!(
-            classify(StatusCode::CONFLICT, String::new()),
+            classify(StatusCode::CONFLICT, String::new(), false),
             SessionError::OffsetConflict
         ));
         assert!(matches!(
-            classify(StatusCode::GONE, String::new()),
+            classify(StatusCode::GONE, String::new(), false),
             SessionError::Gone(_)
         ));
         assert!(matches!(
-            classify(StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            classify(StatusCode::SERVICE_UNAVAILABLE, String::new(), false),
             SessionError::Transient(_)
         ));
         assert!(matches!(
-            classify(StatusCode::LOCKED, String::new()),
+            classify(StatusCode::LOCKED, String::new(), false),
             SessionError::Transient(_)
         ));
         assert!(matches!(
-            classify(StatusCode::PAYLOAD_TOO_LARGE, String::new()),
+            classify(StatusCode::PAYLOAD_TOO_LARGE, String::new(), false),
             SessionError::Rejected { .. }
         ));
+        let no_token = classify(StatusCode::UNAUTHORIZED, String::new(), false);
+        assert!(!no_token.is_transient());
+        assert_eq!(
+            no_token.to_string(),
+            "the server wants a token (401 Unauthorized): pass it with --token-file FILE or $ROBUSTO_TOKEN"
+        );
+        assert_eq!(
+            classify(StatusCode::FORBIDDEN, String::new(), true).to_string(),
+            "the server refused the token (403 Forbidden): check the one in --token-file FILE or $ROBUSTO_TOKEN"
+        );
     }
 }

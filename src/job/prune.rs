@@ -1,5 +1,10 @@
 //! A prune job: list a server's completed uploads, decide with [`crate::retention`] which ones a
 //! policy keeps, and delete the others (or, on a dry run, only say so), upload by upload.
+//!
+//! An incremental chain ([`crate::incremental::chain`]) is one backup to the policy, dated by its
+//! newest link: it is kept whole or removed whole, newest link first, so that no kept upload ever
+//! loses a link it depends on, and a prune cut short leaves a chain that still restores up to its
+//! remaining newest link.
 
 use super::upload_url;
 use crate::client::Url;
@@ -36,6 +41,14 @@ pub enum PruneError {
     Get(#[from] GetError),
 }
 
+impl PruneError {
+    /// Whether running the same command again may succeed (exit 75): the server stayed out of
+    /// reach past the retry budget (uploads already deleted stay deleted).
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, PruneError::Get(e) if e.is_resumable())
+    }
+}
+
 /// How many uploads were kept and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -43,6 +56,38 @@ pub struct Pruned {
     pub kept: usize,
     /// Uploads deleted.
     pub removed: usize,
+}
+
+/// [`retention::decide`] with each chain as one unit, dated by its newest link; the decision of a
+/// chain is its every link's, newest link first.
+pub fn decide_by_chain(uploads: Vec<crate::protocol::Listed>, policy: Policy) -> Vec<Decision> {
+    use crate::incremental::Link;
+    use std::collections::HashMap;
+    let level = |u: &crate::protocol::Listed| Link::from_metadata(&u.metadata).map_or(0, |l| l.level);
+    let mut members: HashMap<String, Vec<crate::protocol::Listed>> = HashMap::new();
+    let mut units = Vec::new();
+    for (_, mut links) in crate::incremental::chain::units(&uploads) {
+        links.sort_by_key(|u| std::cmp::Reverse((level(u), retention::completed_ns(u))));
+        let Some(newest) = links.first() else { continue };
+        units.push((*newest).clone());
+        members.insert(newest.id.clone(), links.into_iter().cloned().collect());
+    }
+    let mut out = Vec::new();
+    for d in retention::decide(units, policy) {
+        let keep = d.keep();
+        for link in members.remove(&d.upload.id).unwrap_or_default() {
+            let mut reasons = if keep { d.reasons.clone() } else { Vec::new() };
+            if keep && link.id != d.upload.id {
+                reasons.push("chain");
+            }
+            out.push(Decision {
+                upload: link,
+                group: d.group.clone(),
+                reasons,
+            });
+        }
+    }
+    out
 }
 
 /// Applies `policy` to the uploads of the server at `server.url`, deleting what it does not keep
@@ -57,7 +102,7 @@ pub fn run(
     let rt = super::runtime().map_err(PruneError::Runtime)?;
     let uploads = rt.block_on(get::list(server))?;
     let mut pruned = Pruned::default();
-    for d in retention::decide(uploads, policy) {
+    for d in decide_by_chain(uploads, policy) {
         let url = upload_url(&server.url, &d.upload.id);
         let url = Url::parse(&url).map_err(|e| PruneError::BadUrl {
             url,

@@ -13,6 +13,7 @@ use crate::client::SendOptions;
 use crate::client::journal::{self, JournalError};
 use crate::config::Hooks;
 use crate::hooks::{self, HookError, JobOutcome};
+use crate::incremental::state::{self as inc_state, FullEvery, Head, StateError, Store};
 use crate::job::staging::{PushError as StageError, stage};
 use crate::pack::{PackError, PackOptions};
 use crate::progress::{Event, Progress};
@@ -45,6 +46,15 @@ pub struct Plan {
     pub name: String,
     /// Keep the staging archive after the upload completes.
     pub keep_staging: bool,
+    /// Push one link of an incremental chain (`--incremental`).
+    pub incremental: Option<IncrementalChoice>,
+}
+
+/// `--incremental` and `--full-every`.
+#[derive(Clone, Copy, Debug)]
+pub struct IncrementalChoice {
+    /// When a new full archive starts.
+    pub full_every: Option<FullEvery>,
 }
 
 /// Settings that make no sense, found as the job resolves them (exit 2).
@@ -70,6 +80,9 @@ pub enum JobError {
     /// Sending failed in a way that running again does not fix.
     #[error(transparent)]
     Send(SendJobError),
+    /// The incremental state could not be read or advanced.
+    #[error(transparent)]
+    State(StateError),
 }
 
 impl JobError {
@@ -77,6 +90,7 @@ impl JobError {
     pub fn exit(&self) -> Exit {
         match self {
             JobError::Invalid(_) => Exit::Usage,
+            JobError::Stage(StageError::Pack(e)) if e.is_usage() => Exit::Usage,
             _ => Exit::Failed,
         }
     }
@@ -95,6 +109,8 @@ pub struct Summary {
     pub retries: u64,
     /// The upload's URL, when known.
     pub url: Option<String>,
+    /// Files left out while packing, `PATH: REASON`.
+    pub skipped: Vec<String>,
 }
 
 /// Counts retries on their way to the real reporter, for the job summary.
@@ -145,6 +161,7 @@ pub fn run(
                 exit: exit.code(),
                 url: None,
                 bytes: None,
+                skipped: Vec::new(),
             },
         );
         if stopped {
@@ -174,6 +191,7 @@ pub fn run(
             exit: exit.code(),
             url: summary.url.clone(),
             bytes: summary.archive_size,
+            skipped: summary.skipped.clone(),
         },
     );
     let (files, bytes_in, archive_size) = (summary.files, summary.bytes_in, summary.archive_size.unwrap_or(0));
@@ -190,8 +208,38 @@ pub fn run(
         duration_s: started.elapsed().as_secs_f64(),
         retries: summary.retries,
         url: summary.url,
+        skipped: summary.skipped,
     });
     result
+}
+
+/// The link this push packs after `head`, with what the last confirmed push saw; records that
+/// cannot be read make it a full archive (never a wrong incremental).
+fn plan_link(store: &Store, head: Option<&Head>, full_every: Option<FullEvery>) -> crate::pack::Incremental {
+    let link = inc_state::next_link(head, full_every);
+    let previous = match (link.level, head) {
+        (0, _) | (_, None) => None,
+        (_, Some(h)) => match store.previous(h) {
+            Ok(p) => Some(std::sync::Arc::new(p)),
+            Err(e) => {
+                tracing::warn!("{e}: this push is a full archive");
+                return crate::pack::Incremental {
+                    link: inc_state::next_link(None, None),
+                    previous: None,
+                };
+            }
+        },
+    };
+    match &link.parent {
+        Some(p) => tracing::info!(
+            "incremental level {} of chain {}, after {}",
+            link.level,
+            link.chain,
+            p.name
+        ),
+        None => tracing::info!("a full archive: it starts a new chain"),
+    }
+    crate::pack::Incremental { link, previous }
 }
 
 /// The work: pack into the state dir (or reuse what a killed run packed), send, clean up.
@@ -204,11 +252,20 @@ fn push(
 ) -> Result<Exit, JobError> {
     let Plan {
         dest,
-        pack,
+        mut pack,
         send: mut opts,
         name,
         keep_staging,
+        incremental,
     } = plan;
+    let chain = incremental.map(|choice| {
+        let store = Store::for_job(&opts.state_dir, &dest.key(), &pack.paths);
+        let head = store.head();
+        (store, head, choice)
+    });
+    if let Some((store, head, choice)) = &chain {
+        pack.incremental = Some(plan_link(store, head.as_ref(), choice.full_every));
+    }
     let staged = match stage(&opts.state_dir, &pack, &dest.key(), &name, progress) {
         Err(StageError::Pack(PackError::Interrupted)) => {
             tracing::warn!("interrupted while packing: run the same command again to start over");
@@ -219,6 +276,11 @@ fn push(
     summary.files = staged.manifest.source.files;
     summary.bytes_in = staged.manifest.source.bytes;
     summary.archive_size = Some(staged.manifest.archive.size);
+    summary.skipped = staged
+        .skipped()
+        .iter()
+        .map(|s| format!("{}: {}", s.path, s.reason))
+        .collect();
     opts.file = staged.archive.clone();
     opts.name = Some(staged.name.clone());
     if crate::stop::requested() {
@@ -239,6 +301,13 @@ fn push(
         return Ok(sent.exit);
     }
     let skipped = staged.skipped().len();
+    if let (Some((store, head, _)), Some(link)) = (&chain, &staged.manifest.incremental) {
+        let pending = inc_state::pending_path(&staged.archive);
+        let new = store
+            .commit(&pending, link, &staged.name, staged.manifest.archive.md5, head.as_ref())
+            .map_err(JobError::State)?;
+        tracing::info!("chain {}: level {} is the newest link", new.chain, new.level);
+    }
     if keep_staging {
         tracing::info!("kept the staging archive {}", staged.archive.display());
     } else {

@@ -71,6 +71,30 @@ pub enum RestoreJobError {
     /// The archive could not be checked or extracted.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// An incremental chain the upload needs is broken on the server.
+    #[error(transparent)]
+    Chain(#[from] crate::incremental::chain::ChainError),
+    /// A local incremental archive cannot be restored alone.
+    #[error(
+        "{file} is level {level} of the incremental chain {chain}: restore it by name from the server \
+         (robusto restore NAME --from URL), which fetches and applies the whole chain"
+    )]
+    LoneIncremental {
+        /// The archive.
+        file: String,
+        /// Its level.
+        level: u32,
+        /// Its chain.
+        chain: String,
+    },
+}
+
+impl RestoreJobError {
+    /// Whether running the same command again may succeed (exit 75): the server stayed out of
+    /// reach past the retry budget.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, RestoreJobError::Get(e) if e.is_resumable())
+    }
 }
 
 /// What to restore, and how.
@@ -84,6 +108,9 @@ pub struct RestoreJob {
     pub dry_run: bool,
     /// Extract a local archive without a manifest, or an upload without a checksum.
     pub no_verify: bool,
+    /// With a name: the newest upload completed at or before this time (seconds since the
+    /// epoch), for the tree as it was then (`--at`).
+    pub at: Option<u64>,
 }
 
 /// What a restore job did.
@@ -97,15 +124,39 @@ pub struct Restored {
 
 /// Restores `job.origin` into `job.into`. A downloaded upload is removed once extracted.
 pub fn run(job: &RestoreJob) -> Result<Restored, RestoreJobError> {
-    let (archive, downloaded, verify) = match &job.origin {
-        Origin::File(file) => (file.clone(), None, !job.no_verify),
-        Origin::Upload(upload) => fetch(upload, job.no_verify)?,
+    let (archive, chain, downloaded, verify) = match &job.origin {
+        Origin::File(file) => {
+            if let Ok(m) = crate::manifest::Manifest::read_for(file)
+                && let Some(link) = m.incremental.filter(|l| l.level > 0)
+            {
+                return Err(RestoreJobError::LoneIncremental {
+                    file: file.display().to_string(),
+                    level: link.level,
+                    chain: link.chain,
+                });
+            }
+            (file.clone(), Vec::new(), None, !job.no_verify)
+        }
+        Origin::Upload(upload) => {
+            let (archive, downloaded, verify) = fetch(upload, job.no_verify)?;
+            (archive, Vec::new(), downloaded, verify)
+        }
         Origin::Named { server, name } => {
-            let upload = GetOptions {
-                url: find(server, name)?,
-                ..server.clone()
-            };
-            fetch(&upload, job.no_verify)?
+            let links = find(server, name, job.at)?;
+            // every link is downloaded and checked against the server's MD5 before any is applied
+            let mut files = Vec::with_capacity(links.len());
+            let mut last = None;
+            for url in links {
+                let upload = GetOptions { url, ..server.clone() };
+                let (file, downloaded, _) = fetch(&upload, job.no_verify)?;
+                files.push(file);
+                last = downloaded;
+            }
+            let archive = files.pop().ok_or_else(|| RestoreJobError::NoSuchUpload {
+                name: name.clone(),
+                server: server.url.to_string(),
+            })?;
+            (archive, files, last, false)
         }
     };
     let opts = RestoreOptions {
@@ -113,33 +164,64 @@ pub fn run(job: &RestoreJob) -> Result<Restored, RestoreJobError> {
         into: job.into.clone(),
         dry_run: job.dry_run,
         verify,
+        chain: chain.clone(),
     };
     let report = crate::restore::restore(&opts)?;
     if downloaded.is_some() {
-        let _ = std::fs::remove_file(&archive);
+        for file in chain.iter().chain([&archive]) {
+            let _ = std::fs::remove_file(file);
+        }
     }
     Ok(Restored { downloaded, report })
 }
 
-/// The URL of the newest completed upload called `name` (or starting with it) on the server.
-fn find(server: &GetOptions, name: &str) -> Result<Url, RestoreJobError> {
+/// The URLs of what restoring the newest completed upload called `name` (or starting with it),
+/// completed at or before `at`, takes: its incremental chain, full archive first, or just the
+/// upload when it stands alone.
+fn find(server: &GetOptions, name: &str, at: Option<u64>) -> Result<Vec<Url>, RestoreJobError> {
     let uploads = super::runtime()
         .map_err(RestoreJobError::Runtime)?
         .block_on(get::list(server))?;
-    let found = uploads
-        .iter()
-        .rev()
-        .find(|u| u.name == name)
-        .or_else(|| uploads.iter().rev().find(|u| u.name.starts_with(name)))
+    let in_time = |u: &&crate::protocol::Listed| at.is_none_or(|t| u.completed.is_some_and(|c| c <= t));
+    // the newest: by completion time, then by name (names carry their date and time)
+    let newest = |exact: bool| {
+        uploads
+            .iter()
+            .filter(in_time)
+            .filter(|u| {
+                if exact {
+                    u.name == name
+                } else {
+                    u.name.starts_with(name)
+                }
+            })
+            .max_by(|a, b| (a.completed, &a.name).cmp(&(b.completed, &b.name)))
+    };
+    let found = newest(true)
+        .or_else(|| newest(false))
         .ok_or_else(|| RestoreJobError::NoSuchUpload {
             name: name.to_string(),
             server: server.url.to_string(),
         })?;
-    let url = upload_url(&server.url, &found.id);
-    Url::parse(&url).map_err(|e| RestoreJobError::BadUrl {
-        url,
-        reason: e.to_string(),
-    })
+    let links = crate::incremental::chain::links_of(found, &uploads)?;
+    if links.len() > 1 {
+        let names: Vec<&str> = links.iter().map(|u| u.name.as_str()).collect();
+        tracing::info!(
+            "{} is an incremental: restoring its chain {}",
+            found.name,
+            names.join(" → ")
+        );
+    }
+    links
+        .iter()
+        .map(|u| {
+            let url = upload_url(&server.url, &u.id);
+            Url::parse(&url).map_err(|e| RestoreJobError::BadUrl {
+                url,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// The archive to extract, the download and whether to check a manifest: downloads `upload`

@@ -32,12 +32,72 @@ pub enum DestinationError {
     /// A URL of a scheme other than http or https.
     #[error("--to {0}: only http and https URLs are supported")]
     Scheme(String),
+    /// A server's address without `http://` (taken for a folder, it would fill one named so).
+    #[error("--to {to} looks like a server address, not a folder: did you mean {url}? write ./{to} for a local folder")]
+    LooksLikeServer {
+        /// What was given.
+        to: String,
+        /// The URL it probably means.
+        url: String,
+    },
+}
+
+/// The URL `text` probably means when it looks like a server's address written without a scheme:
+/// `host:port…` (`127.0.0.1:1080/files/`, `backup:8443`), or a host name or IPv4 address followed
+/// by a path (`backup.example.org/files/`). `None` for what reads as a path.
+pub fn server_address(text: &str) -> Option<String> {
+    let (host, path) = match text.split_once('/') {
+        Some((host, path)) => (host, Some(path)),
+        None => (text, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ipv4 = |h: &str| h.parse::<std::net::Ipv4Addr>().is_ok();
+    let local = |h: &str| ipv4(h) || h == "localhost" || h.starts_with('[');
+    if let Some((name, port)) = host.rsplit_once(':')
+        && !port.is_empty()
+        && port.len() <= 5
+        && port.chars().all(|c| c.is_ascii_digit())
+        && (name.split('.').all(label) || (name.starts_with('[') && name.ends_with(']')))
+    {
+        let scheme = if port == "443" { "https" } else { "http" };
+        return Some(format!("{scheme}://{text}"));
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let domain = labels.len() >= 2
+        && labels.iter().all(|l| label(l))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+    if path.is_some() && (domain || local(host)) {
+        let scheme = if local(host) { "http" } else { "https" };
+        return Some(format!("{scheme}://{text}"));
+    }
+    None
 }
 
 impl Destination {
-    /// Parses `--to`: a URL with a scheme (http or https), or a folder.
+    /// Parses `--to`: a URL with a scheme (http or https), or a folder. What looks like a
+    /// server's address without its scheme ([`server_address`]) is refused, unless it is
+    /// written as a path (`./NAME`, absolute) or a folder of that name exists.
     pub fn parse(to: &str) -> Result<Self, DestinationError> {
         if !to.contains("://") {
+            let path = std::path::Path::new(to);
+            let written_as_path = path.is_absolute() || path.starts_with(".") || path.starts_with("..");
+            let first = to.split('/').next().unwrap_or(to);
+            if !written_as_path
+                && !std::path::Path::new(first).exists()
+                && let Some(url) = server_address(to)
+            {
+                return Err(DestinationError::LooksLikeServer {
+                    to: to.to_string(),
+                    url,
+                });
+            }
             return Ok(Destination::Dir(PathBuf::from(to)));
         }
         let url = Url::parse(to).map_err(|e| DestinationError::Url {
@@ -199,5 +259,51 @@ mod tests {
         let e = Destination::parse("ftp://h/files/").unwrap_err().to_string();
         assert_eq!(e, "--to ftp://h/files/: only http and https URLs are supported");
         assert!(Destination::parse("http://").is_err());
+        let e = Destination::parse("127.0.0.1:19100/files/").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--to 127.0.0.1:19100/files/ looks like a server address, not a folder: did you mean \
+             http://127.0.0.1:19100/files/? write ./127.0.0.1:19100/files/ for a local folder"
+        );
+        assert!(matches!(
+            Destination::parse("./127.0.0.1:19100/files/"),
+            Ok(Destination::Dir(_))
+        ));
+        assert!(matches!(
+            Destination::parse("/srv/backup.example.org/files/"),
+            Ok(Destination::Dir(_))
+        ));
+    }
+
+    #[test]
+    fn server_addresses_without_a_scheme_are_recognised() {
+        let said = |t: &str| server_address(t);
+        assert_eq!(
+            said("127.0.0.1:19100/files/").as_deref(),
+            Some("http://127.0.0.1:19100/files/")
+        );
+        assert_eq!(said("backup:8080").as_deref(), Some("http://backup:8080"));
+        assert_eq!(
+            said("h.example.org:443/files/").as_deref(),
+            Some("https://h.example.org:443/files/")
+        );
+        assert_eq!(said("[::1]:1080/files/").as_deref(), Some("http://[::1]:1080/files/"));
+        assert_eq!(
+            said("backup.example.org/files/").as_deref(),
+            Some("https://backup.example.org/files/")
+        );
+        assert_eq!(said("10.0.0.5/files/").as_deref(), Some("http://10.0.0.5/files/"));
+        assert_eq!(said("localhost/files/").as_deref(), Some("http://localhost/files/"));
+        for path in [
+            "received",
+            "backups/here",
+            "backup.example.org",
+            "photos.2024/all",
+            "out.d/x",
+            "a:b/c",
+            "notes:/x",
+        ] {
+            assert_eq!(said(path), None, "{path}");
+        }
     }
 }

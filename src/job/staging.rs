@@ -191,6 +191,12 @@ pub fn stage(
     }
     let mut opts = pack_opts.clone();
     opts.output = archive.clone();
+    if let Some(inc) = &mut opts.incremental
+        && inc.link.level == 0
+    {
+        // a full archive names its chain after itself
+        inc.link.chain = name.clone();
+    }
     let report = match pack::pack(&opts, progress) {
         Ok(r) => r,
         Err(PackError::Interrupted) => return Err(PackError::Interrupted.into()),

@@ -39,6 +39,40 @@ pub struct Entry {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// What else tells a change, as the walk saw it (for incremental archives).
+    pub change: Change,
+}
+
+/// The parts of a file's status that change when its content might have, beyond size and mode:
+/// times to the nanosecond and identity. A write always moves `ctime`, even when `mtime` is put
+/// back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+    /// Hard links to the inode (a file with more than one is stored once in a tar archive).
+    pub nlink: u64,
+}
+
+impl Change {
+    /// The change stamp of `m`.
+    pub fn of(m: &std::fs::Metadata) -> Change {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Change {
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+        }
+    }
 }
 
 impl Entry {

@@ -68,7 +68,8 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// file is about to be read again (`push` sends it next).
 pub struct WritebackFile {
     file: File,
-    writeback: Writeback,
+    /// `None` for a stream (`pack -o -`): there is no file to write back.
+    writeback: Option<Writeback>,
 }
 
 impl WritebackFile {
@@ -77,12 +78,17 @@ impl WritebackFile {
         let writeback = Writeback::new(0, WRITEBACK_STEP);
         WritebackFile {
             file,
-            writeback: if keep_cached {
+            writeback: Some(if keep_cached {
                 writeback.keeping_cache()
             } else {
                 writeback
-            },
+            }),
         }
+    }
+
+    /// Wraps a pipe or a terminal (standard output): written as it comes, never written back.
+    pub fn stream(file: File) -> Self {
+        WritebackFile { file, writeback: None }
     }
 
     /// The file, for [`Staging::commit`].
@@ -95,7 +101,9 @@ impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         crate::stop::check()?;
         let n = self.file.write(buf)?;
-        self.writeback.wrote(&self.file, n as u64)?;
+        if let Some(w) = &mut self.writeback {
+            w.wrote(&self.file, n as u64)?;
+        }
         Ok(n)
     }
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 
 use super::entry::{Entry, Kind};
 use crate::manifest::Skipped;
@@ -64,6 +64,33 @@ pub struct WalkOptions {
     pub follow_symlinks: bool,
     /// Paths never to store (the archive being written, its manifest).
     pub never: Vec<PathBuf>,
+    /// Like `exclude`, matched without regard to case (`--iexclude`).
+    pub iexclude: Vec<String>,
+    /// Leave out a folder that holds a file of one of these names (`--exclude-if-present`).
+    pub exclude_if_present: Vec<String>,
+    /// Leave out a folder holding a `CACHEDIR.TAG` with the cache directory signature
+    /// (`--exclude-caches`, <https://bford.info/cachedir/>).
+    pub exclude_caches: bool,
+    /// Leave out files larger than this many bytes (`--exclude-larger-than`).
+    pub exclude_larger_than: Option<u64>,
+}
+
+/// The start of a valid `CACHEDIR.TAG`.
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Whether the folder `dir` is marked to be left out: a file named in `markers`, or (with
+/// `caches`) a `CACHEDIR.TAG` that carries the signature.
+fn marked(dir: &Path, markers: &[String], caches: bool) -> bool {
+    if markers.iter().any(|m| fs::symlink_metadata(dir.join(m)).is_ok()) {
+        return true;
+    }
+    caches && {
+        use std::io::Read as _;
+        let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+        fs::File::open(dir.join("CACHEDIR.TAG"))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
+    }
 }
 
 /// One item of a walk: something to store, or something that could not be walked.
@@ -97,7 +124,11 @@ impl Excludes {
         }
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
-        for p in &patterns {
+        let all = patterns
+            .iter()
+            .map(|p| (p, false))
+            .chain(opts.iexclude.iter().map(|p| (p, true)));
+        for (p, nocase) in all {
             let trimmed = p.trim_end_matches('/');
             let bad = |e: globset::Error| WalkError::Pattern {
                 pattern: p.clone(),
@@ -106,10 +137,12 @@ impl Excludes {
             if trimmed.contains('/') {
                 let glob = globset::GlobBuilder::new(trimmed.trim_start_matches('/'))
                     .literal_separator(true)
+                    .case_insensitive(nocase)
                     .build();
                 paths.add(glob.map_err(bad)?);
             } else {
-                names.add(Glob::new(trimmed).map_err(bad)?);
+                let glob = globset::GlobBuilder::new(trimmed).case_insensitive(nocase).build();
+                names.add(glob.map_err(bad)?);
             }
         }
         let finish = |b: GlobSetBuilder| {
@@ -219,11 +252,23 @@ impl Walk {
             .sort_by_file_name(|a, b| a.cmp(b));
         wb.add_custom_ignore_filename(IGNORE_FILE);
         let (ex, nv, r) = (Arc::clone(&self.excludes), Arc::clone(&self.never), root.to_path_buf());
+        let (markers, caches) = (self.opts.exclude_if_present.clone(), self.opts.exclude_caches);
         wb.filter_entry(move |e| {
             let rel = e.path().strip_prefix(&r).unwrap_or(e.path());
             // the full path is only worked out for a name that one of the `never` paths has
             let never = || nv.iter().any(|n| n.file_name() == Some(e.file_name())) && nv.contains(&normalize(e.path()));
-            !ex.excludes(rel) && !never()
+            let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+            let tagged = || {
+                let left_out = marked(e.path(), &markers, caches);
+                if left_out {
+                    tracing::info!(
+                        "left out {}: it is marked as a folder not to back up",
+                        e.path().display()
+                    );
+                }
+                left_out
+            };
+            !ex.excludes(rel) && !never() && !(is_dir && (caches || !markers.is_empty()) && tagged())
         });
         wb.build()
     }
@@ -271,6 +316,16 @@ impl Walk {
             Err(err) => return skipped(shown, format!("unreadable: {err}")),
         };
         let ft = meta.file_type();
+        if let Some(limit) = self.opts.exclude_larger_than
+            && ft.is_file()
+            && meta.len() > limit
+        {
+            tracing::info!(
+                "left out {shown}: {} bytes, larger than --exclude-larger-than",
+                meta.len()
+            );
+            return None;
+        }
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_file() {
@@ -299,6 +354,7 @@ impl Walk {
             mtime: meta.mtime(),
             uid: meta.uid(),
             gid: meta.gid(),
+            change: super::entry::Change::of(&meta),
         }))
     }
 }

@@ -9,6 +9,7 @@
 //! checksum ([`stream`]), and the end-of-archive block. A damaged archive leaves the target
 //! folder as it was: no damaged file under its name, no partial restore, no temporary files.
 
+mod purge;
 mod staging;
 mod stream;
 
@@ -86,6 +87,10 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Check the archive against `FILE.manifest.json` first.
     pub verify: bool,
+    /// The links of an incremental chain that come before `archive`, full archive first: each is
+    /// applied in turn (its deletions, then its entries), and `archive` last. Empty for an
+    /// archive that stands alone.
+    pub chain: Vec<PathBuf>,
 }
 
 /// What an entry is.
@@ -210,6 +215,8 @@ struct Extractor {
     chown: bool,
     /// Folders whose owner, mode and mtime are applied at the end (children first).
     dirs: Vec<DirMeta>,
+    /// Where each folder is in `dirs`: a later link of a chain updates its folder's metadata.
+    dir_index: std::collections::HashMap<PathBuf, usize>,
     report: RestoreReport,
 }
 
@@ -399,12 +406,19 @@ impl Extractor {
                         fs::create_dir(&dest).map_err(Self::io(&shown))?;
                     }
                 }
-                self.dirs.push(DirMeta {
-                    rel,
+                let d = DirMeta {
+                    rel: rel.clone(),
                     mode: meta.mode,
                     mtime: meta.mtime,
                     owner: meta.owner,
-                });
+                };
+                match self.dir_index.get(&rel) {
+                    Some(&i) => self.dirs[i] = d,
+                    None => {
+                        self.dir_index.insert(rel, self.dirs.len());
+                        self.dirs.push(d);
+                    }
+                }
             }
             EntryKind::File => {
                 Self::clear(&dest, &shown)?;
@@ -436,6 +450,9 @@ impl Extractor {
                 Self::clear(&dest, &shown)?;
                 std::os::unix::fs::symlink(target, &dest).map_err(Self::io(&shown))?;
                 self.set_owner(&dest, &shown, meta.owner);
+                if let Some(t) = meta.mtime {
+                    set_link_mtime(&dest, t, &shown);
+                }
             }
             EntryKind::HardLink(target) => {
                 let link_rel = link_rel.unwrap_or_default();
@@ -466,6 +483,9 @@ impl Extractor {
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
         for d in std::mem::take(&mut self.dirs).into_iter().rev() {
             let dir = self.root.join(&d.rel);
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                continue; // removed, or replaced by a file, by a later link of a chain
+            }
             self.set_owner(&dir, &dir, d.owner);
             // times first: a mode without owner-read would stop the open needed to set them
             if let Some(t) = d.mtime {
@@ -482,6 +502,28 @@ impl Extractor {
 
 /// What a read error inside an entry's data means: the zip reader checks each entry's CRC32 as
 /// its last byte is read.
+/// Sets a symlink's own mtime (not its target's); a failure is logged, the link stays.
+fn set_link_mtime(link: &Path, secs: i64, shown: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(link.as_os_str().as_bytes()) else {
+        return;
+    };
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `times` holds two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        tracing::debug!(
+            "{}: cannot set the link's mtime: {}",
+            shown.display(),
+            io::Error::last_os_error()
+        );
+    }
+}
+
 fn entry_fault(e: &io::Error) -> String {
     if e.kind() == io::ErrorKind::InvalidData && e.to_string() == "Invalid checksum" {
         "CRC mismatch: the archive is damaged".into()
@@ -617,6 +659,7 @@ fn tar_each<R: Read>(archive: &mut tar::Archive<R>, ex: &mut Extractor) -> Resul
         };
         let kind = match h.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
+            t if t.as_byte() == purge::DUMPDIR => EntryKind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
             tar::EntryType::Symlink => EntryKind::Symlink(link()),
             tar::EntryType::Link => EntryKind::HardLink(link().trim_end_matches('/').to_string()),
@@ -644,6 +687,31 @@ fn tar_each<R: Read>(archive: &mut tar::Archive<R>, ex: &mut Extractor) -> Resul
         )
         .map_err(TarFailure::Place)?;
     }
+    Ok(())
+}
+
+/// Applies the deletions of a chain link (its dumpdirs) to the staged tree.
+fn purge_link(archive: &Path, container: Container, stage: &Path) -> Result<(), RestoreError> {
+    let open = || {
+        File::open(archive)
+            .map(|f| BufReader::with_capacity(1 << 20, f))
+            .map_err(Extractor::io(archive))
+    };
+    let removed = match container {
+        Container::Zip => {
+            return Err(RestoreError::Format {
+                path: archive.to_path_buf(),
+                reason: "a link of an incremental chain must be a tar archive".into(),
+            });
+        }
+        Container::Tar => purge::apply(archive, open()?, stage)?,
+        Container::TarGz => purge::apply(archive, flate2::read::MultiGzDecoder::new(open()?), stage)?,
+        Container::TarZst => {
+            let dec = zstd::stream::read::Decoder::with_buffer(open()?).map_err(Extractor::io(archive))?;
+            purge::apply(archive, dec, stage)?
+        }
+    };
+    tracing::debug!("{}: {removed} entries deleted since the link before", archive.display());
     Ok(())
 }
 
@@ -698,15 +766,20 @@ fn make_folder(into: &Path) -> Result<Vec<PathBuf>, RestoreError> {
 /// end of the archive); a restore that fails before leaves the folder as it was (the folders
 /// made for it removed).
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
-    if opts.verify {
-        match manifest::verify(&opts.archive) {
-            Err(ManifestError::Missing(_)) => return Err(RestoreError::NoManifest(opts.archive.clone())),
-            other => {
-                other?;
+    let links: Vec<PathBuf> = opts.chain.iter().chain([&opts.archive]).cloned().collect();
+    let mut containers = Vec::with_capacity(links.len());
+    // every link is checked before anything is written
+    for link in &links {
+        if opts.verify {
+            match manifest::verify(link) {
+                Err(ManifestError::Missing(_)) => return Err(RestoreError::NoManifest(link.clone())),
+                other => {
+                    other?;
+                }
             }
         }
+        containers.push((link.clone(), sniff(link)?));
     }
-    let container = sniff(&opts.archive)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let chown = unsafe { libc::geteuid() } == 0;
     let mut ex = Extractor {
@@ -717,14 +790,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         dry_run: opts.dry_run,
         chown,
         dirs: Vec::new(),
+        dir_index: std::collections::HashMap::new(),
         report: RestoreReport::default(),
     };
     if opts.dry_run {
-        extract(&opts.archive, container, &mut ex)?;
+        // a dry run lists the link asked for
+        let (archive, container) = containers
+            .pop()
+            .ok_or_else(|| RestoreError::NoManifest(opts.archive.clone()))?;
+        extract(&archive, container, &mut ex)?;
         return Ok(ex.report);
     }
     let made = make_folder(&opts.into)?;
-    let result = extract_staged(&opts.archive, &opts.into, container, ex);
+    let result = extract_staged(&containers, &opts.into, ex);
     if result.is_err() {
         for dir in made.iter().rev() {
             let _ = fs::remove_dir(dir);
@@ -735,9 +813,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
 
 /// Extracts into a staging folder inside `into`, then moves the entries into place.
 fn extract_staged(
-    archive: &Path,
+    links: &[(PathBuf, Container)],
     into: &Path,
-    container: Container,
     mut ex: Extractor,
 ) -> Result<RestoreReport, RestoreError> {
     let root = fs::canonicalize(into).map_err(Extractor::io(into))?;
@@ -746,7 +823,14 @@ fn extract_staged(
     ex.root = root;
     ex.stage = staging.path().to_path_buf();
     ex.stage_name = staging.name().to_os_string();
-    if let Err(e) = extract(archive, container, &mut ex) {
+    let extracted = links.iter().enumerate().try_for_each(|(i, (archive, container))| {
+        ex.archive = archive.clone();
+        if i > 0 {
+            purge_link(archive, *container, &ex.stage)?;
+        }
+        extract(archive, *container, &mut ex)
+    });
+    if let Err(e) = extracted {
         staging.discard();
         // the staging folder came and went: the folder's mtime goes back to what it was
         if let Some(t) = mtime
@@ -801,6 +885,7 @@ mod tests {
             into: into.clone(),
             dry_run: false,
             verify: false,
+            chain: Vec::new(),
         };
         for name in ["evil/pwned.txt", "file/below.txt"] {
             tar_of(&archive, &[("ok.txt", "fine"), (name, "gotcha")]);

@@ -9,6 +9,8 @@
 //! - When the process runs out of file descriptors, accepting pauses briefly and goes on; it never
 //!   stops. [`raise_fd_limit`] lifts the soft descriptor limit to the hard one at start, and
 //!   [`default_max_connections`] keeps the connection cap below what the limit allows.
+//! - With TLS ([`super::tls`]), the handshake must also finish within the header timeout, and
+//!   ALPN chooses HTTP/2 or HTTP/1.1.
 //! - At shutdown the listener closes, idle connections end, and requests in flight are answered
 //!   before [`serve`] returns.
 
@@ -24,7 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// What the accept loop allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,12 +206,14 @@ impl Throttled {
     }
 }
 
-/// Serves `app` on `listener` under `limits` until `shutdown` completes, then stops accepting,
-/// lets the connections finish what they are answering, and returns.
+/// Serves `app` on `listener` under `limits` (over TLS when `tls` is given) until `shutdown`
+/// completes, then stops accepting, lets the connections finish what they are answering, and
+/// returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -263,20 +269,40 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection from {peer} ended: {e}");
+            let _slot = slot;
+            match tls {
+                None => serve_connection(&builder, stream, service, watcher, peer).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(&builder, stream, service, watcher, peer).await,
+                    Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake with {peer} took longer than the header timeout"),
+                },
             }
-            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it ends, or until shutdown has let it finish.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!("connection from {peer} ended: {e}");
+    }
 }
 
 #[cfg(test)]

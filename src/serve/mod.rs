@@ -17,9 +17,11 @@ pub mod in_process;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod origin;
 pub mod routes;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod uploads;
 pub mod verify;
 
@@ -76,6 +78,9 @@ pub struct Config {
     /// Connection caps and the header timeout (`--max-connections`, `--max-connections-per-ip`,
     /// `--header-timeout`).
     pub limits: listen::Limits,
+    /// A TLS-terminating proxy is in front (`--behind-proxy`): the URLs handed out take its
+    /// `Forwarded` / `X-Forwarded-Proto` / `X-Forwarded-Host` (see [`origin`]).
+    pub behind_proxy: bool,
 }
 
 /// The store a server runs on.
@@ -104,6 +109,7 @@ impl Config {
             metrics: None,
             store: StoreChoice::Fs,
             limits: listen::Limits::default(),
+            behind_proxy: false,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct AppState {
     pub uploads: Arc<Uploads>,
     /// What the server counts (served by [`run_metrics`]).
     pub metrics: Arc<Metrics>,
+    /// The certificate pair when serving TLS (`--tls-cert`, `--tls-key`); reload it with
+    /// [`tls::Certificates::reload`].
+    pub tls: Option<Arc<tls::Certificates>>,
 }
 
 impl AppState {
@@ -143,6 +152,7 @@ impl AppState {
             config: Arc::new(config),
             uploads: Arc::new(Uploads::default()),
             metrics: Arc::new(Metrics::new()),
+            tls: None,
         }
     }
 }
@@ -199,7 +209,7 @@ pub async fn run_metrics(listener: TcpListener, state: AppState) -> io::Result<(
     let addr = listener.local_addr()?;
     tracing::info!("metrics on http://{addr}/metrics");
     let app = metrics::router(Arc::clone(&state.metrics));
-    listen::serve(listener, app, state.config.limits, std::future::pending()).await
+    listen::serve(listener, app, state.config.limits, None, std::future::pending()).await
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, under the connection caps
@@ -236,7 +246,11 @@ pub async fn run(
         uploads.cancel_all();
     };
     let limits = state.config.limits;
-    let result = listen::serve(listener, router(state), limits, shutdown).await;
+    let tls = match &state.tls {
+        Some(certificates) => Some(certificates.acceptor().map_err(io::Error::other)?),
+        None => None,
+    };
+    let result = listen::serve(listener, router(state), limits, tls, shutdown).await;
     sweeper.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
@@ -250,6 +264,27 @@ const CORS_ALLOW_HEADERS: &str = "Authorization, Origin, X-Requested-With, X-Req
 const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, \
      Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, \
      Tus-Checksum-Algorithm, ETag, Content-Range, Robusto-Chunk-Prefix, Robusto-Chunk-Checksum";
+
+/// The header names a preflight asks for (`Access-Control-Request-Headers`) that the tus
+/// headers do not cover, e.g. a custom header a tus-js-client or Uppy application sets: an
+/// allowed origin may send them. Only well-formed header names are taken.
+fn requested_headers(headers: &HeaderMap) -> Option<String> {
+    let known: Vec<String> = CORS_ALLOW_HEADERS
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let extra: Vec<String> = headers
+        .get_all(http::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h.len() <= 64 && http::HeaderName::from_bytes(h.as_bytes()).is_ok())
+        .filter(|h| !known.contains(h))
+        .take(32)
+        .collect();
+    (!extra.is_empty()).then(|| extra.join(", "))
+}
 
 fn allowed_origin(config: &Config, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(http::ORIGIN)?;
@@ -275,6 +310,7 @@ pub async fn tus_layer(State(state): State<AppState>, mut req: Request, next: Ne
     let origin = allowed_origin(&state.config, req.headers());
     let method = req.method().clone();
     let preflight = method == Method::OPTIONS && req.headers().contains_key(http::ACCESS_CONTROL_REQUEST_METHOD);
+    let requested_headers = preflight.then(|| requested_headers(req.headers())).flatten();
     let mut response = if preflight && origin.is_some() {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -310,10 +346,12 @@ pub async fn tus_layer(State(state): State<AppState>, mut req: Request, next: Ne
                 http::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("POST, GET, HEAD, PATCH, DELETE, OPTIONS"),
             );
-            h.insert(
-                http::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(CORS_ALLOW_HEADERS),
-            );
+            let allow = match requested_headers {
+                Some(extra) => HeaderValue::from_str(&format!("{CORS_ALLOW_HEADERS}, {extra}"))
+                    .unwrap_or_else(|_| HeaderValue::from_static(CORS_ALLOW_HEADERS)),
+                None => HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            };
+            h.insert(http::ACCESS_CONTROL_ALLOW_HEADERS, allow);
             h.insert(http::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         }
     }

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::header::IntoHeaderName;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header as http};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header as http};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tracing::{Instrument as _, instrument};
@@ -15,7 +15,7 @@ use super::error::ServeError;
 use super::store::{UploadInfo, UploadState};
 use super::uploads::{self, Creation, Owner};
 use super::verify::{self, MAX_CONCAT_PARTS};
-use super::{concat, status};
+use super::{concat, origin, status};
 use crate::protocol::Listed;
 use crate::protocol::{self, StatusReport, header};
 
@@ -66,6 +66,7 @@ pub async fn options(State(state): State<AppState>) -> Response {
 pub async fn create(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -82,8 +83,9 @@ pub async fn create(
                 "a final upload must not carry Upload-Length".into(),
             ));
         }
-        let host = verify::header_str(&headers, "host")?;
-        let parts = uploads::concat_part_ids(urls, host)?;
+        verify::header_str(&headers, "host")?;
+        let origin = origin::of_request(&uri, &headers, state.tls.is_some(), state.config.behind_proxy);
+        let parts = uploads::concat_part_ids(urls, origin.as_ref().map(|o| o.authority.as_str()))?;
         if parts.is_empty() || parts.len() > MAX_CONCAT_PARTS {
             return Err(ServeError::BadRequest(format!(
                 "a final upload names 1 to {MAX_CONCAT_PARTS} partial uploads"
@@ -411,11 +413,12 @@ pub async fn status(
     State(state): State<AppState>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<StatusReport>> {
     let info = uploads::load(&state, &id, &owner).await?;
-    let url = match verify::header_str(&headers, "host").ok().flatten() {
-        Some(host) => format!("http://{host}{}", location(&id)),
+    let url = match origin::of_request(&uri, &headers, state.tls.is_some(), state.config.behind_proxy) {
+        Some(origin) => format!("{}{}", origin.url(), location(&id)),
         None => location(&id),
     };
     Ok(Json(status::status_report(&state, info, url).await))

@@ -120,11 +120,12 @@ pub async fn list_complete(state: &AppState, owner: &Owner) -> Result<Vec<Listed
             size: info.length.unwrap_or(info.offset),
             md5: info.md5,
             completed: info.completed,
+            completed_ns: info.completed_ns,
             completed_at,
             metadata,
             id: info.id,
         });
     }
-    out.sort_by(|a, b| (a.completed, &a.id).cmp(&(b.completed, &b.id)));
+    out.sort_by(crate::retention::oldest_first);
     Ok(out)
 }

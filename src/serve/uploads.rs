@@ -42,6 +42,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Nanoseconds since the Unix epoch (`u64` holds them until the year 2554).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A file name from the `filename` metadata that is safe to create inside the publish folder:
 /// only its last path component, no NUL or control characters, not `.`/`..`, at most 200
 /// bytes; `fallback` (the upload id) when nothing usable is left.
@@ -422,8 +430,10 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     }
     // A partial upload recorded its completion with its last append.
     if info.state != UploadState::Complete {
+        let ns = now_ns();
         info.state = UploadState::Complete;
-        info.completed = Some(now_secs());
+        info.completed = Some(ns / 1_000_000_000);
+        info.completed_ns = Some(ns);
         state.store.update(info.clone()).await?;
     }
     state.metrics.completed(&info);

@@ -5,9 +5,11 @@
 
 mod cli_send;
 mod disk_full;
+mod edges;
 mod faults;
 mod flaky;
 mod hostile;
+mod incremental;
 mod interop_serve;
 mod metrics;
 mod multinode;
@@ -19,10 +21,12 @@ mod push;
 mod relay;
 mod reliability;
 mod restore;
+mod reverse_proxy;
 mod s3;
 mod send;
 mod serve_env;
 mod serve_send;
 mod store;
 mod support;
+mod tls;
 mod tus;

@@ -31,7 +31,7 @@ async fn spawn_until_sending(cmd: &TestCommand, s: &Server) -> tokio::process::C
 /// Writes `token` and `robusto.toml` with `[profile.nightly]`: TREE to ENDPOINT with that token,
 /// the environment's state dir, tar.zst named by date and time, then `extra`.
 fn write_profile(env: &TestEnv, tree: &Path, endpoint: &str, extra: &str) -> PathBuf {
-    let token = env.write("token", "nightly-secret\n");
+    let token = env.write_secret("token", "nightly-secret\n");
     env.write(
         "robusto.toml",
         format!(

@@ -128,4 +128,48 @@ async fn push_with_a_skipped_file_completes_with_exit_3() {
         out.stderr
     );
     assert!(server.stored(out.stdout.trim()).exists(), "{}", out.stdout);
+
+    // -q (the README's cron line) still names it, at warning level; so do --json's summary and
+    // the hooks' environment
+    env.write("tree/more.txt", b"changed\n");
+    sh(&format!("chmod a+r '{}'", env.join("tree/more.txt").display()));
+    let quiet = env
+        .push(&tree, &server.endpoint())
+        .arg("-q")
+        .unprivileged()
+        .run_async()
+        .await
+        .code(3);
+    assert!(
+        quiet.stderr.contains("WARN") && quiet.stderr.contains("locked.txt"),
+        "{}",
+        quiet.stderr
+    );
+    env.write("tree/more.txt", b"changed again\n");
+    let json = env
+        .push(&tree, &server.endpoint())
+        .arg("--json")
+        .unprivileged()
+        .run_async()
+        .await
+        .code(3);
+    for line in json.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("--json: a stderr line is not JSON ({e}): {line}"));
+        assert!(v.get("event").is_some() || v.get("level").is_some(), "{line}");
+    }
+    assert!(
+        json.stderr.contains(r#""level":"WARN""#) && json.stderr.contains("locked.txt"),
+        "the skipped file's warning is a JSON record: {}",
+        json.stderr
+    );
+    let summary = json
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary: {}", json.stderr));
+    let skipped = summary["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{summary}");
+    assert!(skipped[0].as_str().unwrap().contains("locked.txt"), "{summary}");
 }

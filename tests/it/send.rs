@@ -29,6 +29,7 @@ pub fn options(file: &Path, endpoint: &str, state: &Path) -> SendOptions {
         stall_timeout: Duration::from_secs(5),
         max_duration: None,
         token: None,
+        roots: Default::default(),
         state_dir: state.to_path_buf(),
         name: None,
         job_key: None,

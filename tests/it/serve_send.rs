@@ -341,6 +341,7 @@ async fn bearer_tokens_from_a_file_or_the_environment() {
     assert!(out.stderr.contains("401"), "{}", out.stderr);
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "\ns3cret\n").unwrap();
+    crate::support::chmod(&tokens, 0o600);
     let mut with_file = base.to_vec();
     with_file.extend(["--token-file", tokens.to_str().unwrap()]);
     let out = robusto(with_file);

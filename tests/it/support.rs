@@ -75,6 +75,13 @@ impl TestEnv {
         path
     }
 
+    /// Writes a file of tokens, readable by its owner only (robusto refuses any other mode).
+    pub fn write_secret(&self, rel: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.write(rel, bytes);
+        chmod(&path, 0o600);
+        path
+    }
+
     /// `robusto FIRST`, run in this folder.
     pub fn robusto(&self, first: impl AsRef<OsStr>) -> TestCommand {
         TestCommand::bin().current_dir(self.path()).arg(first)
@@ -184,6 +191,13 @@ impl TestCommand {
             .output()
             .unwrap_or_else(|e| panic!("cannot run `{self}`: {e}"));
         Run::of(out, self)
+    }
+
+    /// Runs to the end, stdout kept as bytes (for commands that write binary output there).
+    pub fn output(&self) -> Output {
+        self.command()
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{self}`: {e}"))
     }
 
     /// Runs to the end and asserts exit 0.

@@ -1087,12 +1087,30 @@ async fn cors_for_browser_clients() {
             .unwrap()
             .contains("Location")
     );
+    // a preflight for the application's own headers (tus-js-client's `headers` option)
+    let req = axum::http::Request::options("/files/")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PATCH")
+        .header(
+            "access-control-request-headers",
+            "upload-offset, X-App-Session, content-type, bad header",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (status, h, _) = oneshot(&app, req).await;
+    assert_eq!(status, 204);
+    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_string();
+    assert!(allowed.ends_with(", x-app-session"), "{allowed}");
+    assert!(!allowed.contains("bad header"), "{allowed}");
     let req = axum::http::Request::options("/files/")
         .header("origin", "https://evil.example")
+        .header("access-control-request-method", "PATCH")
+        .header("access-control-request-headers", "x-app-session")
         .body(Body::empty())
         .unwrap();
     let (_, h, _) = oneshot(&app, req).await;
     assert!(!h.contains_key("access-control-allow-origin"));
+    assert!(!h.contains_key("access-control-allow-headers"));
 }
 
 #[tokio::test]

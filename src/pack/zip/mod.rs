@@ -206,7 +206,7 @@ pub(super) fn write_zip(
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<Sink, PackError> {
-    let [spill, central_path] = spill_paths(&opts.output);
+    let [spill, central_path] = spill_paths(&opts.work_path());
     let result = write_entries(sink, walk, opts, &spill, &central_path, tally, progress);
     let _ = std::fs::remove_file(&spill);
     let _ = std::fs::remove_file(&central_path);

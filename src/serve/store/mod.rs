@@ -62,6 +62,10 @@ pub struct UploadInfo {
     /// When the upload completed, seconds since the Unix epoch.
     #[serde(default)]
     pub completed: Option<u64>,
+    /// The same instant in nanoseconds since the Unix epoch, so that uploads completed within
+    /// one second keep their order (absent from records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ns: Option<u64>,
     /// For a partial upload: the final upload created before this one was complete
     /// (`concatenation-unfinished`), which is finished once all its parts are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +118,7 @@ impl UploadInfo {
             md5: None,
             published: None,
             completed: None,
+            completed_ns: None,
             final_upload: None,
             placed_at: None,
             held: None,
