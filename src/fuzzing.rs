@@ -590,6 +590,7 @@ fn restore_archive(data: &[u8]) {
         into: into.clone(),
         dry_run: true,
         verify: false,
+        chain: Vec::new(),
     };
     let dry = restore(&opts);
     assert_eq!(names(dir.path()), ["archive"], "a dry run wrote something");
