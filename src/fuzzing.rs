@@ -561,39 +561,86 @@ pub fn bwlimit(data: &[u8]) {
 
 /// A zip archive given to `robusto restore` ([`restore`]; see `restore_archive`).
 pub fn restore_zip(data: &[u8]) {
-    restore_archive(data);
+    restore_archive(data, None);
 }
 
 /// A tar archive, plain, gzip or zstd, given to `robusto restore` ([`restore`]; see
-/// `restore_archive`).
+/// `restore_archive`): alone, and as the second link of an incremental chain on a small full
+/// archive, so that its dumpdirs (GNU `D` entries) delete from what the first link restored.
 pub fn restore_tar(data: &[u8]) {
-    restore_archive(data);
+    restore_archive(data, None);
+    restore_archive(data, Some(&base_link()));
+}
+
+/// A small full archive for a chain: folders, files, a link.
+fn base_link() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_mtime(1_700_000_000);
+        if let Some(l) = link
+            && let Err(e) = h.set_link_name(l)
+        {
+            panic!("link name: {e}");
+        }
+        if let Err(e) = b.append_data(&mut h, name, data) {
+            panic!("base archive: {e}");
+        }
+    };
+    add("keep/", tar::EntryType::Directory, b"", None);
+    add("keep/a.txt", tar::EntryType::Regular, b"kept\n", None);
+    add("keep/gone.txt", tar::EntryType::Regular, b"deleted later\n", None);
+    add("d/", tar::EntryType::Directory, b"", None);
+    add("d/e/", tar::EntryType::Directory, b"", None);
+    add("d/e/f.txt", tar::EntryType::Regular, b"deep\n", None);
+    add("link", tar::EntryType::Symlink, b"", Some("keep/a.txt"));
+    match b.into_inner() {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("base archive: {e}"),
+    }
 }
 
 /// The start of a restore's staging folder's name.
 const STAGING_PREFIX: &str = ".robusto-restore-";
 
 /// `data` as an archive file, listed (dry run) and then restored into a folder that does not
-/// exist yet, two levels below a scratch folder that holds only the archive. Whatever the bytes:
+/// exist yet, two levels below a scratch folder that holds only the archive (and `base`, the
+/// first link of a chain, if given). Whatever the bytes:
 /// a dry run writes nothing; a restore that succeeds wrote only inside its folder and left no
 /// staging folder; one that fails leaves the scratch folder as it was (the folders made for it
 /// gone); the archive itself is never touched; a restore that succeeds has a dry run that does.
-fn restore_archive(data: &[u8]) {
+fn restore_archive(data: &[u8], base: Option<&[u8]>) {
     let dir = Scratch::new("restore");
     let archive = dir.path().join("archive");
     if let Err(e) = fs::write(&archive, data) {
         panic!("cannot write {}: {e}", archive.display());
     }
+    let mut chain = Vec::new();
+    if let Some(base) = base {
+        let path = dir.path().join("base");
+        if let Err(e) = fs::write(&path, base) {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        chain.push(path);
+    }
+    let before = names(dir.path());
     let into = dir.path().join("out").join("into");
     let mut opts = RestoreOptions {
         archive: archive.clone(),
         into: into.clone(),
         dry_run: true,
         verify: false,
-        chain: Vec::new(),
+        chain,
     };
     let dry = restore(&opts);
-    assert_eq!(names(dir.path()), ["archive"], "a dry run wrote something");
+    assert_eq!(names(dir.path()), before, "a dry run wrote something");
     opts.dry_run = false;
     let real = restore(&opts);
     assert!(
@@ -603,11 +650,10 @@ fn restore_archive(data: &[u8]) {
     match real {
         Ok(report) => {
             assert!(dry.is_ok(), "the restore succeeded but its dry run failed: {dry:?}");
-            assert_eq!(
-                names(dir.path()),
-                ["archive", "out"],
-                "written beside the target folder"
-            );
+            let mut expected = before.clone();
+            expected.push("out".into());
+            expected.sort();
+            assert_eq!(names(dir.path()), expected, "written beside the target folder");
             assert_eq!(
                 names(&dir.path().join("out")),
                 ["into"],
@@ -620,11 +666,7 @@ fn restore_archive(data: &[u8]) {
             assert!(report.entries <= 1 << 32);
         }
         Err(e) => {
-            assert_eq!(
-                names(dir.path()),
-                ["archive"],
-                "a failed restore left something behind: {e}"
-            );
+            assert_eq!(names(dir.path()), before, "a failed restore left something behind: {e}");
         }
     }
 }
