@@ -183,22 +183,37 @@ fn read_document(path: &Path) -> Result<toml::Table, ConfigError> {
     })
 }
 
+/// The `[profile.NAME]` tables of a document: `profile` and each entry of it must be a table
+/// (`profile.x = "…"` is not a profile, and would otherwise be listed but never found).
+fn profiles_of(path: &Path, doc: &toml::Table) -> Result<toml::Table, ConfigError> {
+    let bad = |key: String, found: &toml::Value| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        profile: "(top level)".into(),
+        key,
+        reason: format!("expected a table ([profile.NAME]), found {}", found.type_str()),
+    };
+    let profiles = match doc.get("profile") {
+        None => return Ok(toml::Table::new()),
+        Some(toml::Value::Table(t)) => t,
+        Some(other) => return Err(bad("profile".into(), other)),
+    };
+    if let Some((name, v)) = profiles.iter().find(|(_, v)| !v.is_table()) {
+        return Err(bad(format!("profile.{name}"), v));
+    }
+    Ok(profiles.clone())
+}
+
 /// The names of the profiles in the file at `path`, in the order of their names.
 pub fn profile_names(path: &Path) -> Result<Vec<String>, ConfigError> {
-    Ok(match read_document(path)?.get("profile") {
-        Some(toml::Value::Table(t)) => t.keys().cloned().collect(),
-        _ => Vec::new(),
-    })
+    let doc = read_document(path)?;
+    Ok(profiles_of(path, &doc)?.keys().cloned().collect())
 }
 
 /// Reads profile `name` of `path` for a command with the flags `flags` (which define the valid
 /// keys).
 pub fn load_profile(path: &Path, name: &str, flags: &[Flag]) -> Result<Profile, ConfigError> {
     let doc = read_document(path)?;
-    let profiles = match doc.get("profile") {
-        Some(toml::Value::Table(t)) => t.clone(),
-        _ => toml::Table::new(),
-    };
+    let profiles = profiles_of(path, &doc)?;
     if let Some(key) = doc.keys().find(|k| *k != "profile") {
         return Err(ConfigError::UnknownKey {
             path: path.to_path_buf(),
@@ -319,6 +334,26 @@ mod tests {
         assert_eq!(prof.hooks.failed.as_deref(), Some("echo failed"));
         assert_eq!(prof.log_file, Some(PathBuf::from("/var/log/r.log")));
         assert_eq!(profile_names(&p).unwrap(), ["nightly"]);
+    }
+
+    #[test]
+    fn a_profile_that_is_not_a_table_is_refused_not_listed() {
+        // found by the config fuzz target: `profile.x = "…"` was listed, then not found
+        for text in [
+            "profile.x = \"prue\"\n",
+            "profile = 5\n",
+            "[profile]\nx = 1\n[profile.y]\nto = \"/a\"\n",
+        ] {
+            let (_d, p) = write(text);
+            let e = profile_names(&p).unwrap_err();
+            assert!(matches!(e, ConfigError::BadValue { .. }), "{text}: {e}");
+            assert!(e.to_string().contains("expected a table"), "{e}");
+            let e = load_profile(&p, "y", &push()).unwrap_err();
+            assert!(matches!(e, ConfigError::BadValue { .. }), "{text}: {e}");
+        }
+        let (_d, p) = write("[profile]\n[profile.y]\nto = \"/a\"\n");
+        assert_eq!(profile_names(&p).unwrap(), ["y"]);
+        assert!(load_profile(&p, "y", &push()).is_ok());
     }
 
     #[test]

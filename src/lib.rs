@@ -37,6 +37,10 @@ pub mod client;
 pub mod config;
 pub mod durable;
 pub mod fingerprint;
+/// Fuzz targets for every parser of outside input (used by `fuzz/` and the regression replay in
+/// `tests/fuzz_regressions.rs`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod incremental;
 pub mod job;

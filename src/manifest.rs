@@ -229,7 +229,7 @@ impl Manifest {
     }
 
     /// Checks that the chunk list tiles the archive exactly.
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.version != VERSION {
             return Err(format!(
                 "version {} (this robusto reads version {VERSION})",

@@ -80,6 +80,36 @@ pub struct JournalState {
     pub complete: bool,
 }
 
+impl JournalState {
+    /// Checks what the send job relies on: the parts tile the file, in order, none empty (but
+    /// the one part of an empty file), and the chunk size is not 0. A journal that fails this
+    /// (edited by hand, or damaged) is not resumed from: `part.end - part.start` and the offsets
+    /// within a part would be wrong, or overflow.
+    pub fn check(&self) -> Result<(), String> {
+        if self.chunk_size == 0 {
+            return Err("chunk_size is 0".into());
+        }
+        if self.parts.is_empty() {
+            return Err("no parts".into());
+        }
+        let mut at = 0u64;
+        for (i, p) in self.parts.iter().enumerate() {
+            let empty_file = self.size == 0 && self.parts.len() == 1;
+            if p.start != at || (p.end <= p.start && !(empty_file && p.end == p.start)) {
+                return Err(format!(
+                    "part {i} ({}..{}) does not follow the part before it",
+                    p.start, p.end
+                ));
+            }
+            at = p.end;
+        }
+        if at != self.size {
+            return Err(format!("the parts cover {at} bytes, the file has {}", self.size));
+        }
+        Ok(())
+    }
+}
+
 /// An open journal: holds the job's lock until dropped.
 pub struct Journal {
     path: PathBuf,
@@ -160,7 +190,13 @@ impl Journal {
         let lock = lock(&lock_path)?;
         let state = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<JournalState>(&bytes) {
-                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => Some(s),
+                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => match s.check() {
+                    Ok(()) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("ignoring unusable journal {}: {e}", path.display());
+                        None
+                    }
+                },
                 Ok(_) => None,
                 Err(e) => {
                     tracing::warn!("ignoring unreadable journal {}: {e}", path.display());
@@ -252,12 +288,14 @@ fn identity(meta: &fs::Metadata) -> (u64, i128, u64) {
 }
 
 /// A previously computed manifest of `file`, if the file has not changed since (size, mtime,
-/// inode).
+/// inode). An entry whose manifest fails the checks a manifest file gets, describes another
+/// size, or is cut at another chunk size is not taken (the manifest is computed again).
 pub fn cached_manifest(state_dir: &Path, file: &Path, chunk_size: u64) -> Option<Manifest> {
     let meta = fs::metadata(file).ok()?;
     let bytes = fs::read(manifest_cache_path(state_dir, file, chunk_size)).ok()?;
     let c: CachedManifest = serde_json::from_slice(&bytes).ok()?;
-    ((c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
+    let usable = c.manifest.check().is_ok() && c.manifest.archive.size == c.size && c.manifest.chunk_size == chunk_size;
+    (usable && (c.size, c.mtime_ns, c.inode) == identity(&meta)).then_some(c.manifest)
 }
 
 /// Remembers the manifest computed for `file` (as it was at `meta`).
@@ -285,6 +323,7 @@ pub fn cache_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::ChunkDigest;
 
     fn state(md5: Md5) -> JournalState {
         JournalState {
@@ -302,6 +341,80 @@ mod tests {
             final_url: None,
             complete: false,
         }
+    }
+
+    #[test]
+    fn a_cached_manifest_that_does_not_fit_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"0123456789").unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        let fp = crate::fingerprint::fingerprint_reader(&b"0123456789"[..], 4).unwrap();
+        let right = Manifest::new(&file, "raw", "none", None, fp, crate::manifest::SourceInfo::default());
+        cache_manifest(dir.path(), &file, &meta, &right).unwrap();
+        assert_eq!(cached_manifest(dir.path(), &file, 4), Some(right.clone()));
+        // the same entry with a manifest of another size, of another chunk size, of a broken
+        // chunk list, of chunk size 0
+        let mut other = right.clone();
+        other.archive.size = 12;
+        other.chunks[2].len = 4;
+        let mut cut = right.clone();
+        cut.chunk_size = 16;
+        cut.chunks = vec![ChunkDigest {
+            offset: 0,
+            len: 10,
+            md5: right.archive.md5,
+        }];
+        let mut broken = right.clone();
+        broken.chunks[1].len = 3;
+        let mut zero = right.clone();
+        zero.chunk_size = 0;
+        for bad in [other, cut, broken, zero] {
+            let json = serde_json::to_vec(&CachedManifest {
+                size: meta.len(),
+                mtime_ns: identity(&meta).1,
+                inode: meta.ino(),
+                manifest: bad.clone(),
+            })
+            .unwrap();
+            fs::write(manifest_cache_path(dir.path(), &file, 4), json).unwrap();
+            assert_eq!(cached_manifest(dir.path(), &file, 4), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_journal_whose_parts_do_not_tile_the_file_is_not_resumed() {
+        let md5 = Md5::of(b"x");
+        let part = |start, end| Part { start, end, url: None };
+        let mut ok = state(md5);
+        ok.parts = vec![part(0, 4), part(4, 10)];
+        assert_eq!(ok.check(), Ok(()));
+        let mut empty = state(md5);
+        empty.size = 0;
+        empty.parts = vec![part(0, 0)];
+        assert_eq!(empty.check(), Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        for parts in [
+            vec![],
+            vec![part(0, 4)],
+            vec![part(0, 4), part(3, 10)],
+            vec![part(0, 8), part(8, 4), part(4, 10)],
+            vec![part(0, 0), part(0, 10)],
+            vec![part(0, 11)],
+        ] {
+            let mut bad = state(md5);
+            bad.parts = parts.clone();
+            assert!(bad.check().is_err(), "{parts:?}");
+            let j = Journal::open(dir.path(), &md5, &bad.target).unwrap();
+            let path = j.path().to_path_buf();
+            drop(j);
+            fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+            let j = Journal::open(dir.path(), &md5, &bad.target).unwrap();
+            assert!(j.state.is_none(), "{parts:?} resumed");
+        }
+        let mut zero = state(md5);
+        zero.chunk_size = 0;
+        assert!(zero.check().is_err());
     }
 
     #[test]

@@ -472,6 +472,14 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         });
     }
 
+    // A journal whose parts tile another size than the file's is not this file's: start afresh.
+    if journal.state.as_ref().is_some_and(|s| s.size != size) {
+        tracing::warn!(
+            "ignoring the journal {}: it records another size",
+            journal.path().display()
+        );
+        journal.state = None;
+    }
     // A job the server already confirmed: check that it still has it, else start afresh.
     if let Some(state) = journal.state.as_ref().filter(|s| s.complete) {
         let url = state

@@ -431,7 +431,7 @@ pub async fn list(State(state): State<AppState>, Extension(owner): Extension<Own
 }
 
 /// A single `bytes=` range of a file of `len` bytes; `None` for the whole file.
-fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>> {
+pub(crate) fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<std::ops::Range<u64>>> {
     let Some(spec) = verify::header_str(headers, "range")? else {
         return Ok(None);
     };
