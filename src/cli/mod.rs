@@ -140,7 +140,7 @@ pub(crate) enum ConfigCommand {
 #[derive(Debug, Args)]
 pub(crate) struct PushArgs {
     /// Files and folders to pack.
-    #[arg(required_unless_present = "files_from", value_name = "PATH")]
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// How to pack.
     #[command(flatten)]
@@ -499,7 +499,7 @@ pub(crate) struct PackFlags {
 #[derive(Debug, Args)]
 pub(crate) struct PackArgs {
     /// Files and folders to pack.
-    #[arg(required_unless_present = "files_from", value_name = "PATH")]
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// The archive to write (through FILE.partial), or - for standard output.
     #[arg(short, long, value_name = "FILE")]
