@@ -27,8 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::protocol::{ChecksumAlgorithm, ChecksumHasher};
 
 /// Batches (of about 1 MiB) that may wait for the digest task: bounds the lag, and the memory
-/// it holds, to about 8 MiB per upload.
-const QUEUE: usize = 8;
+/// it holds, to about 4 MiB per upload (a few milliseconds of hashing: enough to keep the
+/// digest busy, little enough that 50 uploads whose digests all lag stay bounded).
+const QUEUE: usize = 4;
 
 enum Msg {
     Data(Vec<Bytes>),

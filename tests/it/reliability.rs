@@ -357,6 +357,7 @@ async fn fifty_clients_at_once_all_complete_and_the_server_stays_bounded() {
         "the proxy cut too little"
     );
     eprintln!("server peak RSS with 50 uploads: {} MiB", peak / 1024);
-    // The bound RELIABILITY.md states for 50 uploads: measured 67–96 MiB here.
+    // The bound RELIABILITY.md states for 50 uploads: measured 72–96 MiB here, 106–112 MiB with
+    // both cores busy with other work.
     assert!(peak < 128 * 1024, "server peak RSS {} MiB with 50 uploads", peak / 1024);
 }
