@@ -372,6 +372,10 @@ fn main() -> ExitCode {
         .or_else(|| profile.as_ref().and_then(|p| p.log_file.clone()));
     init_logging(&cli.global, log_file.as_deref());
     let exit = run(cli, profile).unwrap_or_else(|e| {
+        if let Some(job::restore::RestoreJobError::Interrupted) = e.downcast_ref::<job::restore::RestoreJobError>() {
+            tracing::warn!("{e}");
+            return Exit::Interrupted;
+        }
         tracing::error!("{}", job::error_chain(e.as_ref()));
         // the server stayed out of reach: the message says to run the command again, and so
         // does the exit code, as for send

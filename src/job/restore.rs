@@ -74,6 +74,9 @@ pub enum RestoreJobError {
     /// An incremental chain the upload needs is broken on the server.
     #[error(transparent)]
     Chain(#[from] crate::incremental::chain::ChainError),
+    /// SIGINT or SIGTERM stopped the extraction; nothing was moved into the target folder.
+    #[error("interrupted: nothing of the restore was moved into place")]
+    Interrupted,
     /// A local incremental archive cannot be restored alone.
     #[error(
         "{file} is level {level} of the incremental chain {chain}: restore it by name from the server \
@@ -166,7 +169,17 @@ pub fn run(job: &RestoreJob) -> Result<Restored, RestoreJobError> {
         verify,
         chain: chain.clone(),
     };
-    let report = crate::restore::restore(&opts)?;
+    // From here on SIGINT and SIGTERM stop the extraction between two entries (or two writes of
+    // one), and the staging folder goes with everything in it: the target folder stays as it was.
+    if !opts.dry_run
+        && let Err(e) = crate::stop::watch_signals()
+    {
+        tracing::warn!("cannot watch for SIGINT/SIGTERM ({e}); a signal will leave the staging folder behind");
+    }
+    let report = match crate::restore::restore(&opts) {
+        Err(_) if crate::stop::requested() => return Err(RestoreJobError::Interrupted),
+        other => other?,
+    };
     if downloaded.is_some() {
         for file in chain.iter().chain([&archive]) {
             let _ = std::fs::remove_file(file);

@@ -336,6 +336,7 @@ impl Extractor {
         let mut buf = vec![0u8; 256 << 10];
         let mut n = 0u64;
         loop {
+            crate::stop::check().map_err(Self::io(shown))?;
             let k = match data.read(&mut buf) {
                 Ok(0) => break,
                 Ok(k) => k,
@@ -355,6 +356,7 @@ impl Extractor {
     }
 
     fn place(&mut self, meta: Meta, data: &mut dyn Read) -> Result<(), RestoreError> {
+        crate::stop::check().map_err(Self::io(&self.root))?;
         let Some(rel) = safe_relative(&meta.name)? else {
             return Ok(());
         };

@@ -927,3 +927,43 @@ fn a_dangling_link_followed_is_called_dangling() {
         "{run:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_stops_restore_and_leaves_the_target_as_it_was() {
+    let env = TestEnv::new();
+    env.write("tree/small.txt", "s");
+    // 3 GiB of zeros: a small tar.zst that takes seconds to write out
+    let big = fs::File::create(env.join("tree/zeros.bin")).unwrap();
+    big.set_len(3 << 30).unwrap();
+    env.pack("tree", "t.tar.zst")
+        .args(["--format", "tar", "--compress", "zstd", "-l", "1"])
+        .ok();
+    fs::remove_dir_all(env.join("tree")).unwrap();
+    env.write("into/mine.txt", "already here");
+    let child = env.restore(env.join("t.tar.zst"), "into").spawn();
+    // wait until the staging folder has the big file on its way
+    for _ in 0..100 {
+        let staged = fs::read_dir(env.join("into"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(".robusto-restore-"));
+        if staged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: nothing of the restore was moved into place"),
+        "{stderr}"
+    );
+    let left: Vec<String> = fs::read_dir(env.join("into"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["mine.txt"], "no staging folder, nothing restored");
+}
