@@ -55,7 +55,17 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
     let proxy = Proxy::start(addr_of(&server), Faults::default()).await;
     let mut client = env
         .send(&file, &proxy.endpoint())
-        .args(["--chunk-size", "4MiB", "--retries", "1000", "--stall-timeout", "5s"])
+        // paced, so that the kills (2–6 MiB apart) keep up with the upload however fast loopback is
+        .args([
+            "--chunk-size",
+            "4MiB",
+            "--retries",
+            "1000",
+            "--stall-timeout",
+            "5s",
+            "--bwlimit",
+            "16M",
+        ])
         .spawn();
 
     // A HEAD poller on the server itself, every 100 ms, from the first PATCH on: every offset it
@@ -124,7 +134,8 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_byte() {
             after >= before,
             "kill {kills}: the server acknowledged {before} bytes before it, and has {after} after"
         );
-        next_at = acked + MIB * rand::rng().random_range(2..10);
+        // at most 6 MiB apart: at least 32 kills in 200 MiB, whatever the random draws
+        next_at = acked + MIB * rand::rng().random_range(2..7);
     };
     stop.store(true, Ordering::Relaxed);
     let polls = poller.await.unwrap();
