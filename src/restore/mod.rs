@@ -692,50 +692,46 @@ fn tar_each<R: Read>(archive: &mut tar::Archive<R>, ex: &mut Extractor) -> Resul
     Ok(())
 }
 
-/// Applies the deletions of a chain link (its dumpdirs) to the staged tree.
-fn purge_link(archive: &Path, container: Container, stage: &Path) -> Result<(), RestoreError> {
+/// A decompressed tar stream and the codec it came through.
+type TarReader = (Box<dyn Read>, Codec);
+
+/// The decompressed tar stream of `archive` and its codec; `None` for a zip archive. zstd checks
+/// the frame checksum (which `pack` writes) at the end of the frame.
+fn tar_reader(archive: &Path, container: Container) -> Result<Option<TarReader>, RestoreError> {
     let open = || {
         File::open(archive)
             .map(|f| BufReader::with_capacity(1 << 20, f))
             .map_err(Extractor::io(archive))
     };
-    let removed = match container {
-        Container::Zip => {
-            return Err(RestoreError::Format {
-                path: archive.to_path_buf(),
-                reason: "a link of an incremental chain must be a tar archive".into(),
-            });
-        }
-        Container::Tar => purge::apply(archive, open()?, stage)?,
-        Container::TarGz => purge::apply(archive, flate2::read::MultiGzDecoder::new(open()?), stage)?,
+    Ok(Some(match container {
+        Container::Zip => return Ok(None),
+        Container::Tar => (Box::new(open()?), Codec::None),
+        Container::TarGz => (Box::new(flate2::read::MultiGzDecoder::new(open()?)), Codec::Gzip),
         Container::TarZst => {
             let dec = zstd::stream::read::Decoder::with_buffer(open()?).map_err(Extractor::io(archive))?;
-            purge::apply(archive, dec, stage)?
+            (Box::new(dec), Codec::Zstd)
         }
+    }))
+}
+
+/// Applies the deletions of a chain link (its dumpdirs) to the staged tree.
+fn purge_link(archive: &Path, container: Container, stage: &Path) -> Result<(), RestoreError> {
+    let Some((stream, _)) = tar_reader(archive, container)? else {
+        return Err(RestoreError::Format {
+            path: archive.to_path_buf(),
+            reason: "a link of an incremental chain must be a tar archive".into(),
+        });
     };
+    let removed = purge::apply(archive, stream, stage)?;
     tracing::debug!("{}: {removed} entries deleted since the link before", archive.display());
     Ok(())
 }
 
 /// Reads the whole archive through `ex`.
 fn extract(archive: &Path, container: Container, ex: &mut Extractor) -> Result<(), RestoreError> {
-    let open = || {
-        File::open(archive)
-            .map(|f| BufReader::with_capacity(1 << 20, f))
-            .map_err(Extractor::io(archive))
-    };
-    match container {
-        Container::Zip => zip_entries(archive, ex),
-        Container::Tar => tar_entries(archive, TarStream::new(open()?, Codec::None), ex),
-        Container::TarGz => {
-            let dec = flate2::read::MultiGzDecoder::new(open()?);
-            tar_entries(archive, TarStream::new(dec, Codec::Gzip), ex)
-        }
-        Container::TarZst => {
-            // zstd checks the frame checksum (which `pack` writes) at the end of the frame
-            let dec = zstd::stream::read::Decoder::with_buffer(open()?).map_err(Extractor::io(archive))?;
-            tar_entries(archive, TarStream::new(dec, Codec::Zstd), ex)
-        }
+    match tar_reader(archive, container)? {
+        None => zip_entries(archive, ex),
+        Some((stream, codec)) => tar_entries(archive, TarStream::new(stream, codec), ex),
     }
 }
 
