@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest as _, Md5 as Md5Hasher};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::growing::Growing;
+
 /// Bytes handed to the hashing threads at a time.
 const BLOCK: usize = 1 << 20;
 /// Blocks that may wait for each hashing thread: bounds memory to about `2 × DEPTH × BLOCK`.
@@ -121,6 +123,11 @@ pub struct Fingerprinter {
 impl Fingerprinter {
     /// A fingerprinter that cuts chunks every `chunk_size` bytes (`chunk_size` ≥ 1).
     pub fn new(chunk_size: u64) -> Self {
+        Self::reporting(chunk_size, None)
+    }
+
+    /// Like [`Fingerprinter::new`], telling `growing` of each chunk as soon as it is hashed.
+    fn reporting(chunk_size: u64, growing: Option<Arc<Growing>>) -> Self {
         let chunk_size = chunk_size.max(1);
         let (wtx, wrx) = sync_channel::<Block>(DEPTH);
         let whole = std::thread::spawn(move || {
@@ -145,22 +152,30 @@ impl Fingerprinter {
                     len += take as u64;
                     rest = &rest[take..];
                     if len == chunk_size {
-                        out.push(ChunkDigest {
+                        let digest = ChunkDigest {
                             offset,
                             len,
                             md5: Md5(h.finalize_reset().into()),
-                        });
+                        };
+                        if let Some(g) = &growing {
+                            g.hashed(digest);
+                        }
+                        out.push(digest);
                         offset += len;
                         len = 0;
                     }
                 }
             }
             if len > 0 {
-                out.push(ChunkDigest {
+                let digest = ChunkDigest {
                     offset,
                     len,
                     md5: Md5(h.finalize().into()),
-                });
+                };
+                if let Some(g) = &growing {
+                    g.hashed(digest);
+                }
+                out.push(digest);
             }
             out
         });
@@ -255,16 +270,31 @@ pub struct HashingWriter<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> HashingWriter<W> {
     /// Wraps `inner`, cutting chunks every `chunk_size` bytes.
-    pub fn new(mut inner: W, chunk_size: u64) -> Self {
+    pub fn new(inner: W, chunk_size: u64) -> Self {
+        Self::reporting(inner, chunk_size, None)
+    }
+
+    /// Like [`HashingWriter::new`], telling `growing` of every block written to `inner` and
+    /// every chunk hashed, so that a sender can follow the archive as it grows.
+    pub fn reporting(mut inner: W, chunk_size: u64, growing: Option<Arc<Growing>>) -> Self {
         let (tx, rx) = sync_channel::<Block>(DEPTH);
+        let written_to = growing.clone();
         let writer = std::thread::spawn(move || {
             for block in rx {
-                inner.write_all(&block)?;
+                if let Some(g) = &written_to {
+                    if g.is_cancelled() {
+                        return Err(io::Error::other("the upload of the archive failed"));
+                    }
+                    inner.write_all(&block)?;
+                    g.wrote(block.len() as u64);
+                } else {
+                    inner.write_all(&block)?;
+                }
             }
             inner.flush()?;
             Ok(inner)
         });
-        let mut fp = Fingerprinter::new(chunk_size);
+        let mut fp = Fingerprinter::reporting(chunk_size, growing);
         fp.tee = Some(tx);
         HashingWriter {
             fp,

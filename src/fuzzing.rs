@@ -719,6 +719,7 @@ mod tests {
                 .collect(),
             final_url: None,
             complete: false,
+            follows: false,
         };
         assert!(!fails(|| assert_usable_journal(&state(vec![(0, 4), (4, 10)]))));
         for bad in [

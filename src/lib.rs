@@ -41,6 +41,7 @@ pub mod fingerprint;
 /// `tests/fuzz_regressions.rs`); not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod growing;
 pub mod hooks;
 pub mod incremental;
 pub mod job;

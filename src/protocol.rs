@@ -38,11 +38,18 @@ pub enum Extension {
     /// rest, with the whole chunk's `Upload-Checksum`, and the offset advances only once the
     /// chunk is complete and matches. Other tus clients never see a difference.
     ChunkPrefix,
+    /// `robusto-repr-digest`, robusto's own: an upload created with `Upload-Defer-Length: 1`
+    /// and `Want-Repr-Digest` gets its whole-file checksum late, as `Repr-Digest` (RFC 9530,
+    /// e.g. `md5=:<base64>:`) on the PATCH that sets `Upload-Length`. The server hashes the
+    /// upload from its first byte and publishes it only if the digest matches, exactly as for
+    /// a `checksum` given in `Upload-Metadata` at creation. Lets a client send an archive while
+    /// it is still being written.
+    ReprDigest,
 }
 
 impl Extension {
     /// Every extension, in the order `robusto serve` announces them.
-    pub const ALL: [Extension; 9] = [
+    pub const ALL: [Extension; 10] = [
         Extension::Creation,
         Extension::CreationWithUpload,
         Extension::CreationDeferLength,
@@ -52,6 +59,7 @@ impl Extension {
         Extension::Concatenation,
         Extension::ConcatenationUnfinished,
         Extension::ChunkPrefix,
+        Extension::ReprDigest,
     ];
 
     /// Its name in `Tus-Extension`.
@@ -66,6 +74,7 @@ impl Extension {
             Extension::Concatenation => "concatenation",
             Extension::ConcatenationUnfinished => "concatenation-unfinished",
             Extension::ChunkPrefix => "robusto-chunk-prefix",
+            Extension::ReprDigest => "robusto-repr-digest",
         }
     }
 
@@ -182,6 +191,11 @@ pub mod header {
     /// `Robusto-Chunk-Checksum` (HEAD answer): the `Upload-Checksum` of the chunk the held
     /// bytes begin.
     pub const CHUNK_CHECKSUM: &str = "robusto-chunk-checksum";
+    /// `Repr-Digest` (RFC 9530): the whole upload's digest ([`super::Extension::ReprDigest`]).
+    pub const REPR_DIGEST: &str = "repr-digest";
+    /// `Want-Repr-Digest` (RFC 9530): at creation, the digest algorithms the client will send
+    /// `Repr-Digest` in, by preference.
+    pub const WANT_REPR_DIGEST: &str = "want-repr-digest";
 }
 
 /// Keys of `Upload-Metadata` that robusto gives meaning to.
@@ -381,6 +395,85 @@ impl Checksum {
     pub fn to_header(&self) -> String {
         format!("{} {}", self.algorithm.name(), BASE64.encode(&self.digest))
     }
+
+    /// The `Repr-Digest` value (RFC 9530): `md5=:<base64>:`.
+    pub fn to_repr_digest(&self) -> String {
+        format!("{}=:{}:", repr_name(self.algorithm), BASE64.encode(&self.digest))
+    }
+
+    /// The first digest of a `Repr-Digest` value in an algorithm robusto knows (RFC 9530 names:
+    /// `md5`, `sha`, `sha-256`); members in other algorithms are skipped.
+    pub fn parse_repr_digest(value: &str) -> Result<Self, ProtocolError> {
+        const H: &str = "Repr-Digest";
+        for member in value.split(',') {
+            let (key, item) = member
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| malformed(H, "expected '<algorithm>=:<base64>:'"))?;
+            let Some(algorithm) = from_repr_name(key.trim()) else {
+                continue;
+            };
+            let b64 = item
+                .trim()
+                .strip_prefix(':')
+                .and_then(|v| v.strip_suffix(':'))
+                .ok_or_else(|| malformed(H, "a digest is a byte sequence, ':<base64>:'"))?;
+            let digest = BASE64
+                .decode(b64)
+                .map_err(|_| malformed(H, "the digest is not base64"))?;
+            if digest.len() != algorithm.digest_len() {
+                return Err(malformed(
+                    H,
+                    format!(
+                        "a {algorithm} digest has {} bytes, got {}",
+                        algorithm.digest_len(),
+                        digest.len()
+                    ),
+                ));
+            }
+            return Ok(Checksum { algorithm, digest });
+        }
+        Err(ProtocolError::UnsupportedAlgorithm(value.trim().to_string()))
+    }
+}
+
+/// The algorithm's name in the RFC 9530 registry.
+fn repr_name(algorithm: ChecksumAlgorithm) -> &'static str {
+    match algorithm {
+        ChecksumAlgorithm::Md5 => "md5",
+        ChecksumAlgorithm::Sha1 => "sha",
+        ChecksumAlgorithm::Sha256 => "sha-256",
+    }
+}
+
+fn from_repr_name(name: &str) -> Option<ChecksumAlgorithm> {
+    [
+        ChecksumAlgorithm::Md5,
+        ChecksumAlgorithm::Sha1,
+        ChecksumAlgorithm::Sha256,
+    ]
+    .into_iter()
+    .find(|a| repr_name(*a).eq_ignore_ascii_case(name))
+}
+
+/// The algorithm a `Want-Repr-Digest` value prefers among those robusto knows (the highest
+/// weight above 0; RFC 9530 weights are integers 0-10), if any.
+pub fn wanted_repr_digest(value: &str) -> Option<ChecksumAlgorithm> {
+    value
+        .split(',')
+        .filter_map(|member| {
+            let (key, weight) = member.trim().split_once('=')?;
+            let weight: u8 = weight.trim().parse().ok()?;
+            Some((from_repr_name(key.trim())?, weight))
+        })
+        .filter(|(_, w)| *w > 0)
+        .max_by_key(|(_, w)| *w)
+        .map(|(a, _)| a)
+}
+
+/// The `Want-Repr-Digest` value asking for `algorithm`.
+pub fn want_repr_digest(algorithm: ChecksumAlgorithm) -> String {
+    format!("{}=10", repr_name(algorithm))
 }
 
 /// The decoded `Upload-Metadata` header: keys to (optional) byte values.
@@ -501,6 +594,33 @@ pub fn chunks_received(offset: u64, chunk_size: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn repr_digests_follow_rfc_9530() {
+        let c = super::Checksum::md5(crate::fingerprint::Md5::of(b"abc"));
+        let v = c.to_repr_digest();
+        assert_eq!(v, "md5=:kAFQmDzST7DWlj99KOF/cg==:");
+        assert_eq!(super::Checksum::parse_repr_digest(&v).unwrap(), c);
+        let both = format!("unixsum=:AAA=:, {v}");
+        assert_eq!(
+            super::Checksum::parse_repr_digest(&both).unwrap(),
+            c,
+            "unknown members are skipped"
+        );
+        assert!(super::Checksum::parse_repr_digest("md5=kAFQ").is_err());
+        assert!(
+            super::Checksum::parse_repr_digest("md5=:AAAA:").is_err(),
+            "wrong length"
+        );
+        assert!(super::Checksum::parse_repr_digest("crc32c=:AAAAAA==:").is_err());
+        assert_eq!(
+            super::wanted_repr_digest("sha-256=3, md5=9"),
+            Some(super::ChecksumAlgorithm::Md5)
+        );
+        assert_eq!(super::wanted_repr_digest("md5=0"), None);
+        assert_eq!(super::wanted_repr_digest("crc32c=9"), None);
+        assert_eq!(super::want_repr_digest(super::ChecksumAlgorithm::Md5), "md5=10");
+    }
+
     use super::*;
     use crate::fingerprint::Md5;
 

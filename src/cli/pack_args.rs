@@ -173,6 +173,7 @@ impl PackFlags {
                     .map_err(|e| UsageError(format!("--exclude-larger-than: {e}")))?,
             },
             keep_cached: false,
+            growing: None,
             incremental: None,
             manifest: None,
             to_stdout: false,

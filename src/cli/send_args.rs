@@ -251,6 +251,7 @@ impl SendFlags {
                 .unwrap_or_else(robusto::client::journal::default_state_dir),
             name,
             job_key: None,
+            following: None,
         })
     }
 }

@@ -50,7 +50,7 @@ impl Job<'_> {
     /// complete, or recorded by an earlier run): `Ok(None)` when the server no longer has it.
     pub(super) async fn await_final(&self, url: &Url) -> Result<Option<Url>, SendError> {
         let mut retry = self.retrier();
-        let size = self.manifest.archive.size;
+        let size = self.size().unwrap_or(0);
         // A server still checking the whole file (after a restart it reads it again) answers
         // without an offset: that is waited for, patiently, without using up the retries.
         let patience = Instant::now() + FINAL_PATIENCE;
@@ -111,6 +111,7 @@ impl Job<'_> {
                 metadata: self.metadata(true),
                 concat: Some(crate::protocol::Concat::Final(paths.clone()).to_header()),
                 body: None,
+                deferred: None,
             };
             match self.session.create(&self.opts.target, creation).await {
                 Ok(created) => {
@@ -123,7 +124,7 @@ impl Job<'_> {
                     return Err(SendError::Damaged {
                         index: 0,
                         offset: 0,
-                        end: self.manifest.archive.size,
+                        end: self.size().unwrap_or(0),
                         file: self.opts.file.display().to_string(),
                     });
                 }

@@ -78,6 +78,11 @@ pub struct JournalState {
     pub final_url: Option<String>,
     /// The server confirmed the whole upload.
     pub complete: bool,
+    /// A push that sends its archive while packing it ([`Journal::open_following`]): the job
+    /// is known by its target and name, `size` and `md5` are the archive's once packed (0 and
+    /// zeros before), and the one part's `end` is unused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follows: bool,
 }
 
 impl JournalState {
@@ -91,6 +96,12 @@ impl JournalState {
         }
         if self.parts.is_empty() {
             return Err("no parts".into());
+        }
+        if self.follows {
+            return match self.parts.as_slice() {
+                [p] if p.start == 0 => Ok(()),
+                _ => Err("an archive sent while packed has one part, from byte 0".into()),
+            };
         }
         let mut at = 0u64;
         for (i, p) in self.parts.iter().enumerate() {
@@ -183,14 +194,27 @@ pub fn job_name(md5: &Md5, target: &str) -> String {
 impl Journal {
     /// Opens (and locks) the journal of the job `(md5, target)` in `state_dir`.
     pub fn open(state_dir: &Path, md5: &Md5, target: &str) -> Result<Self, JournalError> {
+        Self::open_as(state_dir, &job_name(md5, target), |s| {
+            !s.follows && s.md5 == *md5 && s.target == target
+        })
+    }
+
+    /// Opens (and locks) the journal of a push to `target` that sends its archive while
+    /// packing it: known by the target (with the upload's name) alone, since the archive's MD5
+    /// is known only at its end.
+    pub fn open_following(state_dir: &Path, target: &str) -> Result<Self, JournalError> {
+        let name = format!("following-{}", &Md5::of(target.as_bytes()).hex()[..24]);
+        Self::open_as(state_dir, &name, |s| s.follows && s.target == target)
+    }
+
+    fn open_as(state_dir: &Path, name: &str, ours: impl Fn(&JournalState) -> bool) -> Result<Self, JournalError> {
         let dir = state_dir.join("jobs");
-        let name = job_name(md5, target);
         let path = dir.join(format!("{name}.json"));
         let lock_path = dir.join(format!("{name}.lock"));
         let lock = lock(&lock_path)?;
         let state = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<JournalState>(&bytes) {
-                Ok(s) if s.version == VERSION && s.md5 == *md5 && s.target == target => match s.check() {
+                Ok(s) if s.version == VERSION && ours(&s) => match s.check() {
                     Ok(()) => Some(s),
                     Err(e) => {
                         tracing::warn!("ignoring unusable journal {}: {e}", path.display());
@@ -242,6 +266,97 @@ impl Journal {
         }
         let _ = fs::remove_file(&self.lock_path);
         Ok(())
+    }
+}
+
+/// The MD5s of the chunks a push sending while it packs has begun to send, in order: 16 bytes
+/// each, appended and synced before a chunk's first PATCH, so that every byte the server may
+/// hold is accounted for. A rerun packs again and checks the chunks it regenerates against them
+/// before it skips what the server holds.
+pub struct SentChunks {
+    path: PathBuf,
+    file: File,
+    md5s: Vec<Md5>,
+}
+
+impl SentChunks {
+    /// The record beside `journal` (a torn last record, cut by a kill, is dropped).
+    pub fn open(journal: &Journal) -> Result<Self, JournalError> {
+        let path = journal.path().with_extension("chunks");
+        let io = io_err(&path);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        let md5s: Vec<Md5> = bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let mut d = [0u8; 16];
+                d.copy_from_slice(c);
+                Md5(d)
+            })
+            .collect();
+        let mut sent = SentChunks { path, file, md5s };
+        if bytes.len() % 16 != 0 {
+            sent.truncate(sent.md5s.len())?;
+        }
+        Ok(sent)
+    }
+
+    /// The MD5 recorded for chunk `index`.
+    pub fn get(&self, index: usize) -> Option<Md5> {
+        self.md5s.get(index).copied()
+    }
+
+    /// How many chunks are recorded.
+    pub fn len(&self) -> usize {
+        self.md5s.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.md5s.is_empty()
+    }
+
+    /// Records that chunk `index` (at most one past the last recorded) is about to be sent with
+    /// `md5`; a different chunk recorded there, and those after it, are replaced (they were
+    /// never acknowledged: the caller checked the acknowledged ones).
+    pub fn record(&mut self, index: usize, md5: Md5) -> Result<(), JournalError> {
+        if self.get(index) == Some(md5) {
+            return Ok(());
+        }
+        let index = index.min(self.md5s.len());
+        if index < self.md5s.len() {
+            self.truncate(index)?;
+        }
+        let io = io_err(&self.path);
+        self.file.seek(io::SeekFrom::End(0)).map_err(io)?;
+        self.file.write_all(&md5.0).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.md5s.push(md5);
+        Ok(())
+    }
+
+    /// Forgets every chunk (a fresh upload starts).
+    pub fn clear(&mut self) -> Result<(), JournalError> {
+        self.truncate(0)
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), JournalError> {
+        self.file.set_len(len as u64 * 16).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.md5s.truncate(len);
+        Ok(())
+    }
+
+    /// Removes the record (the job is complete).
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -340,7 +455,39 @@ mod tests {
             }],
             final_url: None,
             complete: false,
+            follows: false,
         }
+    }
+
+    #[test]
+    fn sent_chunks_survive_reopening_and_drop_a_torn_record() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open_following(d.path(), "http://x/files/|name=n").unwrap();
+        let mut sent = SentChunks::open(&j).unwrap();
+        let (a, b, c) = (Md5::of(b"a"), Md5::of(b"b"), Md5::of(b"c"));
+        sent.record(0, a).unwrap();
+        sent.record(1, b).unwrap();
+        sent.record(1, b).unwrap();
+        assert_eq!(sent.len(), 2);
+        drop(sent);
+        let path = j.path().with_extension("chunks");
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 32);
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut sent = SentChunks::open(&j).unwrap();
+        assert_eq!((sent.len(), sent.get(0), sent.get(1)), (2, Some(a), Some(b)));
+        sent.record(1, c).unwrap();
+        assert_eq!(
+            (sent.len(), sent.get(1)),
+            (2, Some(c)),
+            "a changed chunk replaces the record"
+        );
+        sent.record(2, a).unwrap();
+        drop(sent);
+        let sent = SentChunks::open(&j).unwrap();
+        assert_eq!((sent.len(), sent.get(2)), (3, Some(a)));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 48);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 mod concat;
 mod files;
+pub mod follow;
 pub mod get;
 pub mod journal;
 mod part;
@@ -37,10 +38,11 @@ use bytes::Bytes;
 pub use reqwest::Url;
 
 use crate::fingerprint::{ChunkDigest, fingerprint_file};
+use crate::growing::{Growing, Ready};
 use crate::manifest::{self, Manifest, ManifestError, SourceInfo};
 use crate::progress::{Event, Progress};
 use crate::protocol::{Checksum, ChecksumAlgorithm, Metadata, meta};
-use journal::{Journal, JournalError, JournalState, Part};
+use journal::{Journal, JournalError, JournalState, Part, SentChunks};
 use retry::{Exhausted, Pieces, Retrier, RetryPolicy};
 use session::{Capabilities, Creation, Session, SessionConfig, SessionError};
 use throttle::{Throttle, Timetable};
@@ -79,6 +81,8 @@ pub struct SendOptions {
     /// fresh port): the journal is keyed by it, and recorded upload URLs are moved onto the
     /// current target's host and port.
     pub job_key: Option<String>,
+    /// Send an archive while it is packed (`push`): `file` is where it will be once packed.
+    pub following: Option<follow::Following>,
 }
 
 impl SendOptions {
@@ -175,6 +179,9 @@ pub enum SendError {
     /// The journal could not be written.
     #[error(transparent)]
     Journal(JournalError),
+    /// The archive being sent while packed will not be finished: packing failed or stopped.
+    #[error("{0}")]
+    Packing(String),
 }
 
 impl SendError {
@@ -251,7 +258,12 @@ struct Job<'a> {
     progress: &'a dyn Progress,
     session: Session,
     caps: Capabilities,
-    manifest: Manifest,
+    /// The archive's chunks: all known (a packed file), or known as they are packed.
+    source: Arc<Growing>,
+    /// The incremental link the archive is, for its metadata.
+    incremental: Option<crate::incremental::Link>,
+    /// Sending while packing ([`follow`]): the chunks begun, checked against a rerun's.
+    following: Option<tokio::sync::Mutex<SentChunks>>,
     file: Arc<File>,
     journal: tokio::sync::Mutex<Journal>,
     /// Bytes the server holds, per part.
@@ -273,16 +285,47 @@ impl Job<'_> {
     fn metadata(&self, whole: bool) -> Metadata {
         let mut m = Metadata::default();
         m.insert(meta::FILENAME, &file_name(self.opts));
-        m.insert(meta::CHUNK_SIZE, &self.manifest.chunk_size.to_string());
+        m.insert(meta::CHUNK_SIZE, &self.chunk_size().to_string());
         if whole {
-            m.insert(meta::CHECKSUM, &Checksum::md5(self.manifest.archive.md5).to_header());
-            if let Some(link) = &self.manifest.incremental {
+            // Sent while packing, the whole-file checksum comes with the last chunk instead.
+            if let Some(end) = self.source.end() {
+                m.insert(meta::CHECKSUM, &Checksum::md5(end.md5).to_header());
+            }
+            if let Some(link) = &self.incremental {
                 for (key, value) in link.metadata() {
                     m.insert(key, &value);
                 }
             }
         }
         m
+    }
+
+    fn chunk_size(&self) -> u64 {
+        self.source.chunk_size()
+    }
+
+    /// The archive's size, once known.
+    fn size(&self) -> Option<u64> {
+        self.source.end().map(|e| e.size)
+    }
+
+    /// The size for progress reports: the bytes packed so far until the end is known.
+    fn size_so_far(&self) -> u64 {
+        self.size().unwrap_or_else(|| self.source.written())
+    }
+
+    /// The length of `part`'s upload, once known (sent while packing, at the end).
+    fn part_len(&self, part: &Part) -> Option<u64> {
+        if self.following.is_some() {
+            self.size()
+        } else {
+            Some(part.end - part.start)
+        }
+    }
+
+    /// One past `part`'s last byte, as far as it is known.
+    fn part_end(&self, part: &Part) -> u64 {
+        self.part_len(part).map_or(u64::MAX, |l| part.start + l)
     }
 
     fn total_acked(&self) -> u64 {
@@ -354,9 +397,19 @@ impl Job<'_> {
         blocking(move || compute_checksum(alg, &data)).await.ok()
     }
 
-    fn chunk_at(&self, offset: u64) -> Option<(usize, &ChunkDigest)> {
-        let i = (offset / self.manifest.chunk_size) as usize;
-        self.manifest.chunks.get(i).map(|c| (i, c))
+    /// The chunk holding byte `offset` (waiting for it to be packed), and whether it is the
+    /// last; `None` past the end.
+    async fn chunk_at(&self, offset: u64) -> Result<Option<(usize, Ready)>, SendError> {
+        let i = (offset / self.chunk_size()) as usize;
+        let ready = self.source.chunk(i).await.map_err(|e| SendError::Packing(e.0))?;
+        Ok(ready.map(|r| (i, r)))
+    }
+
+    /// The chunk holding byte `offset` if it is ready now.
+    fn chunk_now(&self, offset: u64) -> Option<ChunkDigest> {
+        self.source
+            .chunk_now((offset / self.chunk_size()) as usize)
+            .map(|r| r.chunk)
     }
 
     /// A fresh retry budget for one loop, reporting to the job's progress.
@@ -427,17 +480,8 @@ async fn discover(opts: &SendOptions, session: &Session, progress: &dyn Progress
     }
 }
 
-/// Runs a send job to completion, to the deadline, or to an error.
-pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOutcome, SendError> {
-    let started = Instant::now();
-    let manifest = manifest_for(&opts.file, opts.chunk_size, &opts.state_dir).await?;
-    let (state_dir, md5, target) = (opts.state_dir.clone(), manifest.archive.md5, opts.journal_target());
-    let mut journal = blocking(move || Journal::open(&state_dir, &md5, &target))
-        .await
-        .map_err(|source| SendError::Io {
-            path: opts.state_dir.clone(),
-            source,
-        })??;
+/// The session of a send job, and what its server offers (OPTIONS, retried within the budget).
+async fn connect(opts: &SendOptions, progress: &dyn Progress) -> Result<(Session, Capabilities), SendError> {
     let throttle = opts.bwlimit.clone().map(|t| Arc::new(Throttle::new(t)));
     let session = Session::new(
         SessionConfig {
@@ -459,18 +503,53 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             source: SessionError::Protocol("the server does not offer the creation extension".into()),
         });
     }
-    let size = manifest.archive.size;
-    if let Some(max) = caps.max_size
-        && size > max
-    {
-        return Err(SendError::Server {
+    Ok((session, caps))
+}
+
+/// Refuses a file larger than the server takes.
+fn check_size(opts: &SendOptions, caps: &Capabilities, size: u64) -> Result<(), SendError> {
+    match caps.max_size {
+        Some(max) if size > max => Err(SendError::Server {
             url: opts.target.to_string(),
             source: SessionError::Rejected {
                 status: reqwest::StatusCode::PAYLOAD_TOO_LARGE,
                 message: format!("the server accepts at most {max} bytes, the file has {size}"),
             },
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Runs a send job to completion, to the deadline, or to an error. An archive being packed
+/// ([`SendOptions::following`]) is sent as it grows when the server can take its whole-file
+/// checksum at the end ([`follow`]); otherwise it is sent once packed.
+pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOutcome, SendError> {
+    let started = Instant::now();
+    if let Some(following) = &opts.following {
+        let (session, caps) = connect(opts, progress).await?;
+        if follow::can_follow(&caps, opts) {
+            return follow::send_following(opts, following, session, caps, progress, started).await;
+        }
+        tracing::info!(
+            "the server cannot take a whole-file checksum at the end (robusto-repr-digest): sending once packed"
+        );
+        following
+            .source
+            .until_committed()
+            .await
+            .map_err(|e| SendError::Packing(e.0))?;
+    }
+    let manifest = manifest_for(&opts.file, opts.chunk_size, &opts.state_dir).await?;
+    let (state_dir, md5, target) = (opts.state_dir.clone(), manifest.archive.md5, opts.journal_target());
+    let mut journal = blocking(move || Journal::open(&state_dir, &md5, &target))
+        .await
+        .map_err(|source| SendError::Io {
+            path: opts.state_dir.clone(),
+            source,
+        })??;
+    let (session, caps) = connect(opts, progress).await?;
+    let size = manifest.archive.size;
+    check_size(opts, &caps, size)?;
 
     // A journal whose parts tile another size than the file's is not this file's: start afresh.
     if journal.state.as_ref().is_some_and(|s| s.size != size) {
@@ -535,6 +614,7 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             parts: plan_parts(&manifest, planned),
             final_url: None,
             complete: false,
+            follows: false,
         });
         save(&journal).await?;
     }
@@ -558,14 +638,18 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
         chunks: manifest.chunks.len() as u64,
         parallel: workers as u32,
     });
+    let incremental = manifest.incremental.clone();
+    let file = Arc::new(file);
     let job = Job {
         opts,
         progress,
         session,
         caps,
         acked: Mutex::new(vec![0; parts.len()]),
-        manifest,
-        file: Arc::new(file),
+        source: Growing::complete(file.clone(), &manifest),
+        incremental,
+        following: None,
+        file,
         journal: tokio::sync::Mutex::new(journal),
         deadline: opts.max_duration.map(|d| started + d),
         multi,
@@ -697,6 +781,7 @@ mod tests {
             state_dir: "s".into(),
             name: None,
             job_key: None,
+            following: None,
         };
         let old = "http://127.0.0.1:3000/files/abc";
         assert_eq!(opts.recorded_url(old).unwrap().as_str(), old);

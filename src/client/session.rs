@@ -289,6 +289,9 @@ pub struct Creation {
     pub concat: Option<String>,
     /// The first bytes (creation-with-upload) and their checksum.
     pub body: Option<(Bytes, Option<Checksum>)>,
+    /// `Upload-Defer-Length: 1` with `Want-Repr-Digest` in this algorithm: the length and the
+    /// whole-file checksum come with a later PATCH (`robusto-repr-digest`).
+    pub deferred: Option<ChecksumAlgorithm>,
 }
 
 /// A created upload.
@@ -525,6 +528,11 @@ impl Session {
         if let Some(len) = creation.length {
             rb = rb.header(header::UPLOAD_LENGTH, len);
         }
+        if let Some(alg) = creation.deferred {
+            rb = rb
+                .header(header::UPLOAD_DEFER_LENGTH, "1")
+                .header(header::WANT_REPR_DIGEST, protocol::want_repr_digest(alg));
+        }
         if !creation.metadata.0.is_empty() {
             rb = rb.header(header::UPLOAD_METADATA, creation.metadata.to_header());
         }
@@ -578,7 +586,8 @@ impl Session {
 
     /// PATCH: appends `data` at `offset`; returns the server's new offset. With `prefix` > 0,
     /// `data` is the rest of a chunk whose first `prefix` bytes the server holds, and
-    /// `checksum` is the whole chunk's (`robusto-chunk-prefix`).
+    /// `checksum` is the whole chunk's (`robusto-chunk-prefix`). `end` gives a deferred upload
+    /// its length and whole-file checksum (`Upload-Length`, `Repr-Digest`).
     pub async fn patch(
         &self,
         url: &Url,
@@ -586,6 +595,7 @@ impl Session {
         data: Bytes,
         checksum: Option<&Checksum>,
         prefix: u64,
+        end: Option<(u64, &Checksum)>,
     ) -> Result<u64, SessionError> {
         let stamp = Stamp::new();
         let mut rb = self
@@ -598,6 +608,11 @@ impl Session {
         }
         if prefix > 0 {
             rb = rb.header(header::CHUNK_PREFIX, prefix);
+        }
+        if let Some((length, whole)) = end {
+            rb = rb
+                .header(header::UPLOAD_LENGTH, length)
+                .header(header::REPR_DIGEST, whole.to_repr_digest());
         }
         let rb = rb.body(self.body(data, &stamp));
         let resp = match self.send(rb, &stamp).await {

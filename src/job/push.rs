@@ -10,11 +10,13 @@ use std::time::Instant;
 use super::Exit;
 use super::send::{Destination, SendJobError, send_to};
 use crate::client::SendOptions;
+use crate::client::follow::Following;
 use crate::client::journal::{self, JournalError};
 use crate::config::Hooks;
+use crate::growing::Growing;
 use crate::hooks::{self, HookError, JobOutcome};
 use crate::incremental::state::{self as inc_state, FullEvery, Head, StateError, Store};
-use crate::job::staging::{PushError as StageError, stage};
+use crate::job::staging::{PushError as StageError, prepare};
 use crate::pack::{PackError, PackOptions};
 use crate::progress::{Event, Progress};
 
@@ -266,13 +268,79 @@ fn push(
     if let Some((store, head, choice)) = &chain {
         pack.incremental = Some(plan_link(store, head.as_ref(), choice.full_every));
     }
-    let staged = match stage(&opts.state_dir, &pack, &dest.key(), &name, progress) {
+    let prepared = prepare(&opts.state_dir, &pack, &dest.key(), &name).map_err(JobError::Stage)?;
+    let mut pack_opts = prepared.options(&pack);
+    opts.file = prepared.archive.clone();
+    opts.name = Some(prepared.name.clone());
+    // The sender follows the packer chunk by chunk (or, for a server that cannot take the
+    // whole-file checksum at the end, sends once the archive is packed).
+    let growing = Growing::new(pack_opts.chunk_size);
+    pack_opts.growing = Some(growing.clone());
+    pack_opts.keep_cached = true;
+    opts.following = Some(Following {
+        source: growing.clone(),
+        incremental: pack_opts.incremental.as_ref().map(|i| i.link.clone()),
+    });
+    if let Some(m) = &prepared.finished {
+        let file = std::fs::File::open(&prepared.archive).map_err(|source| {
+            JobError::Stage(StageError::Io {
+                path: prepared.archive.clone(),
+                source,
+            })
+        })?;
+        growing.fill(std::sync::Arc::new(file), m);
+    }
+    let counting = Counting {
+        inner: sending,
+        retries: AtomicU64::new(0),
+    };
+    let (staged, sent) = std::thread::scope(|scope| {
+        let packer = std::thread::Builder::new()
+            .name("pack".into())
+            .spawn_scoped(scope, || prepared.pack(&pack_opts, progress));
+        let packer = match packer {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    Err(StageError::Io {
+                        path: opts.file.clone(),
+                        source: e,
+                    }),
+                    None,
+                );
+            }
+        };
+        let sent = send_to(dest, opts, &counting);
+        if sent.is_err() {
+            // a failure another run would not fix: packing on is pointless
+            growing.cancel();
+        }
+        let staged = packer.join().unwrap_or_else(|_| {
+            Err(StageError::Pack(PackError::Output {
+                path: PathBuf::from("the archive"),
+                source: std::io::Error::other("the packing thread panicked"),
+            }))
+        });
+        (staged, Some(sent))
+    });
+    let staged = match staged {
         Err(StageError::Pack(PackError::Interrupted)) => {
-            tracing::warn!("interrupted while packing: run the same command again to start over");
+            tracing::warn!("interrupted while packing: run the same command again to continue");
             return Ok(Exit::Interrupted);
         }
-        staged => staged.map_err(JobError::Stage)?,
+        staged => staged,
     };
+    let sent = match sent {
+        Some(Err(e)) => return Err(JobError::Send(e)),
+        Some(Ok(sent)) => sent,
+        None => {
+            return Err(staged.err().map_or(
+                JobError::Invalid(Invalid("cannot start packing".into())),
+                JobError::Stage,
+            ));
+        }
+    };
+    let staged = staged.map_err(JobError::Stage)?;
     summary.files = staged.manifest.source.files;
     summary.bytes_in = staged.manifest.source.bytes;
     summary.archive_size = Some(staged.manifest.archive.size);
@@ -281,17 +349,6 @@ fn push(
         .iter()
         .map(|s| format!("{}: {}", s.path, s.reason))
         .collect();
-    opts.file = staged.archive.clone();
-    opts.name = Some(staged.name.clone());
-    if crate::stop::requested() {
-        tracing::warn!("interrupted: the archive is packed; run the same command again to send it");
-        return Ok(Exit::Interrupted);
-    }
-    let counting = Counting {
-        inner: sending,
-        retries: AtomicU64::new(0),
-    };
-    let sent = send_to(dest, opts, &counting).map_err(JobError::Send)?;
     if let Some(r) = &sent.receipt {
         receipt(r);
     }

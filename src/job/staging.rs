@@ -145,15 +145,27 @@ pub fn staging_dir(state_dir: &Path, pack: &PackOptions, target: &str) -> PathBu
     state_dir.join("staging").join(&Md5::of(key.as_bytes()).hex()[..20])
 }
 
-/// Packs into the staging folder, or reuses the archive a killed run finished.
-/// `pack.output` is ignored: the archive goes into the staging folder.
-pub fn stage(
+/// A push's staging folder, locked, with the upload's name fixed: ready to pack into, or
+/// holding the archive a killed run finished.
+pub struct Prepared {
+    /// The archive's path.
+    pub archive: PathBuf,
+    /// The upload's name (resolved `--name` template, fixed at the first run).
+    pub name: String,
+    /// The manifest of the archive an earlier run finished, if there is one.
+    pub finished: Option<Manifest>,
+    dir: PathBuf,
+    lock: fs::File,
+}
+
+/// Locks the staging folder of a push and fixes its upload's name; finds the archive a killed
+/// run finished, if any.
+pub fn prepare(
     state_dir: &Path,
     pack_opts: &PackOptions,
     target: &str,
     name_template: &str,
-    progress: &dyn Progress,
-) -> Result<Staged, PushError> {
+) -> Result<Prepared, PushError> {
     let dir = staging_dir(state_dir, pack_opts, target);
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -176,45 +188,86 @@ pub fn stage(
         }
     };
     let archive = dir.join(format!("archive.{ext}"));
-    if let Ok(m) = Manifest::read_for(&archive)
-        && fs::metadata(&archive).is_ok_and(|md| md.len() == m.archive.size)
-    {
-        tracing::info!("reusing the archive packed by an earlier run: {}", archive.display());
-        return Ok(Staged {
-            archive,
-            name,
-            manifest: m,
-            reused: true,
-            dir,
-            _lock: lock,
-        });
-    }
-    let mut opts = pack_opts.clone();
-    opts.output = archive.clone();
-    if let Some(inc) = &mut opts.incremental
-        && inc.link.level == 0
-    {
-        // a full archive names its chain after itself
-        inc.link.chain = name.clone();
-    }
-    let report = match pack::pack(&opts, progress) {
-        Ok(r) => r,
-        Err(PackError::Interrupted) => return Err(PackError::Interrupted.into()),
-        Err(e) => {
-            // nothing of a failed pack is kept (pack removed its own files): the next run starts
-            // afresh, with a name of its own
-            remove_state(&dir);
-            return Err(e.into());
-        }
-    };
-    Ok(Staged {
+    let finished = Manifest::read_for(&archive)
+        .ok()
+        .filter(|m| fs::metadata(&archive).is_ok_and(|md| md.len() == m.archive.size));
+    Ok(Prepared {
         archive,
         name,
-        manifest: report.manifest,
-        reused: false,
+        finished,
         dir,
-        _lock: lock,
+        lock,
     })
+}
+
+impl Prepared {
+    /// The options that pack into this staging folder: `pack_opts` with the archive as output,
+    /// and a full archive of an incremental chain naming its chain after itself.
+    pub fn options(&self, pack_opts: &PackOptions) -> PackOptions {
+        let mut opts = pack_opts.clone();
+        opts.output = self.archive.clone();
+        if let Some(inc) = &mut opts.incremental
+            && inc.link.level == 0
+        {
+            inc.link.chain = self.name.clone();
+        }
+        opts
+    }
+
+    /// Packs with `opts` (from [`Prepared::options`]), or takes the archive an earlier run
+    /// finished.
+    pub fn pack(self, opts: &PackOptions, progress: &dyn Progress) -> Result<Staged, PushError> {
+        let Prepared {
+            archive,
+            name,
+            finished,
+            dir,
+            lock,
+        } = self;
+        if let Some(m) = finished {
+            tracing::info!("reusing the archive packed by an earlier run: {}", archive.display());
+            return Ok(Staged {
+                archive,
+                name,
+                manifest: m,
+                reused: true,
+                dir,
+                _lock: lock,
+            });
+        }
+        let report = match pack::pack(opts, progress) {
+            Ok(r) => r,
+            Err(PackError::Interrupted) => return Err(PackError::Interrupted.into()),
+            Err(e) => {
+                // nothing of a failed pack is kept (pack removed its own files): the next run
+                // starts afresh, with a name of its own
+                remove_state(&dir);
+                return Err(e.into());
+            }
+        };
+        Ok(Staged {
+            archive,
+            name,
+            manifest: report.manifest,
+            reused: false,
+            dir,
+            _lock: lock,
+        })
+    }
+}
+
+/// Packs into the staging folder, or reuses the archive a killed run finished.
+/// `pack.output` is ignored: the archive goes into the staging folder.
+pub fn stage(
+    state_dir: &Path,
+    pack_opts: &PackOptions,
+    target: &str,
+    name_template: &str,
+    progress: &dyn Progress,
+) -> Result<Staged, PushError> {
+    let prepared = prepare(state_dir, pack_opts, target, name_template)?;
+    let opts = prepared.options(pack_opts);
+    prepared.pack(&opts, progress)
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub struct PackOptions {
     /// Pack one link of an incremental chain (tar only): what changed since `previous`, with
     /// dumpdirs; the new records go to [`crate::incremental::state::pending_path`] of the output.
     pub incremental: Option<Incremental>,
+    /// Tell a sender following the archive as it is written (`push` sending while it packs)
+    /// of every byte written and every chunk hashed, and of the end or a failure.
+    pub growing: Option<std::sync::Arc<crate::growing::Growing>>,
 }
 
 impl PackOptions {
@@ -200,11 +203,15 @@ impl Tally {
 /// Packs `opts.paths` into `opts.output` and writes its manifest. Files that cannot be read are
 /// skipped and listed in the manifest; the archive is valid either way.
 pub fn pack(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
-    match pack_archive(opts, progress) {
+    let r = match pack_archive(opts, progress) {
         // whatever the stop interrupted (a write, the walk), the archive was not committed
         Err(_) if crate::stop::requested() => Err(PackError::Interrupted),
         r => r,
+    };
+    if let (Err(e), Some(g)) = (&r, &opts.growing) {
+        g.failed(e.to_string());
     }
+    r
 }
 
 fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport, PackError> {
@@ -234,9 +241,13 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         (None, WritebackFile::stream(stdout_file().map_err(out_err)?))
     } else {
         let (staging, file) = Staging::create(&opts.output).map_err(out_err)?;
+        if let Some(g) = &opts.growing {
+            // a descriptor of its own to read from (the staging file is opened write-only)
+            g.opened(std::fs::File::open(staging.partial()).map_err(out_err)?);
+        }
         (Some(staging), WritebackFile::new(file, opts.keep_cached))
     };
-    let sink = HashingWriter::new(out, opts.chunk_size);
+    let sink = HashingWriter::reporting(out, opts.chunk_size, opts.growing.clone());
     let tracker = match &opts.incremental {
         None => None,
         Some(_) if opts.format != Format::Tar => {
@@ -259,6 +270,9 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
         Format::Tar => write_tar(sink, walk, opts, tracker, &mut tally, progress).map_err(out_err)?,
     };
     let (out, fp) = sink.finish().map_err(out_err)?;
+    if let Some(g) = &opts.growing {
+        g.finished(fp.size, fp.md5);
+    }
     let file = out.into_inner();
     // A manifest left from an earlier archive must never describe this one, even if writing
     // the new manifest fails below.
@@ -290,6 +304,9 @@ fn pack_archive(opts: &PackOptions, progress: &dyn Progress) -> Result<PackRepor
             tracing::warn!("cannot remove {}: {rm}", opts.output.display());
         }
         return Err(e.into());
+    }
+    if let Some(g) = &opts.growing {
+        g.committed();
     }
     progress.event(&Event::PackFinished {
         files: manifest.source.files,

@@ -260,10 +260,10 @@ pub async fn run(
 
 const CORS_ALLOW_HEADERS: &str = "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, \
      Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, \
-     Upload-Concat, Upload-Checksum, Robusto-Chunk-Prefix";
+     Upload-Concat, Upload-Checksum, Robusto-Chunk-Prefix, Repr-Digest, Want-Repr-Digest";
 const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, \
      Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, \
-     Tus-Checksum-Algorithm, ETag, Content-Range, Robusto-Chunk-Prefix, Robusto-Chunk-Checksum";
+     Tus-Checksum-Algorithm, ETag, Content-Range, Robusto-Chunk-Prefix, Robusto-Chunk-Checksum, Repr-Digest";
 
 /// The header names a preflight asks for (`Access-Control-Request-Headers`) that the tus
 /// headers do not cover, e.g. a custom header a tus-js-client or Uppy application sets: an

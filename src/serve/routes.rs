@@ -118,6 +118,14 @@ pub async fn create(
     } else {
         None
     };
+    // A deferred-length upload whose client will send its whole-file checksum late: hashed
+    // from its first byte (robusto-repr-digest). Without a `checksum` metadata only.
+    let digest_wanted = match verify::header_str(&headers, header::WANT_REPR_DIGEST)? {
+        Some(v) if deferred && concat.is_none() && verify::expected_whole(metadata.as_deref()).is_none() => {
+            protocol::wanted_repr_digest(v)
+        }
+        _ => None,
+    };
     let mut info = uploads::create(
         &state,
         &owner,
@@ -125,6 +133,7 @@ pub async fn create(
             length,
             metadata,
             concat,
+            digest_wanted,
         },
     )
     .await?;
@@ -342,10 +351,52 @@ pub async fn patch(
             }
         }
     }
+    let late = verify::header_str(&headers, header::REPR_DIGEST)?
+        .map(protocol::Checksum::parse_repr_digest)
+        .transpose()
+        .map_err(|e| ServeError::BadRequest(e.to_string()))?;
+    let mut changed = false;
+    if let Some(late) = &late {
+        if info.is_partial() {
+            return Err(ServeError::BadRequest(
+                "a partial upload is checked whole in its final upload: Repr-Digest does not apply".into(),
+            ));
+        }
+        match (verify::expected_whole_of(&info), info.digest_wanted) {
+            (Some(known), _) if &known != late => {
+                return Err(ServeError::BadRequest(format!(
+                    "the upload's whole-file checksum is '{}' and cannot change",
+                    known.to_header()
+                )));
+            }
+            (Some(_), _) => {}
+            (None, Some(wanted)) if wanted != late.algorithm => {
+                return Err(ServeError::BadRequest(format!(
+                    "the upload was created for a {wanted} Repr-Digest (Want-Repr-Digest), not {}",
+                    late.algorithm
+                )));
+            }
+            (None, _) if info.state == UploadState::Complete => {
+                return Err(ServeError::BadRequest(
+                    "the upload is complete: its whole-file checksum can no longer be given".into(),
+                ));
+            }
+            (None, _) => {
+                info.repr_digest = Some(late.to_header());
+                changed = true;
+            }
+        }
+    }
     match (info.length, new_length) {
         (Some(len), Some(new)) if len != new => {
             return Err(ServeError::BadRequest(format!(
                 "the upload's length is {len} and cannot change"
+            )));
+        }
+        (None, Some(_)) if info.digest_wanted.is_some() && verify::expected_whole_of(&info).is_none() => {
+            return Err(ServeError::BadRequest(format!(
+                "the upload was created with {}: send its Repr-Digest with Upload-Length",
+                header::WANT_REPR_DIGEST
             )));
         }
         (None, Some(new)) => {
@@ -362,9 +413,13 @@ pub async fn patch(
                 ));
             }
             info.length = Some(new);
-            state.store.update(info.clone()).await?;
+            changed = true;
         }
         _ => {}
+    }
+    if changed {
+        // The length and the late checksum are recorded together, before any byte.
+        state.store.update(info.clone()).await?;
     }
     if let (Some(len), Some(cl)) = (info.length, content_length)
         && cl > len.saturating_sub(info.offset + continues)
@@ -386,6 +441,16 @@ pub async fn patch(
     let mut r = StatusCode::NO_CONTENT.into_response();
     set(r.headers_mut(), header::UPLOAD_OFFSET, info.offset);
     set_expires(r.headers_mut(), &info);
+    if info.state == UploadState::Complete
+        && let Some(md5) = info.md5.as_deref().and_then(crate::fingerprint::Md5::from_hex)
+    {
+        // What the server computed of the whole upload (RFC 9530), for the client to compare.
+        set(
+            r.headers_mut(),
+            header::REPR_DIGEST,
+            protocol::Checksum::md5(md5).to_repr_digest(),
+        );
+    }
     Ok(r)
 }
 

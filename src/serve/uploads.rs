@@ -21,7 +21,7 @@ use super::error::ServeError;
 pub(super) use super::live::{COLLECT_MAX, lock};
 pub use super::live::{Lease, Uploads};
 use super::store::{Append, BodyStream, Continuation, UploadInfo, UploadState};
-use super::verify::{digest_stream, expected_whole};
+use super::verify::{digest_stream, expected_whole_of, whole_algorithm};
 use crate::protocol::{ChecksumAlgorithm, Concat};
 
 /// A fresh unguessable upload id: 128 random bits as 32 lowercase hex digits.
@@ -126,6 +126,9 @@ pub struct Creation {
     pub metadata: Option<String>,
     /// `Upload-Concat` as sent.
     pub concat: Option<Concat>,
+    /// `Want-Repr-Digest` of a deferred-length upload: the algorithm its whole-file checksum
+    /// will come in.
+    pub digest_wanted: Option<crate::protocol::ChecksumAlgorithm>,
 }
 
 pub(super) fn expiry(state: &AppState) -> Option<u64> {
@@ -169,6 +172,7 @@ pub async fn create(state: &AppState, owner: &Owner, req: Creation) -> Result<Up
     let mut info = UploadInfo::new(id, req.length, now_secs());
     info.metadata = req.metadata;
     info.concat = req.concat;
+    info.digest_wanted = req.digest_wanted;
     info.owner = owner.0.clone();
     info.expires = expiry(state);
     state.store.create(info.clone()).await?;
@@ -203,9 +207,7 @@ pub async fn append(
         (None, None) => u64::MAX,
     };
     // Partial uploads are not checked whole (their final upload is).
-    let whole = expected_whole(info.metadata.as_deref())
-        .filter(|_| !info.is_partial())
-        .map(|c| c.algorithm);
+    let whole = whole_algorithm(&info).filter(|_| !info.is_partial());
     // The digest state of held bytes lives in memory beside the running digest, which was fed
     // them and not rolled back; after a restart both are gone, and a continued chunk is then
     // hashed from the store and the whole-file digest resumed from the info at its end.
@@ -366,7 +368,7 @@ pub async fn finish(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo
     let length = info.offset;
     info.expires = None;
     if !info.is_partial()
-        && let Some(expected) = expected_whole(info.metadata.as_deref())
+        && let Some(expected) = expected_whole_of(&info)
     {
         let running = match state.uploads.take_running(&id, length, None) {
             Some(d) => d.finish().await,

@@ -120,6 +120,18 @@ pub fn whole_file_checksum(value: Option<&[u8]>) -> Result<Option<Checksum>, Ser
         .map_err(|e| ServeError::BadRequest(format!("checksum metadata: {e}")))
 }
 
+/// The whole-file checksum an upload must match before it is published: its `checksum`
+/// metadata, else the `Repr-Digest` it was sent late.
+pub fn expected_whole_of(info: &crate::serve::store::UploadInfo) -> Option<Checksum> {
+    expected_whole(info.metadata.as_deref()).or_else(|| Checksum::parse(info.repr_digest.as_deref()?).ok())
+}
+
+/// The algorithm an upload is hashed whole in as it arrives: that of its expected checksum, or
+/// the one its late checksum will come in.
+pub fn whole_algorithm(info: &crate::serve::store::UploadInfo) -> Option<protocol::ChecksumAlgorithm> {
+    expected_whole_of(info).map(|c| c.algorithm).or(info.digest_wanted)
+}
+
 /// The whole-file checksum an upload's raw `Upload-Metadata` asks for, if any.
 pub fn expected_whole(raw_metadata: Option<&str>) -> Option<Checksum> {
     let meta = Metadata::parse(raw_metadata?).ok()?;

@@ -33,6 +33,7 @@ pub fn options(file: &Path, endpoint: &str, state: &Path) -> SendOptions {
         state_dir: state.to_path_buf(),
         name: None,
         job_key: None,
+        following: None,
     }
 }
 

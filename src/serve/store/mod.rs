@@ -89,6 +89,15 @@ pub struct UploadInfo {
     /// a restarted server hashes only the bytes after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whole_md5_at: Option<u64>,
+    /// The algorithm of the whole-file checksum a deferred-length upload gets late
+    /// (`Want-Repr-Digest` at creation, [`crate::protocol::Extension::ReprDigest`]): the upload
+    /// is hashed from its first byte, and its length comes only with the checksum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_wanted: Option<crate::protocol::ChecksumAlgorithm>,
+    /// The whole-file checksum sent late (`Repr-Digest`), in the form of the `checksum`
+    /// metadata (`md5 <base64>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repr_digest: Option<String>,
 }
 
 /// The first bytes of a chunk carrying `Upload-Checksum` whose request was cut off: stored
@@ -124,6 +133,8 @@ impl UploadInfo {
             held: None,
             whole_md5: None,
             whole_md5_at: None,
+            digest_wanted: None,
+            repr_digest: None,
         }
     }
 
