@@ -134,7 +134,22 @@ pub(super) async fn send_following(
         deadline: opts.max_duration.map(|d| started + d),
         multi: false,
     };
-    if let PartEnd::Paused = job.run_part(0, part).await? {
+    let ended = match job.run_part(0, part).await {
+        // Packing failed: this archive will never be finished, nor its upload.
+        Err(e @ SendError::Packing(_)) => {
+            if let Some(url) = job.part_url(0).await {
+                if job.caps.has(Extension::Termination)
+                    && let Err(t) = job.session.terminate(&url).await
+                {
+                    tracing::debug!("could not terminate {url}: {t}");
+                }
+                job.forget_part(0).await?;
+            }
+            return Err(e);
+        }
+        ended => ended?,
+    };
+    if let PartEnd::Paused = ended {
         let url = job.part_url(0).await;
         return Ok(SendOutcome::Paused {
             url: url.map(|u| u.to_string()),

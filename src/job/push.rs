@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::Exit;
 use super::send::{Destination, SendJobError, send_to};
+use crate::client::SendError;
 use crate::client::SendOptions;
 use crate::client::follow::Following;
 use crate::client::journal::{self, JournalError};
@@ -331,6 +332,12 @@ fn push(
         staged => staged,
     };
     let sent = match sent {
+        // the sender stopped because packing did: the packer's error says why
+        Some(Err(SendJobError::Send(SendError::Packing(_)))) if staged.is_err() => {
+            return Err(staged
+                .err()
+                .map_or(JobError::Invalid(Invalid("packing failed".into())), JobError::Stage));
+        }
         Some(Err(e)) => return Err(JobError::Send(e)),
         Some(Ok(sent)) => sent,
         None => {

@@ -383,6 +383,14 @@ pub async fn patch(
             }
             (None, _) => {
                 info.repr_digest = Some(late.to_header());
+                // Readers (HEAD, status, listing, get and restore) find the whole-file checksum
+                // where an upload that knew it at creation carries it.
+                let mut meta = match info.metadata.as_deref() {
+                    Some(raw) => protocol::Metadata::parse(raw).map_err(|e| ServeError::BadRequest(e.to_string()))?,
+                    None => protocol::Metadata::default(),
+                };
+                meta.insert(protocol::meta::CHECKSUM, &late.to_header());
+                info.metadata = Some(meta.to_header());
                 changed = true;
             }
         }

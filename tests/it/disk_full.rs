@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::support::TestEnv;
+use super::support::{TestEnv, sh};
 
 /// A small tmpfs mounted at a folder for one test; unmounted on drop.
 struct Tmpfs {
@@ -119,8 +119,14 @@ fn push_with_its_staging_on_a_full_disk_exits_1_sends_nothing_and_leaves_nothing
             "{flags:?}: no upload URL is printed: {}",
             r.stdout
         );
-        let sent = fs::read_dir(&dest).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(sent, 0, "{flags:?}: nothing sent to {}", dest.display());
+        // Sending follows packing: what was sent before the disk filled is terminated.
+        let sent = sh(&format!("find '{}' -type f", dest.display()));
+        assert!(
+            sent.stdout.trim().is_empty(),
+            "{flags:?}: nothing left in {}: {}",
+            dest.display(),
+            sent.stdout
+        );
         let left: Vec<_> = state
             .listing()
             .into_iter()

@@ -8,6 +8,7 @@ mod disk_full;
 mod edges;
 mod faults;
 mod flaky;
+mod follow;
 mod hostile;
 mod incremental;
 mod interop_serve;

@@ -44,7 +44,7 @@ async fn options_announces_version_extensions_algorithms_and_max_size() {
     assert_eq!(h[header::TUS_VERSION], "1.0.0");
     assert_eq!(
         h[header::TUS_EXTENSION],
-        "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished,robusto-chunk-prefix"
+        "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation,concatenation-unfinished,robusto-chunk-prefix,robusto-repr-digest"
     );
     assert_eq!(h[header::TUS_CHECKSUM_ALGORITHM], "md5,sha1,sha256");
     assert_eq!(h[header::TUS_MAX_SIZE], "1073741824");
@@ -319,7 +319,7 @@ async fn a_cut_checked_chunk_is_held_and_completed_with_only_its_rest() {
     let s = Server::start(|_| {}).await;
     let c = s.client();
     let options = c.req(Method::OPTIONS, "/files/").send().await.unwrap();
-    assert!(hv(&options, header::TUS_EXTENSION).ends_with(",robusto-chunk-prefix"));
+    assert!(hv(&options, header::TUS_EXTENSION).ends_with(",robusto-chunk-prefix,robusto-repr-digest"));
     let data = bytes(300, 8);
     let meta = metadata(&[
         ("filename", "held.bin"),
