@@ -103,8 +103,8 @@ tarzst() { tar -cf - -C "$(dirname "$corpus")" "$(basename "$corpus")" | zstd -3
 for f in tar zip; do
   [ -f "$ref/robusto.$f.md5" ] && continue
   case $f in
-    tar) a=$ref/r.tar.zst; "$bin" -q pack "$corpus" -o "$a" --format tar --compress zstd -l 3 ;;
-    zip) a=$ref/r.zip; "$bin" -q pack "$corpus" -o "$a" --format zip --compress deflate -l 6 ;;
+    tar) a=$ref/r.tar.zst; "$bin" -q pack "$corpus" -o "$a" --format tar --compress zstd -l 3 > /dev/null ;;
+    zip) a=$ref/r.zip; "$bin" -q pack "$corpus" -o "$a" --format zip --compress deflate -l 6 > /dev/null ;;
   esac
   stat -c %s "$a" > "$ref/robusto.$f.bytes"
   md5sum < "$a" | cut -d' ' -f1 > "$ref/robusto.$f.md5"
@@ -156,9 +156,12 @@ proxy_start() { # proxy_start CUT_BYTES_OR_0 TARGET_PORT
   for _ in $(seq 200); do grep -q ready "$out/run/proxy.out" && return 0; sleep 0.05; done
   echo "the proxy did not start" >&2; return 1
 }
-proxy_stop() { # prints "up down cuts conns"
-  kill "$proxy_pid"; wait "$proxy_pid" 2> /dev/null || true
-  tail -n 1 "$out/run/proxy.out" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(s["up"], s["down"], s["cuts"], s["conns"])'
+proxy_stats=
+proxy_stop() { # sets proxy_stats to "up down cuts conns" (not in a $(…): wait needs this shell)
+  kill "$proxy_pid" 2> /dev/null || true
+  wait "$proxy_pid" 2> /dev/null || true
+  if [ -s "$out/run/proxy.err" ]; then cat "$out/run/proxy.err" >&2; fi
+  proxy_stats=$(tail -n 1 "$out/run/proxy.out" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(s["up"], s["down"], s["cuts"], s["conns"])')
 }
 
 # ---- check the link: a small request ≈ RTT, an upload ≈ size ÷ rate
@@ -168,14 +171,13 @@ wait_port "$sinkport"
 proxy_start 0 "$sinkport"
 cal=$((SIZE_MB < 40 ? SIZE_MB / 2 : 20))
 head -c $((cal * 1000000)) /dev/urandom > "$out/run/cal.bin"
-echo x > "$out/run/x"
-small=$(inns curl -sS -o /dev/null -w '%{time_total}\n' -T "$out/run/x" "http://127.0.0.1:$pport/a" -T "$out/run/x" "http://127.0.0.1:$pport/b" | tail -n 1)
+small=$(inns curl -sS -o /dev/null -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$pport/a" "http://127.0.0.1:$pport/b" | tail -n 1)
 big=$(inns curl -sS -o /dev/null -w '%{time_total}' -T "$out/run/cal.bin" "http://127.0.0.1:$pport/c")
-proxy_stop > /dev/null
+proxy_stop
 kill "$sink"; wait "$sink" 2> /dev/null || true
 link_check=$(awk -v s="$small" -v b="$big" -v n="$cal" -v r="$RATE_MBIT" -v rtt="$RTT_MS" 'BEGIN {
-  printf "link check: a small request on an open connection %.0f ms (RTT %d ms); %d MB up in %.2f s, %.1f Mbit/s (rate %d Mbit/s; a new connection costs 2 RTT more)",
-    s * 1000, rtt, n, b, n * 8 / b, r }')
+  printf "link check: a request on an open connection took %.0f ms (RTT %d ms); %d MB up on a new connection %.2f s (%d MB ÷ %d Mbit/s + 2 RTT: %.2f s)",
+    s * 1000, rtt, n, b, n, r, n * 8 / r + 2 * rtt / 1000 }')
 echo "$link_check" >&2
 [ "$(tbf_drops)" = 0 ] || echo "warning: tbf dropped packets during the link check" >&2
 
@@ -219,7 +221,8 @@ run_one() {
   rc=0
   ip netns exec "$ns" /usr/bin/time -f '%e %U %S' -o "$tf" timeout -k 10 "$RUN_TIMEOUT" "${cmd[@]}" >> "$log" 2>&1 || rc=$?
   drops1=$(tbf_drops)
-  stats=$(proxy_stop)
+  proxy_stop
+  stats=$proxy_stats
   read -r wall cpu <<< "$(tail -n 1 "$tf" | awk '{ print $1, $2 + $3 }')"
   kill "$server" 2> /dev/null; wait "$server" 2> /dev/null || true
   # did the right content arrive?
