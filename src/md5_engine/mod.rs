@@ -244,7 +244,9 @@ mod tests {
 
     /// Lengths around every framing boundary, then random ones up to several MiB.
     fn lengths(rng: &mut impl rand::Rng) -> Vec<usize> {
-        let mut v = vec![0, 1, 2, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129, 191, 192, 1000, 4096];
+        let mut v = vec![
+            0, 1, 2, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129, 191, 192, 1000, 4096,
+        ];
         v.extend((0..40).map(|_| rng.random_range(0..10_000)));
         v.extend((0..4).map(|_| rng.random_range(1 << 20..6 << 20)));
         v
@@ -334,7 +336,11 @@ mod tests {
             let mut theirs = Md5::new();
             theirs.update(&data[..cut]);
             let ours = Md5State::new().tap(&data[..cut]);
-            assert_eq!(ours.serialize().as_slice(), theirs.serialize().as_slice(), "{cut} of {len} bytes");
+            assert_eq!(
+                ours.serialize().as_slice(),
+                theirs.serialize().as_slice(),
+                "{cut} of {len} bytes"
+            );
             // md-5's state resumes here ...
             let resumed = Md5State::deserialize(theirs.serialize().as_slice()).unwrap();
             assert_eq!(resumed, ours);
