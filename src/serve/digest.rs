@@ -448,12 +448,10 @@ mod tests {
         whole.update(b"XXXX");
         feed.give_back(whole, 4).await;
         d.rollback().await;
-        let whole = d.feed().lend(11).await.unwrap(); // never given back: a rollback recovers
-        drop(whole);
+        let _ = d.feed().lend(11).await.unwrap(); // never given back: a rollback recovers
         d.rollback().await;
         d.feed().feed(batch(&[b"!"])).await;
         d.commit(12).await;
-        assert_eq!(d.saved().unwrap().0, 12);
         assert_eq!(d.finish().await.unwrap(), Md5::of(b"hello world!").0.to_vec());
     }
 

@@ -250,7 +250,7 @@ pub struct ChunkVerifier {
     max_len: u64,
     /// The upload's whole-file digest, when it rides along ([`ChunkVerifier::carry`]), with
     /// the bytes fed to it.
-    whole: Option<(ChecksumHasher, u64)>,
+    whole: Option<Box<(ChecksumHasher, u64)>>,
 }
 
 /// A chunk that may be committed.
@@ -288,13 +288,13 @@ impl ChunkVerifier {
         if self.hasher.is_none() || self.received > 0 || self.whole.is_some() {
             return Err(whole);
         }
-        self.whole = Some((whole, 0));
+        self.whole = Some(Box::new((whole, 0)));
         Ok(())
     }
 
     /// The whole-file digest taken along, and how many bytes it was fed here.
     pub fn take_whole(&mut self) -> Option<(ChecksumHasher, u64)> {
-        self.whole.take()
+        self.whole.take().map(|w| *w)
     }
 
     /// How many held bytes the store must feed before the body: the prefix of a continued
@@ -310,7 +310,8 @@ impl ChunkVerifier {
             return Err(BodyError::TooLong);
         }
         match (&mut self.hasher, &mut self.whole) {
-            (Some(h), Some((whole, fed))) => {
+            (Some(h), Some(whole)) => {
+                let (whole, fed) = &mut **whole;
                 h.update_both(whole, bytes);
                 *fed += n;
             }
