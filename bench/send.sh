@@ -4,10 +4,13 @@
 #   robusto send --parallel 4  → robusto serve (concatenation)
 #   tus-js-client              → @tus/server + @tus/file-store
 #   curl -T                    → a trivial PUT sink (reference)
-# Reports MB/s (1e6 bytes) per run kind, the robusto/tus ratio, and the client's peak RSS.
+# Reports MB/s (1e6 bytes) per run kind, the robusto/tus ratio, the client's peak RSS, and the
+# server's CPU seconds per GiB (user + system of the server process over the transfer, from
+# /proc/PID/stat: for robusto serve, its two MD5 streams over every byte plus its writes).
 # The manifest of the file is computed once before timing: a packed file has one already, and
 # the sender never re-hashes a file that has one.
 # usage: bash bench/send.sh [RUNS]   (default 2 runs of each)
+#   ROBUSTO_BIN=path  use that release binary instead of building target/release/robusto
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-2}
@@ -21,8 +24,15 @@ file=$corpus/random-1GiB.bin
 [ -d node_modules/tus-js-client ] && [ -d node_modules/@tus/server ] || { echo "run 'bash .ci/run' (or npm ci) first" >&2; exit 1; }
 [ -f interop/tus-js-upload.mjs ] || { echo "interop/tus-js-upload.mjs is missing (it comes with the serve work)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time) for the client's peak RSS" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/robusto
+if [ -n "${ROBUSTO_BIN:-}" ]; then
+  bin=$ROBUSTO_BIN
+else
+  cargo build --release --quiet
+  bin=${CARGO_TARGET_DIR:-target}/release/robusto
+fi
+tick=$(getconf CLK_TCK)
+# cpu_ticks PID → user + system clock ticks the process has used so far
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 state=$out/send-state
 port=${PORT:-18090}
 
@@ -37,9 +47,9 @@ port_free
 "$bin" -q send "$file" --to "http://127.0.0.1:$port/files/" --state-dir "$state" > /dev/null
 kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$out/warm"
 
-# run_one KIND → prints "mbps client_peak_mib"
+# run_one KIND → prints "mbps client_peak_mib server_cpu_s_per_gib"
 run_one() {
-  local kind=$1 data=$out/data-$1 t0 t1 rss=$out/rss
+  local kind=$1 data=$out/data-$1 t0 t1 rss=$out/rss c0 c1
   rm -rf "$data" "$state/jobs"; mkdir -p "$data"
   port_free
   case $kind in
@@ -48,6 +58,7 @@ run_one() {
     curl) node bench/put-sink.mjs "$port" > /dev/null & pid=$! ;;
   esac
   if [ "$kind" = curl ]; then sleep 0.5; else wait_up; fi
+  c0=$(cpu_ticks "$pid")
   t0=$(date +%s.%N)
   case $kind in
     robusto1) /usr/bin/time -f %M -o "$rss" "$bin" -q send "$file" --to "http://127.0.0.1:$port/files/" --state-dir "$state" --parallel 1 > /dev/null ;;
@@ -56,10 +67,11 @@ run_one() {
     curl) /usr/bin/time -f %M -o "$rss" curl -sS -T "$file" "http://127.0.0.1:$port/sink" -o /dev/null ;;
   esac
   t1=$(date +%s.%N)
+  c1=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$data"
-  awk -v s="$size" -v t0="$t0" -v t1="$t1" -v k="$(tail -n 1 "$rss")" \
-    'BEGIN { printf "%.1f %.1f\n", s / (t1 - t0) / 1e6, k / 1024 }'
+  awk -v s="$size" -v t0="$t0" -v t1="$t1" -v k="$(tail -n 1 "$rss")" -v c="$((c1 - c0))" -v hz="$tick" \
+    'BEGIN { printf "%.1f %.1f %.2f\n", s / (t1 - t0) / 1e6, k / 1024, c / hz / (s / 1073741824) }'
 }
 
 declare -A res
@@ -68,8 +80,8 @@ for i in $(seq "$runs"); do
     res[$kind]="${res[$kind]:-}$(run_one "$kind")"$'\n'
   done
 done
-avg() { printf '%s' "$1" | awk 'NF { a += $1; p = ($2 > p ? $2 : p); n++ } END { printf "%.1f %.1f", a / n, p }'; }
-printf '%-44s %10s %16s\n' "1 GiB, 8 MiB chunks, $runs runs each" "MB/s" "client peak MiB"
+avg() { printf '%s' "$1" | awk 'NF { a += $1; p = ($2 > p ? $2 : p); c += $3; n++ } END { printf "%.1f %.1f %.2f", a / n, p, c / n }'; }
+printf '%-44s %10s %16s %18s\n' "1 GiB, 8 MiB chunks, $runs runs each" "MB/s" "client peak MiB" "server CPU-s/GiB"
 for kind in robusto1 robusto4 tus curl; do
   case $kind in
     robusto1) label="robusto send → robusto serve" ;;
@@ -77,8 +89,8 @@ for kind in robusto1 robusto4 tus curl; do
     tus) label="tus-js-client → @tus/server" ;;
     curl) label="curl -T → PUT sink (reference)" ;;
   esac
-  read -r m p <<< "$(avg "${res[$kind]}")"
-  printf '%-44s %10s %16s\n' "$label" "$m" "$p"
+  read -r m p c <<< "$(avg "${res[$kind]}")"
+  printf '%-44s %10s %16s %18s\n' "$label" "$m" "$p" "$c"
   eval "mb_$kind=$m"
 done
 awk -v r="$mb_robusto1" -v q="$mb_robusto4" -v t="$mb_tus" \

@@ -46,6 +46,7 @@ pub mod hooks;
 pub mod incremental;
 pub mod job;
 pub mod manifest;
+pub mod md5_engine;
 pub mod pack;
 pub mod progress;
 pub mod protocol;

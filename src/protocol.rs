@@ -9,6 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+use crate::md5_engine::Md5State;
+
 /// The protocol version robusto speaks.
 pub const TUS_VERSION: &str = "1.0.0";
 /// A tus extension (or robusto's own), as named in `Tus-Extension`.
@@ -274,10 +276,9 @@ impl ChecksumAlgorithm {
 
     /// A streaming hasher for this algorithm.
     pub fn hasher(self) -> ChecksumHasher {
-        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
-            Self::Md5 => ChecksumHasher::Md5(md5::Md5::new()),
+            Self::Md5 => ChecksumHasher::Md5(Md5State::new()),
             Self::Sha1 => ChecksumHasher::Sha1(sha1::Sha1::new()),
             Self::Sha256 => ChecksumHasher::Sha256(sha2::Sha256::new()),
         }
@@ -293,8 +294,8 @@ impl fmt::Display for ChecksumAlgorithm {
 /// A running digest of one of the [`ChecksumAlgorithm`]s.
 #[derive(Clone)]
 pub enum ChecksumHasher {
-    /// MD5.
-    Md5(md5::Md5),
+    /// MD5 ([`crate::md5_engine`]).
+    Md5(Md5State),
     /// SHA-1.
     Sha1(sha1::Sha1),
     /// SHA-256.
@@ -304,7 +305,6 @@ pub enum ChecksumHasher {
 impl ChecksumHasher {
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
             Self::Md5(h) => h.update(bytes),
@@ -313,36 +313,43 @@ impl ChecksumHasher {
         }
     }
 
+    /// Feeds the same bytes to `self` and `other`: two MD5s in one interleaved pass
+    /// ([`crate::md5_engine::update_pair`]), any other pair one after the other.
+    pub fn update_both(&mut self, other: &mut ChecksumHasher, bytes: &[u8]) {
+        match (self, other) {
+            (Self::Md5(a), Self::Md5(b)) => crate::md5_engine::update_pair(a, b, bytes),
+            (a, b) => {
+                a.update(bytes);
+                b.update(bytes);
+            }
+        }
+    }
+
     /// The digest of everything fed.
     pub fn finish(self) -> Vec<u8> {
-        use md5::Digest as _;
         use sha2::Digest as _;
         match self {
-            Self::Md5(h) => h.finalize().to_vec(),
+            Self::Md5(h) => h.digest().to_vec(),
             Self::Sha1(h) => h.finalize().to_vec(),
             Self::Sha256(h) => h.finalize().to_vec(),
         }
     }
 
-    /// The state of an MD5 (base64 of md-5's serialised state: the digest state, the byte
-    /// count and the partial block), to resume it elsewhere or later; `None` for the others.
+    /// The state of an MD5 (base64 of md-5 0.11's serialised state: the digest state, the
+    /// block count and the partial block; [`Md5State::serialize`]), to resume it elsewhere or
+    /// later; `None` for the others.
     pub fn saved_state(&self) -> Option<String> {
-        use md5::digest::common::hazmat::SerializableState as _;
         match self {
-            Self::Md5(h) => Some(BASE64.encode(h.serialize().as_slice())),
+            Self::Md5(h) => Some(BASE64.encode(h.serialize())),
             _ => None,
         }
     }
 
-    /// An MD5 resumed from [`ChecksumHasher::saved_state`].
+    /// An MD5 resumed from [`ChecksumHasher::saved_state`] (of this version or of one that
+    /// hashed with md-5 0.11: the format is the same).
     pub fn resume_md5(state: &str) -> Result<Self, String> {
-        use md5::digest::common::hazmat::SerializableState as _;
         let raw = BASE64.decode(state).map_err(|e| format!("digest state: {e}"))?;
-        let array = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("digest state: {} bytes is not an MD5 state", raw.len()))?;
-        md5::Md5::deserialize(array)
+        Md5State::deserialize(&raw)
             .map(Self::Md5)
             .map_err(|e| format!("digest state: {e}"))
     }

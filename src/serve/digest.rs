@@ -9,6 +9,12 @@
 //! chunk waits for it. The queue between them is bounded, so a lagging digest slows the writer
 //! instead of holding memory.
 //!
+//! A checked chunk that starts afresh does better still: it borrows the digest's hasher
+//! ([`DigestFeed::lend`]) and hashes its bytes into both its own MD5 and the whole-file one in
+//! a single interleaved pass ([`crate::md5_engine::update_pair`]), for little more than the
+//! cost of one; the hasher comes back ([`DigestFeed::give_back`]) before the chunk is
+//! committed or rolled back, and the task has nothing left to catch up.
+//!
 //! The digest work runs on a few threads of its own at a lower scheduling priority (nice 10), so
 //! that on a busy machine it yields to the work the client is waiting for (the chunk's own
 //! checksum, the network, the writes) and uses the time between chunks instead.
@@ -36,6 +42,10 @@ enum Msg {
     Commit(u64),
     Rollback,
     Finish(oneshot::Sender<Option<(u64, Vec<u8>)>>),
+    /// Hand the hasher out if it has hashed exactly the bytes before this offset.
+    Lend(u64, oneshot::Sender<ChecksumHasher>),
+    /// The hasher lent, back with this many more bytes hashed.
+    Return(ChecksumHasher, u64),
 }
 
 /// Hands the bytes an append writes to the running digest, in order (or to a [`Collected`]).
@@ -83,6 +93,27 @@ impl DigestFeed {
                 let _ = tx.send(Msg::Data(batch)).await;
             }
             FeedTarget::Collect(kept) => kept.lock().unwrap_or_else(|p| p.into_inner()).add(batch),
+        }
+    }
+
+    /// The digest's hasher, lent to the append that starts at `offset` so that it hashes its
+    /// bytes together with its chunk check, in one pass ([`crate::serve::verify::ChunkVerifier::carry`]):
+    /// waits for the digest to catch up; `None` if it is not at `offset` (or lost step, or
+    /// this feed only collects bytes). The append then feeds nothing and hands the hasher
+    /// back with [`DigestFeed::give_back`] before it commits or rolls back; one that never
+    /// does leaves the digest without a hasher until a rollback returns it to its last
+    /// committed state (a commit without it loses step: the file is then re-read).
+    pub async fn lend(&self, offset: u64) -> Option<ChecksumHasher> {
+        let FeedTarget::Digest(tx) = &self.to else { return None };
+        let (reply, answer) = oneshot::channel();
+        tx.send(Msg::Lend(offset, reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Returns a hasher [`DigestFeed::lend`] gave out, `fed` bytes further on.
+    pub async fn give_back(&self, hasher: ChecksumHasher, fed: u64) {
+        if let FeedTarget::Digest(tx) = &self.to {
+            let _ = tx.send(Msg::Return(hasher, fed)).await;
         }
     }
 }
@@ -343,6 +374,23 @@ async fn run(
                 hasher = Some(checkpoint.clone());
                 hashed = at_checkpoint;
             }
+            Msg::Lend(offset, reply) => {
+                if in_step
+                    && hashed == offset
+                    && let Some(h) = hasher.take()
+                    && let Err(h) = reply.send(h)
+                {
+                    hasher = Some(h); // nobody took it
+                }
+            }
+            Msg::Return(h, fed) => {
+                if hasher.is_none() {
+                    hasher = Some(h);
+                    hashed += fed;
+                } else {
+                    in_step = false; // nothing was lent
+                }
+            }
             Msg::Finish(reply) => {
                 let _ = reply.send(in_step.then(|| (at_checkpoint, checkpoint.finish())));
                 return;
@@ -378,6 +426,40 @@ mod tests {
         let mut d = RunningDigest::start(ChecksumAlgorithm::Md5);
         d.feed().feed(batch(&[b"abc"])).await;
         d.commit(4).await; // four bytes committed, three hashed
+        assert_eq!(d.finish().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_lent_hasher_hashes_the_append_and_comes_back() {
+        let mut d = RunningDigest::start(ChecksumAlgorithm::Md5);
+        d.feed().feed(batch(&[b"hello "])).await;
+        d.commit(6).await;
+        let feed = d.feed();
+        assert!(feed.lend(5).await.is_none(), "not at that offset");
+        let mut whole = feed.lend(6).await.unwrap();
+        let mut chunk = ChecksumAlgorithm::Md5.hasher();
+        chunk.update_both(&mut whole, b"world");
+        feed.give_back(whole, 5).await;
+        d.commit(11).await;
+        assert_eq!(chunk.finish(), Md5::of(b"world").0.to_vec());
+        // a refused append's bytes are forgotten, lent or not
+        let feed = d.feed();
+        let mut whole = feed.lend(11).await.unwrap();
+        whole.update(b"XXXX");
+        feed.give_back(whole, 4).await;
+        d.rollback().await;
+        let _ = d.feed().lend(11).await.unwrap(); // never given back: a rollback recovers
+        d.rollback().await;
+        d.feed().feed(batch(&[b"!"])).await;
+        d.commit(12).await;
+        assert_eq!(d.finish().await.unwrap(), Md5::of(b"hello world!").0.to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_commit_without_the_lent_hasher_loses_step() {
+        let mut d = RunningDigest::start(ChecksumAlgorithm::Md5);
+        let _kept = d.feed().lend(0).await.unwrap();
+        d.commit(3).await;
         assert_eq!(d.finish().await, None);
     }
 

@@ -260,6 +260,9 @@ pub struct ChunkVerifier {
     hasher: Option<ChecksumHasher>,
     received: u64,
     max_len: u64,
+    /// The upload's whole-file digest, when it rides along ([`ChunkVerifier::carry`]), with
+    /// the bytes fed to it.
+    whole: Option<Box<(ChecksumHasher, u64)>>,
 }
 
 /// A chunk that may be committed.
@@ -285,7 +288,25 @@ impl ChunkVerifier {
             expected: append.checksum.clone(),
             received,
             max_len: append.max_len,
+            whole: None,
         }
+    }
+
+    /// Takes the upload's whole-file digest along: every byte fed from now on goes into the
+    /// chunk's digest and `whole` in one pass ([`ChecksumHasher::update_both`]), instead of
+    /// a second pass over the same bytes on another thread. Only a chunk that is checked and
+    /// has no bytes yet (no continued prefix) takes it; otherwise `whole` comes back.
+    pub fn carry(&mut self, whole: ChecksumHasher) -> Result<(), ChecksumHasher> {
+        if self.hasher.is_none() || self.received > 0 || self.whole.is_some() {
+            return Err(whole);
+        }
+        self.whole = Some(Box::new((whole, 0)));
+        Ok(())
+    }
+
+    /// The whole-file digest taken along, and how many bytes it was fed here.
+    pub fn take_whole(&mut self) -> Option<(ChecksumHasher, u64)> {
+        self.whole.take().map(|w| *w)
     }
 
     /// How many held bytes the store must feed before the body: the prefix of a continued
@@ -300,8 +321,14 @@ impl ChunkVerifier {
         if self.received.saturating_add(n) > self.max_len {
             return Err(BodyError::TooLong);
         }
-        if let Some(h) = &mut self.hasher {
-            h.update(bytes);
+        match (&mut self.hasher, &mut self.whole) {
+            (Some(h), Some(whole)) => {
+                let (whole, fed) = &mut **whole;
+                h.update_both(whole, bytes);
+                *fed += n;
+            }
+            (Some(h), None) => h.update(bytes),
+            (None, _) => {}
         }
         self.received += n;
         Ok(())

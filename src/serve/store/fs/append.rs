@@ -117,6 +117,18 @@ impl FsStore {
         // The held bytes of a continued chunk whose digest state was lost (a restart) are
         // hashed again from the file, before the body.
         let rehash = verifier.needs_prefix(&append);
+        // A checked chunk that starts afresh takes the whole-file digest along: both MD5s in
+        // one pass on its hashing thread, rather than a second pass on the digest's threads.
+        let lender = running.clone().filter(|_| append.checksum.is_some() && prefix == 0);
+        let mut carried = false;
+        if let Some(feed) = &lender
+            && let Some(whole) = feed.lend(committed).await
+        {
+            match verifier.carry(whole) {
+                Ok(()) => carried = true,
+                Err(whole) => feed.give_back(whole, 0).await,
+            }
+        }
         let held_at = base + committed;
         let held_in = data.clone();
         let mut hashing = if append.checksum.is_some() {
@@ -176,7 +188,9 @@ impl FsStore {
             };
             if (last || batched >= BATCH) && !batch.is_empty() {
                 batched = 0;
-                if let Some(feed) = &running {
+                if let Some(feed) = &running
+                    && !carried
+                {
                     feed.feed(batch.clone()).await;
                 }
                 if let Verifying::OnThread(htx, _) = &hashing {
@@ -198,13 +212,21 @@ impl FsStore {
         let failed = |e: tokio::task::JoinError| StoreError::Io(io::Error::other(format!("storage task failed: {e}")));
         // Both tasks are waited for, whatever happened to either: no write may land after
         // this append gives up the upload.
-        let verifier = match hashing {
+        let mut verifier = match hashing {
             Verifying::Inline(v) => Ok(Ok(v)),
             Verifying::OnThread(htx, task) => {
                 drop(htx);
                 task.await
             }
         };
+        // The whole-file digest goes back before the caller commits or rolls it back (lost
+        // with a failed hashing thread: the rollback then returns it to its last commit).
+        if let (Some(feed), Ok(Ok(v))) = (&lender, &mut verifier)
+            && let Some((whole, fed)) = v.take_whole()
+        {
+            feed.give_back(whole, fed).await;
+        }
+        drop(lender);
         let hashed = started.elapsed();
         let written = writer.await;
         let stored = started.elapsed();
