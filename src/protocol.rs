@@ -382,12 +382,17 @@ impl Checksum {
             .split_once(' ')
             .ok_or_else(|| malformed(H, "expected '<algorithm> <base64>'"))?;
         let algorithm = ChecksumAlgorithm::parse(alg)?;
+        Self::decoded(H, algorithm, b64.trim())
+    }
+
+    /// A digest in `algorithm` from its base64 text in `header`, checked for its length.
+    fn decoded(header: &'static str, algorithm: ChecksumAlgorithm, b64: &str) -> Result<Self, ProtocolError> {
         let digest = BASE64
-            .decode(b64.trim())
-            .map_err(|_| malformed(H, "the digest is not base64"))?;
+            .decode(b64)
+            .map_err(|_| malformed(header, "the digest is not base64"))?;
         if digest.len() != algorithm.digest_len() {
             return Err(malformed(
-                H,
+                header,
                 format!(
                     "a {algorithm} digest has {} bytes, got {}",
                     algorithm.digest_len(),
@@ -425,20 +430,7 @@ impl Checksum {
                 .strip_prefix(':')
                 .and_then(|v| v.strip_suffix(':'))
                 .ok_or_else(|| malformed(H, "a digest is a byte sequence, ':<base64>:'"))?;
-            let digest = BASE64
-                .decode(b64)
-                .map_err(|_| malformed(H, "the digest is not base64"))?;
-            if digest.len() != algorithm.digest_len() {
-                return Err(malformed(
-                    H,
-                    format!(
-                        "a {algorithm} digest has {} bytes, got {}",
-                        algorithm.digest_len(),
-                        digest.len()
-                    ),
-                ));
-            }
-            return Ok(Checksum { algorithm, digest });
+            return Self::decoded(H, algorithm, b64);
         }
         Err(ProtocolError::UnsupportedAlgorithm(value.trim().to_string()))
     }

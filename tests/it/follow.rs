@@ -24,6 +24,27 @@ fn infos(data: &Path) -> Vec<String> {
     out
 }
 
+/// Pushed slowly: zstd level 19 on one thread, so that a kill finds it still packing.
+const SLOW: [&str; 10] = [
+    "--chunk-size",
+    "256K",
+    "--format",
+    "tar",
+    "--compress",
+    "zstd",
+    "--level",
+    "19",
+    "--threads",
+    "1",
+];
+
+/// The archive `robusto pack` makes of `tree` with the pack flags of `push_args`.
+fn packed_alike(env: &TestEnv, tree: &Path, push_args: &[&str]) -> std::path::PathBuf {
+    let reference = env.join("ref.tar.zst");
+    env.pack(tree, &reference).args(push_args).ok();
+    reference
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_sends_while_packing_and_the_server_checks_the_late_digest() {
     let server = Server::start(|_| {}).await;
@@ -44,11 +65,7 @@ async fn push_sends_while_packing_and_the_server_checks_the_late_digest() {
     let out = env.push(&tree, &server.endpoint()).args(args).run_async().await.ok();
     let url = out.stdout.trim();
     let published = server.published(url).await;
-    let reference = env.join("ref.tar.zst");
-    env.pack(&tree, &reference)
-        .args(&args[2..])
-        .args(["--chunk-size", "512K"])
-        .ok();
+    let reference = packed_alike(&env, &tree, &args);
     assert_eq!(md5_file(&published), md5_file(&reference), "the archive pack makes");
     let infos = infos(server.data());
     assert_eq!(infos.len(), 1, "{infos:?}");
@@ -94,18 +111,7 @@ async fn push_killed_while_packing_and_sending_resumes_the_same_upload() {
     let tree = env.mkdir("tree");
     random_file(&tree.join("a.bin"), 12 << 20, 5);
     random_file(&tree.join("b.bin"), 12 << 20, 6);
-    let args = [
-        "--chunk-size",
-        "256K",
-        "--format",
-        "tar",
-        "--compress",
-        "zstd",
-        "--level",
-        "19",
-        "--threads",
-        "1",
-    ];
+    let args = SLOW;
     kill_while_packing(&env, &tree, &server, &args).await;
     let before = infos(server.data());
     assert_eq!(before.len(), 1, "one upload begun: {before:?}");
@@ -114,11 +120,7 @@ async fn push_killed_while_packing_and_sending_resumes_the_same_upload() {
     assert!(out.stderr.contains("resuming"), "{}", out.stderr);
     let after = infos(server.data());
     assert_eq!(after.len(), 1, "the same upload, resumed: {after:?}");
-    let reference = env.join("ref.tar.zst");
-    env.pack(&tree, &reference)
-        .args(&args[2..])
-        .args(["--chunk-size", "256K"])
-        .ok();
+    let reference = packed_alike(&env, &tree, &args);
     let published = server.published(out.stdout.trim()).await;
     assert_eq!(md5_file(&published), md5_file(&reference));
 }
@@ -130,29 +132,14 @@ async fn a_tree_changed_between_runs_becomes_a_fresh_upload() {
     let tree = env.mkdir("tree");
     random_file(&tree.join("a.bin"), 12 << 20, 7);
     random_file(&tree.join("b.bin"), 12 << 20, 8);
-    let args = [
-        "--chunk-size",
-        "256K",
-        "--format",
-        "tar",
-        "--compress",
-        "zstd",
-        "--level",
-        "19",
-        "--threads",
-        "1",
-    ];
+    let args = SLOW;
     kill_while_packing(&env, &tree, &server, &args).await;
     // the first file changes (same size, other bytes): the chunks the server holds are stale
     random_file(&tree.join("a.bin"), 12 << 20, 9);
 
     let out = env.push(&tree, &server.endpoint()).args(args).run_async().await.ok();
     assert!(out.stderr.contains("differs"), "{}", out.stderr);
-    let reference = env.join("ref.tar.zst");
-    env.pack(&tree, &reference)
-        .args(&args[2..])
-        .args(["--chunk-size", "256K"])
-        .ok();
+    let reference = packed_alike(&env, &tree, &args);
     let published = server.published(out.stdout.trim()).await;
     assert_eq!(md5_file(&published), md5_file(&reference), "the new tree, not a mix");
 }
