@@ -63,26 +63,11 @@ pub(super) async fn send_following(
         let end = source.until_end().await.map_err(packing)?;
         let url = state.parts.first().and_then(|p| p.url.clone());
         let same = end.md5 == state.md5 && end.size == state.size;
-        match url.and_then(|u| opts.recorded_url(&u)).filter(|_| same) {
-            Some(url) => match session.head(&url).await {
-                Ok(h) if h.offset == Some(end.size) => {
-                    tracing::info!("nothing to send: the server already has the whole upload at {url}");
-                    progress.event(&Event::Complete {
-                        url: url.to_string(),
-                        bytes: end.size,
-                    });
-                    return Ok(SendOutcome::Complete { url: url.to_string() });
-                }
-                Ok(_) | Err(SessionError::Gone(_)) => journal.state = None,
-                Err(e) => {
-                    return Err(SendError::Server {
-                        url: url.to_string(),
-                        source: e,
-                    });
-                }
-            },
-            None => journal.state = None,
+        let url = url.and_then(|u| opts.recorded_url(&u)).filter(|_| same);
+        if let Some(done) = still_complete(&session, url, end.size, progress).await? {
+            return Ok(done);
         }
+        journal.state = None;
         sent.clear()?;
     }
     if journal.state.is_none() {

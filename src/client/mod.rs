@@ -520,6 +520,32 @@ fn check_size(opts: &SendOptions, caps: &Capabilities, size: u64) -> Result<(), 
     }
 }
 
+/// A job the journal records as complete: `Some` (reported complete) if the server still has
+/// all `size` bytes at `url`; `None` when it does not, or there is no URL (start afresh).
+async fn still_complete(
+    session: &Session,
+    url: Option<Url>,
+    size: u64,
+    progress: &dyn Progress,
+) -> Result<Option<SendOutcome>, SendError> {
+    let Some(url) = url else { return Ok(None) };
+    match session.head(&url).await {
+        Ok(h) if h.offset == Some(size) => {
+            tracing::info!("nothing to send: the server already has the whole upload at {url}");
+            progress.event(&Event::Complete {
+                url: url.to_string(),
+                bytes: size,
+            });
+            Ok(Some(SendOutcome::Complete { url: url.to_string() }))
+        }
+        Ok(_) | Err(SessionError::Gone(_)) => Ok(None),
+        Err(e) => Err(SendError::Server {
+            url: url.to_string(),
+            source: e,
+        }),
+    }
+}
+
 /// Runs a send job to completion, to the deadline, or to an error. An archive being packed
 /// ([`SendOptions::following`]) is sent as it grows when the server can take its whole-file
 /// checksum at the end ([`follow`]); otherwise it is sent once packed.
@@ -565,27 +591,11 @@ pub async fn send(opts: &SendOptions, progress: &dyn Progress) -> Result<SendOut
             .final_url
             .clone()
             .or_else(|| state.parts.first().and_then(|p| p.url.clone()));
-        if let Some(url) = url.and_then(|u| opts.recorded_url(&u)) {
-            match session.head(&url).await {
-                Ok(h) if h.offset == Some(size) => {
-                    tracing::info!("nothing to send: the server already has the whole upload at {url}");
-                    progress.event(&Event::Complete {
-                        url: url.to_string(),
-                        bytes: size,
-                    });
-                    return Ok(SendOutcome::Complete { url: url.to_string() });
-                }
-                Ok(_) | Err(SessionError::Gone(_)) => journal.state = None,
-                Err(e) => {
-                    return Err(SendError::Server {
-                        url: url.to_string(),
-                        source: e,
-                    });
-                }
-            }
-        } else {
-            journal.state = None;
+        let url = url.and_then(|u| opts.recorded_url(&u));
+        if let Some(done) = still_complete(&session, url, size, progress).await? {
+            return Ok(done);
         }
+        journal.state = None;
     }
 
     let want = if opts.parallel > 1 && !caps.has(crate::protocol::Extension::Concatenation) {

@@ -119,13 +119,14 @@ fn push_with_its_staging_on_a_full_disk_exits_1_sends_nothing_and_leaves_nothing
             "{flags:?}: no upload URL is printed: {}",
             r.stdout
         );
-        // Sending follows packing: what was sent before the disk filled is terminated.
-        let sent = sh(&format!("find '{}' -type f", dest.display()));
+        // Sending follows packing: what was sent before the disk filled is never published
+        // (the sender terminates that upload; one left unfinished expires).
+        let published = sh(&format!("find '{}' -type f", dest.join("files").display()));
         assert!(
-            sent.stdout.trim().is_empty(),
-            "{flags:?}: nothing left in {}: {}",
+            published.stdout.trim().is_empty(),
+            "{flags:?}: nothing published in {}: {}",
             dest.display(),
-            sent.stdout
+            published.stdout
         );
         let left: Vec<_> = state
             .listing()
